@@ -1,0 +1,21 @@
+# Every target depends on the venv, so a fresh clone needs no other step than the target itself.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The CPU build of torch lies on this kind of machine's disk; a GPU host installs its own build.
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= torch,onnx,quant,plugins,tensorrt-rtx,dev
+
+.PHONY: setup test demo
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet '$(TORCH_SPEC)'
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]' 'cuda-python>=13,<14'
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q

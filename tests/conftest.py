@@ -1,0 +1,45 @@
+"""Shared test set-up. Tests marked `gpu` need TensorRT and an NVIDIA GPU; elsewhere they skip and
+say why (a skipped GPU test has not passed: the GPU workflow runs them)."""
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+@functools.lru_cache(maxsize=None)
+def gpu_unavailable_reason() -> str | None:
+    """None when TensorRT and a CUDA device are usable, else why not."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return 'TensorRT is not installed (GPU hosts: pip install -e .[tensorrt])'
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        return 'cuda-python is not installed (pip install cuda-python)'
+    err, count = cudart.cudaGetDeviceCount()
+    if int(err) != 0 or count == 0:
+        return 'no CUDA device is visible'
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = gpu_unavailable_reason()
+    if reason is None:
+        return
+    for item in items:
+        if 'gpu' in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=f'gpu test: {reason}'))
+
+
+@pytest.fixture(autouse=True, scope='session')
+def _two_threads():
+    """Tests run on 2-core machines: keep torch from oversubscribing them."""
+    os.environ.setdefault('OMP_NUM_THREADS', '2')
+    yield
