@@ -1,0 +1,28 @@
+"""Input normalisation as the original's FastBaseTransform (without its resize: callers give
+images already at the model size)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from model.config import YolactConfig
+
+
+class Normalize(nn.Module):
+    """images uint8 or float [B, H, W, 3] BGR in 0..255 -> float32 [B, 3, H, W] normalised RGB.
+
+    Per BGR channel (x - cfg.mean_bgr) / cfg.std_bgr, then channels reversed to RGB and moved
+    first. For the DarkNet config the mean is 0 and the std 255, i.e. x / 255 in RGB, as the original.
+    """
+
+    def __init__(self, cfg: YolactConfig):
+        super().__init__()
+        self.register_buffer('mean_bgr', torch.tensor(cfg.mean_bgr, dtype=torch.float32), persistent=False)
+        self.register_buffer('std_bgr', torch.tensor(cfg.std_bgr, dtype=torch.float32), persistent=False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.dim() != 4 or images.shape[-1] != 3:
+            raise ValueError(f'expected images [B, H, W, 3] (BGR, channels last), got shape {list(images.shape)}')
+        x = (images.to(torch.float32) - self.mean_bgr) / self.std_bgr
+        return x.flip(-1).permute(0, 3, 1, 2).contiguous()
