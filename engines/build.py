@@ -1,0 +1,315 @@
+"""ONNX -> serialized TensorRT engine, with its JSON sidecar.
+
+    python -m engines.build --model build/demo.fp16.onnx [--output FILE.engine] [--max-batch 8] [--force]
+    make engine [PRECISION=fp32|fp16|int8] [MODEL=build/demo.onnx] [MAX_BATCH=8]
+
+Precision is the graph's (calib/ makes the fp16 and int8 graphs; the network is strongly typed), so
+the builder takes no precision flag beyond a check that the model is the one asked for. The engine
+has one optimisation profile over the batch dimension (1..max batch, tuned for max batch). With
+`tensorrt` on a GPU host, kernel timings persist in a timing cache; TensorRT-RTX builds on the CPU
+without one (a cache would make it query a GPU). The yolact plugins are registered when present;
+otherwise TensorRT builds the ONNX function bodies of yolact::FastNMS and yolact::MaskAssembly as
+standard layers, and the log says which happened.
+
+Outputs are written atomically: the engine, then `FILE.engine.json` (engines/sidecar.py). An engine
+whose sidecar shows the same ONNX bytes, TensorRT, targets, batch and plugins is reused unless
+`--force`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import logging
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from engines.errors import EngineBuildError
+from engines.onnx_source import OnnxSource, load_onnx
+from engines.sidecar import EngineInfo, EngineSidecar, SidecarError, plugin_key, read_sidecar, sidecar_path, \
+    write_sidecar
+from engines.files import file_sha256, write_atomic
+from engines.trt import TensorRT, choose_compute_capabilities, cuda_device, load_tensorrt, make_logger, \
+    make_progress_monitor, rtx_compute_capabilities
+from model.metadata import PRECISIONS
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH = 8
+TIMING_CACHE_NAME = 'tensorrt.timing.cache'
+
+
+def default_engine_path(onnx_path: str | os.PathLike) -> Path:
+    """`build/demo.fp16.onnx` -> `build/demo.fp16.engine`."""
+    return Path(onnx_path).with_suffix('.engine')
+
+
+def register_plugins(trt: TensorRT) -> tuple[bool, str]:
+    """Register the yolact TensorRT plugins. Returns (registered, reason when not)."""
+    if trt.is_rtx:
+        return False, 'the yolact plugins are TensorRT Python plugins (tensorrt.plugin), which TensorRT-RTX lacks'
+    try:
+        from plugins import register_tensorrt_plugins
+    except ImportError as e:
+        return False, f'plugins.register_tensorrt_plugins is not available ({e})'
+    return register_tensorrt_plugins()
+
+
+def plugins_in_network(trt: TensorRT, network) -> tuple[str, ...]:
+    """Sorted plugin keys (engines.sidecar.plugin_key) of the network's plugin layers."""
+    module = trt.module
+    keys = set()
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        # get_layer returns the ILayer base; the plugin accessors live on the subclass.
+        if layer.type == module.LayerType.PLUGIN_V3:
+            layer.__class__ = module.IPluginV3Layer
+            core = layer.plugin.get_capability_interface(module.PluginCapabilityType.CORE)
+            keys.add(plugin_key(core.plugin_name, core.plugin_namespace, core.plugin_version))
+        elif layer.type == module.LayerType.PLUGIN_V2:
+            layer.__class__ = module.IPluginV2Layer
+            plugin = layer.plugin
+            keys.add(plugin_key(plugin.plugin_type, plugin.plugin_namespace, plugin.plugin_version))
+    return tuple(sorted(keys))
+
+
+def _parse(trt: TensorRT, builder, logger, source: OnnxSource, plugins_registered: bool):
+    module = trt.module
+    flags = 0
+    if not trt.is_rtx:
+        # TensorRT-RTX networks are always strongly typed; TensorRT 10 needs the flag to take
+        # every tensor's type from the ONNX instead of choosing precisions itself.
+        flags = 1 << int(module.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = module.OnnxParser(network, logger)
+    if plugins_registered:
+        # A registered plugin of the same name replaces the function body.
+        parser.set_flag(module.OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE)
+    if not parser.parse(source.data, str(source.path)):
+        errors = []
+        for index in range(parser.num_errors):
+            error = parser.get_error(index)
+            where = f'node {error.node_name()!r} ({error.node_operator()})' if error.node() >= 0 else 'model'
+            errors.append(f'{where}: {error.desc()}')
+        raise EngineBuildError(f'{trt.display_name} cannot parse {source.path}: ' + '; '.join(errors)
+                               + '. Custom ops need their ONNX function body (export with `make export`) '
+                               'or a registered plugin.')
+    return network, parser
+
+
+def _describe_network(network, verbose: bool) -> None:
+    for index in range(network.num_inputs):
+        tensor = network.get_input(index)
+        log.info('input  %-10s %s %s', tensor.name, tensor.dtype.name, tuple(tensor.shape))
+    for index in range(network.num_outputs):
+        tensor = network.get_output(index)
+        log.info('output %-10s %s %s', tensor.name, tensor.dtype.name, tuple(tensor.shape))
+    if verbose:
+        for index in range(network.num_layers):
+            layer = network.get_layer(index)
+            outputs = ', '.join(f'{layer.get_output(i).dtype.name}{tuple(layer.get_output(i).shape)}'
+                                for i in range(layer.num_outputs))
+            log.debug('layer %4d %-16s %s -> %s', index, layer.type.name, layer.name, outputs)
+
+
+def _load_timing_cache(config, path: Path):
+    blob = path.read_bytes() if path.is_file() else b''
+    cache = config.create_timing_cache(blob)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        log.warning('timing cache %s is for another GPU or TensorRT: starting a new one', path)
+        cache = config.create_timing_cache(b'')
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    else:
+        log.info('timing cache: %s (%s)', path, 'loaded' if blob else 'new')
+    return cache
+
+
+# Sidecar fields that describe how an engine was made (not when, nor its own bytes).
+_BUILD_SETTINGS = ('tensorrt_flavour', 'tensorrt_version', 'build_gpu', 'compute_capabilities', 'max_batch',
+                   'plugins', 'onnx_sha256')
+
+
+def _reusable(engine_path: Path, wanted: EngineInfo, precision: str) -> EngineSidecar | None:
+    """The existing engine's sidecar when that engine was built from the same ONNX bytes and
+    precision with the same TensorRT, targets, batch and plugins, and is intact; else None (with
+    the reason logged)."""
+    if not engine_path.is_file():
+        return None
+    try:
+        existing = read_sidecar(engine_path)
+    except SidecarError as e:
+        log.info('rebuilding: %s', e)
+        return None
+    changed = [name for name in _BUILD_SETTINGS if getattr(existing.engine, name) != getattr(wanted, name)]
+    if existing.metadata.precision != precision:
+        changed.append('precision')
+    if changed:
+        log.info('rebuilding: %s was built with another %s', engine_path, ', '.join(changed))
+        return None
+    if file_sha256(engine_path) != existing.engine.engine_sha256:
+        log.info('rebuilding: %s is not the engine its sidecar describes', engine_path)
+        return None
+    return existing
+
+
+def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | None = None, *,
+                 max_batch: int = DEFAULT_MAX_BATCH, precision: str | None = None, force: bool = False,
+                 flavour: str = 'auto', compute_capability: str | None = None,
+                 timing_cache: str | os.PathLike | None = None, use_timing_cache: bool = True,
+                 verbose: bool = False) -> tuple[Path, EngineSidecar]:
+    """Build (or reuse) the engine for `onnx_path`; returns (engine path, its sidecar).
+
+    precision: when given, the model's precision must be this one (a guard for `make engine
+    PRECISION=...`). flavour: 'auto' | 'tensorrt' | 'tensorrt-rtx'. compute_capability: TensorRT-RTX
+    targets ('8.6,12.0', 'current'; default: all but Turing). timing_cache: file for TensorRT on a GPU
+    (default `tensorrt.timing.cache` beside the engine). verbose: TensorRT's detailed build log, the
+    layer list, and detailed layer information kept in the engine.
+    EngineBuildError (TensorRTUnavailable when no TensorRT is installed) for every bad input."""
+    if precision is not None and precision not in PRECISIONS:
+        raise EngineBuildError(f'unknown precision {precision!r}: use one of {", ".join(PRECISIONS)}')
+    if max_batch < 1:
+        raise EngineBuildError(f'--max-batch must be at least 1, got {max_batch}')
+    source = load_onnx(onnx_path)
+    if precision is not None and source.metadata.precision != precision:
+        raise EngineBuildError(f'{source.path} is a {source.metadata.precision} model, not {precision}: pass the '
+                               f'{precision} model (made by `make calib`) or PRECISION={source.metadata.precision}')
+    if source.input_batch is not None and source.input_batch != max_batch:
+        raise EngineBuildError(f'{source.path} has a fixed batch of {source.input_batch}: pass --max-batch '
+                               f'{source.input_batch}, or export with a dynamic batch dimension')
+    engine_path = Path(engine_path) if engine_path is not None else default_engine_path(source.path)
+    trt = load_tensorrt(flavour)
+    module = trt.module
+
+    gpu = cuda_device()
+    if trt.is_rtx:
+        targets = choose_compute_capabilities(trt, compute_capability, gpu)
+        build_gpu = None
+    else:
+        if compute_capability is not None:
+            raise EngineBuildError('--compute-capability chooses TensorRT-RTX targets; TensorRT builds for '
+                                   'the GPU of this host')
+        if gpu is None:
+            raise EngineBuildError('TensorRT builds need a CUDA GPU and none is usable here; build without one '
+                                   "with TensorRT-RTX: pip install -e '.[tensorrt-rtx]' and --flavour tensorrt-rtx")
+        build_gpu, targets = gpu[0], (gpu[1],)
+
+    plugins_registered, reason = register_plugins(trt)
+    logger = make_logger(trt, verbose)
+    builder = module.Builder(logger)
+    network, _parser = _parse(trt, builder, logger, source, plugins_registered)
+    plugins = plugins_in_network(trt, network)
+    plugin_ops = {key.split('::', 1)[1].split('/')[0] for key in plugins}
+    bodies = [op for op in source.function_ops if op.split('::', 1)[1] not in plugin_ops]
+    if plugins:
+        log.info('plugins: %s', ', '.join(plugins))
+    if bodies:
+        why = 'plugins registered, but not for these ops' if plugins_registered else f'no plugins ({reason})'
+        log.info('%s: %s built from their ONNX function bodies as standard layers', why, ', '.join(bodies))
+    _describe_network(network, verbose)
+
+    wanted = EngineInfo(tensorrt_flavour=trt.flavour, tensorrt_version=trt.version, build_gpu=build_gpu,
+                        compute_capabilities=targets, max_batch=max_batch, plugins=plugins,
+                        onnx_file=str(source.path), onnx_sha256=source.sha256, engine_sha256='', built_at='')
+    if not force:
+        existing = _reusable(engine_path, wanted, source.metadata.precision)
+        if existing is not None:
+            log.info('reusing %s (same ONNX, %s, %s; --force rebuilds)', engine_path, source.metadata.precision,
+                     trt.display_name)
+            return engine_path, existing
+
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    sample_shape = tuple(network.get_input(0).shape)[1:]
+    min_batch = source.input_batch or 1
+    profile.set_shape(source.input_name, (min_batch, *sample_shape), (max_batch, *sample_shape),
+                      (max_batch, *sample_shape))
+    config.add_optimization_profile(profile)
+    config.profiling_verbosity = (module.ProfilingVerbosity.DETAILED if verbose
+                                  else module.ProfilingVerbosity.LAYER_NAMES_ONLY)
+    progress = make_progress_monitor(trt)
+    config.progress_monitor = progress
+    cache = None
+    if trt.is_rtx:
+        table = rtx_compute_capabilities(trt)
+        config.num_compute_capabilities = len(targets)
+        for index, cc in enumerate(targets):
+            config.set_compute_capability(table[cc], index)
+        if timing_cache is not None:
+            log.warning('--timing-cache ignored: TensorRT-RTX builds on the CPU, where a timing cache would make it '
+                        'query a GPU')
+        log.info('building on the CPU with %s for compute capability %s', trt.display_name, ', '.join(targets))
+    else:
+        if use_timing_cache:
+            cache_path = Path(timing_cache) if timing_cache is not None else engine_path.parent / TIMING_CACHE_NAME
+            cache = _load_timing_cache(config, cache_path)
+        log.info('building with %s on %s (compute capability %s)', trt.display_name, build_gpu, targets[0])
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineBuildError(f'{trt.display_name} could not build an engine from {source.path}; rerun with '
+                               '--verbose for the builder\'s log')
+    engine_bytes = bytes(memoryview(serialized))
+    if cache is not None:
+        write_atomic(cache_path, bytes(memoryview(cache.serialize())))
+
+    info = dataclasses.replace(wanted, engine_sha256=hashlib.sha256(engine_bytes).hexdigest(),
+                               built_at=datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'))
+    sidecar = EngineSidecar(source.metadata, info)
+    # Without its sidecar an engine is refused by the runtime: drop the old sidecar first, so a
+    # crash between the two writes never pairs the new engine with the old description.
+    sidecar_path(engine_path).unlink(missing_ok=True)
+    write_atomic(engine_path, engine_bytes)
+    write_sidecar(engine_path, sidecar)
+    return engine_path, sidecar
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog='python -m engines.build',
+        description='Build a TensorRT engine (and its FILE.engine.json sidecar) from a YOLACT ONNX model. '
+                    'Precision comes from the ONNX (make calib makes the fp16/int8 models).')
+    parser.add_argument('--model', required=True, help='the ONNX model (from make export / make calib)')
+    parser.add_argument('--output', help='engine file to write (default: the model path with .engine)')
+    parser.add_argument('--max-batch', type=int, default=DEFAULT_MAX_BATCH,
+                        help='largest batch the engine accepts; its profile covers 1..N (default %(default)s)')
+    parser.add_argument('--precision', choices=PRECISIONS,
+                        help='check that the model has this precision (make engine passes PRECISION)')
+    parser.add_argument('--force', action='store_true',
+                        help='rebuild even if an engine for the same ONNX, precision and TensorRT exists')
+    parser.add_argument('--flavour', default='auto', choices=('auto', 'tensorrt', 'tensorrt-rtx'),
+                        help='TensorRT on a GPU host or TensorRT-RTX (CPU build); auto: TensorRT when installed')
+    parser.add_argument('--compute-capability', metavar='LIST',
+                        help="TensorRT-RTX targets, e.g. '8.6,12.0' or 'current' (default: 8.0 and newer, "
+                             'not 9.0; 7.5 only on request)')
+    parser.add_argument('--timing-cache', metavar='FILE',
+                        help=f'TensorRT timing cache (default: {TIMING_CACHE_NAME} beside the engine); '
+                             'not used by TensorRT-RTX')
+    parser.add_argument('--no-timing-cache', action='store_true', help='build without a timing cache')
+    parser.add_argument('--verbose', action='store_true',
+                        help="detailed build log: TensorRT's verbose messages and every layer")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format='%(message)s')
+    try:
+        engine_path, sidecar = build_engine(
+            args.model, args.output, max_batch=args.max_batch, precision=args.precision, force=args.force,
+            flavour=args.flavour, compute_capability=args.compute_capability, timing_cache=args.timing_cache,
+            use_timing_cache=not args.no_timing_cache, verbose=args.verbose)
+    except EngineBuildError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    info = sidecar.engine
+    print(f'{engine_path} ({engine_path.stat().st_size / 1e6:.1f} MB) and {sidecar_path(engine_path).name}: '
+          f'{sidecar.metadata.precision}, {info.tensorrt_flavour} {info.tensorrt_version}, '
+          f'compute capability {", ".join(info.compute_capabilities)}, batch 1..{info.max_batch}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
