@@ -46,16 +46,6 @@ def check(call_name: str, result):
     return values[0] if len(values) == 1 else values
 
 
-def device_count() -> int:
-    """Number of visible CUDA devices; 0 when the driver is missing or too old."""
-    try:
-        cudart = _cudart()
-    except CudaUnavailableError:
-        return 0
-    err, count = cudart.cudaGetDeviceCount()
-    return int(count) if err == cudart.cudaError_t.cudaSuccess else 0
-
-
 def device_info(device: int | None = None) -> dict:
     """The current (or given) device: {'name', 'compute_capability' 'X.Y', 'total_memory' bytes,
     'driver' 'major.minor', 'runtime' 'major.minor'}."""

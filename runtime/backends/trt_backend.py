@@ -1,0 +1,317 @@
+"""`--backend trt`: run a TensorRT engine (.engine) built by `make engine`.
+
+TensorRT 10/11 tensor-address API (`set_tensor_address`, `execute_async_v3`), device memory and
+streams from cuda-python (runtime/cuda_mem.py), pinned host buffers, uint8 upload (the engine does
+the normalisation), and a two-step download: `num_dets` first, then only the first num_dets rows of
+boxes/scores/classes/masks per image (the padding rows are never copied).
+
+Throughput: `streams` lanes (execution context + stream + buffers each) run consecutive batches of
+`infer_batches` in turn, so upload, inference and download of different batches overlap; each lane
+captures a CUDA graph per batch size once that size has run (runtime/throughput.py).
+
+Before deserialising, the engine's JSON sidecar is checked (engines/sidecar.py): another TensorRT
+version, another GPU, a missing plugin or a corrupted file each give a message naming the fix.
+tensorrt is imported on load(); importing this module needs neither TensorRT, CUDA nor torch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from engines.sidecar import EngineSidecar, check_sidecar, plugin_key, read_sidecar
+from engines.trt import TensorRTUnavailable, cuda_device, load_tensorrt, make_logger
+from model.metadata import ModelMetadata
+from runtime import cuda_mem
+from runtime.throughput import CAPTURE, EAGER, REPLAY, GraphPolicy, pipelined
+from runtime.trt_io import (DETECTION_OUTPUTS, INPUT_NAME, REBUILD_HINT, EngineIO, EngineIOError, TensorSpec,
+                            check_num_dets, download_segments, gather_detections, validate_engine_io)
+
+
+class TensorRTUnavailableError(RuntimeError):
+    """TensorRT or a CUDA GPU is missing on this host."""
+
+
+def import_tensorrt(flavour: str = 'tensorrt'):
+    """The TensorRT flavour an engine was built with ('tensorrt', or 'tensorrt_rtx' for engines
+    built by TensorRT-RTX), as engines.trt.TensorRT; TensorRTUnavailableError says what to install
+    or use instead."""
+    try:
+        return load_tensorrt(flavour)
+    except TensorRTUnavailable:
+        other = 'tensorrt_rtx' if flavour == 'tensorrt' else 'tensorrt'
+        present = ''
+        if importlib.util.find_spec(other) is not None:
+            present = f' ({other} is installed, but an engine runs only under the TensorRT it was built with)'
+        raise TensorRTUnavailableError(
+            f'the trt backend needs {flavour} and an NVIDIA GPU: pip install -e .[tensorrt] on a GPU host{present}; '
+            f'elsewhere run the ONNX model with --backend ort') from None
+
+
+def trt_unavailable_reason() -> str | None:
+    """None when TensorRT imports and a CUDA device is visible, else why the trt backend cannot run."""
+    try:
+        import_tensorrt()
+    except TensorRTUnavailableError as e:
+        return str(e)
+    if cuda_device() is None:
+        return 'no CUDA device is visible (driver missing or too old, or CUDA_VISIBLE_DEVICES is empty)'
+    return None
+
+
+def registered_plugin_keys(trt) -> frozenset[str]:
+    """Plugin keys (engines.sidecar.plugin_key form) of every creator in TensorRT's registry."""
+    return frozenset(plugin_key(c.name, c.plugin_namespace, c.plugin_version)
+                     for c in trt.module.get_plugin_registry().all_creators)
+
+
+def register_plugins() -> None:
+    """Register our TensorRT plugins (Fast NMS, mask assembly) with this process's TensorRT.
+    When they cannot be registered, the sidecar check names the engine's missing plugins."""
+    try:
+        from plugins import register_tensorrt_plugins
+    except ImportError:
+        return
+    register_tensorrt_plugins()
+
+
+def check_engine(path: str | os.PathLike, trt, gpu: tuple[str, str] | None,
+                 registered_plugins: frozenset[str]) -> EngineSidecar:
+    """Check the engine at `path` against this host before TensorRT deserialises it: the sidecar
+    must exist and parse, and name this TensorRT (`trt`: engines.trt.TensorRT), this GPU (`gpu`:
+    (name, compute capability) or None), plugins that are registered, and the engine file's bytes.
+    EngineMismatchError / SidecarError otherwise, each saying to rebuild with `make engine`."""
+    return check_sidecar(path, tensorrt_flavour=trt.flavour, tensorrt_version=trt.version,
+                         gpu_name=None if gpu is None else gpu[0],
+                         compute_capability=None if gpu is None else gpu[1],
+                         registered_plugins=registered_plugins)
+
+
+def describe_engine(engine, trt) -> EngineIO:
+    """The I/O tensors of a deserialised ICudaEngine and the batch range of profile 0."""
+    tensors = []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        tensors.append(TensorSpec(
+            name=name, dtype=np.dtype(trt.nptype(engine.get_tensor_dtype(name))),
+            shape=tuple(int(d) for d in engine.get_tensor_shape(name)),
+            is_input=engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT))
+    image_shape = next((t.shape for t in tensors if t.name == INPUT_NAME), (1,))
+    if image_shape[0] >= 0:  # a static batch: no profile to ask
+        batches = (image_shape[0],) * 3
+    else:
+        batches = tuple(int(s[0]) for s in engine.get_tensor_profile_shape(INPUT_NAME, 0))
+    return EngineIO(tuple(tensors), *batches)
+
+
+class _Lane:
+    """One execution context with its own stream, device buffers, pinned host buffers and CUDA
+    graph. Buffers are sized for `capacity` images and grow (never shrink) on demand."""
+
+    def __init__(self, engine, io: EngineIO, use_graphs: bool):
+        self.io = io
+        self.context = engine.create_execution_context()
+        if self.context is None:
+            raise cuda_mem.CudaError('TensorRT could not create an execution context (out of device memory?)')
+        self.stream = cuda_mem.Stream()
+        self.policy = GraphPolicy(use_graphs)
+        self.graph: cuda_mem.CudaGraph | None = None
+        self.capacity = 0
+        self.device: dict[str, cuda_mem.DeviceBuffer] = {}
+        self.host: dict[str, cuda_mem.PinnedBuffer] = {}
+
+    def _ensure_capacity(self, batch: int) -> None:
+        if batch <= self.capacity:
+            return
+        self._free_buffers()
+        for spec in self.io.tensors:
+            self.device[spec.name] = cuda_mem.DeviceBuffer(spec.nbytes_for(batch))
+            self.host[spec.name] = cuda_mem.PinnedBuffer(spec.nbytes_for(batch))
+            self.context.set_tensor_address(spec.name, self.device[spec.name].ptr)
+        self.capacity = batch
+        self.policy.buffers_changed()
+
+    def _host_view(self, name: str, batch: int) -> np.ndarray:
+        spec = self.io[name]
+        return self.host[name].view(spec.dtype, spec.shape_for(batch))
+
+    def _enqueue(self, batch: int) -> None:
+        """Upload, inference, num_dets download: the part of a batch that a CUDA graph replays."""
+        images = self.io[INPUT_NAME]
+        self.stream.copy_to_device(self.device[INPUT_NAME].ptr, self.host[INPUT_NAME].ptr, images.nbytes_for(batch))
+        if not self.context.execute_async_v3(self.stream.ptr):
+            raise cuda_mem.CudaError('TensorRT execute_async_v3 failed (see the TensorRT log above)')
+        self.stream.copy_to_host(self.host['num_dets'].ptr, self.device['num_dets'].ptr,
+                                 self.io['num_dets'].nbytes_for(batch))
+
+    def submit(self, images: np.ndarray) -> int:
+        """Enqueue one batch (uint8 [B, H, W, 3]) asynchronously; returns B for collect()."""
+        batch = int(images.shape[0])
+        self._ensure_capacity(batch)
+        np.copyto(self._host_view(INPUT_NAME, batch), images)
+        action, reshape = self.policy.next(batch)
+        if reshape:
+            self._free_graph()
+            if not self.context.set_input_shape(INPUT_NAME, self.io[INPUT_NAME].shape_for(batch)):
+                raise EngineIOError(f'TensorRT refused input shape {self.io[INPUT_NAME].shape_for(batch)}')
+        if action == EAGER:
+            self._enqueue(batch)
+        elif action == REPLAY:
+            self.graph.launch()
+        elif action == CAPTURE:
+            try:
+                self.graph = cuda_mem.CudaGraph(self.stream, lambda: self._enqueue(batch))
+            except cuda_mem.CudaError:
+                # Some engines (plugins with host syncs, data-dependent shapes) cannot be captured.
+                self.policy.captured(False)
+                self._enqueue(batch)
+            else:
+                self.policy.captured(True)
+                self.graph.launch()
+        return batch
+
+    def collect(self, batch: int) -> dict[str, np.ndarray]:
+        """Wait for a submitted batch and return its RawDetections (fresh arrays)."""
+        self.stream.synchronize()
+        max_dets = self.io.max_dets
+        counts = check_num_dets(self._host_view('num_dets', batch), max_dets)
+        for name in DETECTION_OUTPUTS:
+            host, device = self.host[name].ptr, self.device[name].ptr
+            for offset, nbytes in download_segments(counts, max_dets, self.io[name].row_nbytes):
+                self.stream.copy_to_host(host + offset, device + offset, nbytes)
+        self.stream.synchronize()
+        return gather_detections({name: self._host_view(name, batch) for name in DETECTION_OUTPUTS}, counts)
+
+    def _free_graph(self) -> None:
+        if self.graph is not None:
+            self.graph.free()
+            self.graph = None
+
+    def _free_buffers(self) -> None:
+        self._free_graph()
+        for buffer in [*self.device.values(), *self.host.values()]:
+            buffer.free()
+        self.device, self.host, self.capacity = {}, {}, 0
+
+    def free(self) -> None:
+        self._free_buffers()
+        if self.stream is not None:
+            self.stream.free()
+            self.stream = None
+        self.context = None  # TensorRT frees the context when the last reference goes
+
+
+class TrtBackend:
+    """A TensorRT engine behind the runtime's Backend interface.
+
+    path: the .engine file (its sidecar `<path>.json` beside it, see engines/sidecar.py).
+    streams: execution contexts used by `infer_batches` (1 = sequential).
+    cuda_graphs: capture a CUDA graph per lane and batch size (replayed for repeated sizes).
+    max_batch: cap on images per lane and call (default: the engine profile's maximum).
+    The engine runs on CUDA device 0 (choose the GPU with CUDA_VISIBLE_DEVICES).
+    """
+
+    name = 'trt'
+
+    def __init__(self, path: str | os.PathLike, *, streams: int = 1, cuda_graphs: bool = True,
+                 max_batch: int | None = None):
+        if streams < 1:
+            raise ValueError(f'streams must be >= 1, got {streams}')
+        self.path = Path(path)
+        self.streams = int(streams)
+        self.cuda_graphs = bool(cuda_graphs)
+        self._requested_max_batch = max_batch
+        self.metadata: ModelMetadata | None = None
+        self.max_batch: int | None = max_batch
+        self.io: EngineIO | None = None
+        self._engine = self._runtime = self._logger = None
+        self._lanes: list[_Lane] = []
+
+    # -- lifetime -------------------------------------------------------------------------------
+    def __enter__(self) -> 'TrtBackend':
+        self.load()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def load(self) -> None:
+        """Check the sidecar, deserialise the engine and set up `streams` lanes."""
+        if not self.path.is_file():
+            raise FileNotFoundError(f'{self.path}: no such engine file; build one with `make engine`')
+        built_with = read_sidecar(self.path).engine.tensorrt_flavour
+        trt = import_tensorrt(built_with)
+        gpu = cuda_device()
+        if gpu is None:
+            raise TensorRTUnavailableError(f'{self.path}: the trt backend needs an NVIDIA GPU and none is visible; '
+                                           f'run the ONNX model with --backend ort instead')
+        register_plugins()
+        sidecar = check_engine(self.path, trt, gpu, registered_plugin_keys(trt))
+        self.metadata = sidecar.metadata
+        # Kept for the engine's lifetime: TensorRT logs through it while the engine lives.
+        self._logger = make_logger(trt, verbose=logging.getLogger('engines.tensorrt').isEnabledFor(logging.DEBUG))
+        self._runtime = trt.module.Runtime(self._logger)
+        self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self._engine is None:
+            raise EngineIOError(f'{self.path}: {trt.display_name} could not deserialise the engine (see the '
+                                f'TensorRT log above); {REBUILD_HINT}')
+        self.io = describe_engine(self._engine, trt.module)
+        validate_engine_io(self.io, self.metadata, str(self.path))
+        cap = self._requested_max_batch
+        if cap is not None and cap > self.io.max_batch:
+            raise EngineIOError(f'{self.path}: max_batch {cap} exceeds the engine profile maximum '
+                                f'{self.io.max_batch}; {REBUILD_HINT} with a larger --max-batch')
+        self.max_batch = self.io.max_batch if cap is None else cap
+        self._lanes = [_Lane(self._engine, self.io, self.cuda_graphs) for _ in range(self.streams)]
+
+    def close(self) -> None:
+        for lane in self._lanes:
+            lane.free()
+        self._lanes = []
+        self._engine = self._runtime = None
+
+    # -- inference ------------------------------------------------------------------------------
+    def _check_images(self, images: np.ndarray) -> np.ndarray:
+        if not self._lanes:
+            raise RuntimeError('TrtBackend.infer called before load() (use it as a context manager)')
+        images = np.asarray(images)
+        height, width = self.metadata.input_size
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (height, width, 3):
+            raise ValueError(f'images must be uint8 [B, {height}, {width}, 3] BGR at the model size, '
+                             f'got {images.dtype} {list(images.shape)}')
+        return images
+
+    def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """images uint8 [B, H, W, 3] BGR at metadata.input_size -> RawDetections (num_dets int32 [B],
+        boxes float32 [B, D, 4] xyxy relative, scores float32 [B, D], classes int32 [B, D],
+        masks float32 [B, D, Hp, Wp]; rows past num_dets zero). More than max_batch images are run
+        in chunks, spread over the streams."""
+        images = self._check_images(images)
+        if len(images) == 0:
+            return gather_detections({n: np.zeros(self.io[n].shape_for(0), self.io[n].dtype)
+                                      for n in DETECTION_OUTPUTS}, np.zeros(0, np.int32))
+        chunks = [images[i:i + self.max_batch] for i in range(0, len(images), self.max_batch)]
+        parts = list(self.infer_batches(chunks))
+        if len(parts) == 1:
+            return parts[0]
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+    def infer_batches(self, batches: Iterable[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        """RawDetections for each batch (uint8 [B, H, W, 3], B within the engine profile and at
+        most max_batch), in order, with up to `streams` batches in flight: the throughput path
+        that video and benchmarks use."""
+        def checked():
+            for images in batches:
+                images = self._check_images(images)
+                if len(images) > self.max_batch:
+                    raise ValueError(f'a batch of {len(images)} images exceeds max_batch {self.max_batch}; '
+                                     f'use infer(), which splits it')
+                self.io.check_batch(len(images))
+                yield images
+
+        return pipelined(checked(), self._lanes, _Lane.submit, _Lane.collect)
