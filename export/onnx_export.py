@@ -1,0 +1,159 @@
+"""YOLACT -> ONNX, with Fast NMS and mask assembly inside the graph.
+
+The graph (DESIGN.md, "ONNX model"):
+    images uint8 [B, H, W, 3] BGR  -> cast, normalise, BGR->RGB, NHWC->NCHW  (export/graph.py)
+    -> YOLACT -> softmax(conf) -> decode(loc, priors) -> drop the background column
+    -> yolact::FastNMS -> yolact::MaskAssembly                              (export/postprocess_nodes.py)
+    -> num_dets int32 [B], boxes float32 [B, D, 4] xyxy relative, scores float32 [B, D],
+       classes int32 [B, D] 0-based, masks float32 [B, D, Hp, Wp]
+`postprocess=False` stops after the network: loc, conf (softmax), coef, proto (NHWC), priors.
+
+Tracing uses torch.export (the dynamo exporter): it gives a graph whose only shape arithmetic is
+the batch dimension and keeps interpolation to exact sizes (`Resize` with `sizes`), which stays
+exact for any batch. The trace is then folded and cleaned until nothing changes
+(export/cleanup.py) before the post-processing ops are appended.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from export.cleanup import fold_and_clean, strip_trace_metadata
+from export.contract import BATCH_DIM, INPUT_NAME, METADATA_KEY, RAW_OUTPUTS
+from export.graph import DeployNetwork
+from export.postprocess_nodes import DECODED_HEAD_NAMES, append_postprocess
+from model import __version__
+from model.config import YolactConfig
+from model.metadata import ModelMetadata
+
+# Opset 19: what modelopt's INT8 quantiser emits, inside what onnxruntime 1.24 (7..25) and
+# TensorRT's parser (TensorRT 10 and TensorRT-RTX) accept. The IR version is the exporter's (10).
+OPSET = 19
+# Readable copies of the most asked-for fields (`polygraphy inspect model` and Netron show them).
+_READABLE_KEYS = ('config', 'precision', 'input_size', 'class_names', 'cross_class', 'max_dets')
+
+log = logging.getLogger(__name__)
+
+
+class ExportError(ValueError):
+    """The model cannot be exported as asked (bad arguments, unwritable output, failed checks)."""
+
+
+def trace_network(network: DeployNetwork, cfg: YolactConfig, output_names) -> onnx.ModelProto:
+    """torch.export the network with a dynamic batch dimension; returns the raw ONNX trace."""
+    height, width = cfg.input_size
+    # Batch 2, not 1: torch.export specialises a dimension whose example size is 0 or 1.
+    example = torch.zeros((2, height, width, 3), dtype=torch.uint8)
+    with warnings.catch_warnings(), torch.no_grad():
+        # torch.export warns about its own internals (pytree spec deprecations); they are not ours.
+        warnings.simplefilter('ignore', FutureWarning)
+        program = torch.onnx.export(
+            network, (example,), dynamo=True, opset_version=OPSET, verbose=False, optimize=True,
+            input_names=[INPUT_NAME], output_names=list(output_names),
+            dynamic_shapes={'images': {0: torch.export.Dim(BATCH_DIM)}})
+    return program.model_proto
+
+
+def attach_metadata(model: onnx.ModelProto, meta: ModelMetadata) -> None:
+    """Store `meta` under METADATA_KEY (JSON) plus a few readable per-field keys."""
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, {
+        METADATA_KEY: meta.to_json(),
+        **{f'yolact.{key}': str(getattr(meta, key)) for key in _READABLE_KEYS},
+    })
+    model.graph.name = meta.config
+    model.producer_name = 'yolact-deploy'
+    model.producer_version = __version__
+    model.doc_string = (f'YOLACT {meta.config}: uint8 BGR NHWC images at {meta.input_size[0]}x'
+                        f'{meta.input_size[1]} in; see {METADATA_KEY} for classes and thresholds')
+
+
+def read_metadata(model: onnx.ModelProto, source: str = 'ONNX model') -> ModelMetadata:
+    """The ModelMetadata stored by `attach_metadata`; MetadataError if missing or malformed."""
+    from model.metadata import MetadataError
+
+    props = {p.key: p.value for p in model.metadata_props}
+    if METADATA_KEY not in props:
+        raise MetadataError(f'{source} has no {METADATA_KEY!r} metadata: export it with python -m export')
+    return ModelMetadata.from_json(props[METADATA_KEY], source)
+
+
+def check_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Full onnx.checker pass and strict shape inference (with the function bodies); returns the
+    shape-inferred model. ExportError names what failed."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ExportError(f'the exported graph does not pass the ONNX checker: {e}') from None
+
+
+def build_onnx(yolact: torch.nn.Module, cfg: YolactConfig, *, postprocess: bool = True,
+               cross_class: bool = False, max_dets: int | None = None) -> onnx.ModelProto:
+    """The ONNX model of `yolact` (a model.yolact.Yolact for `cfg`, any weights), checked.
+
+    postprocess: append FastNMS + MaskAssembly (outputs POSTPROCESS_OUTPUTS); False exports the raw
+        head (RAW_OUTPUTS). cross_class: Fast NMS across classes instead of per class.
+    max_dets: detections per image D (default cfg.max_num_detections).
+    """
+    max_dets = cfg.max_num_detections if max_dets is None else int(max_dets)
+    if max_dets < 1:
+        raise ExportError(f'max_dets must be at least 1, got {max_dets}')
+    network = DeployNetwork(yolact, cfg, decode_boxes=postprocess).eval()
+    model = trace_network(network, cfg, DECODED_HEAD_NAMES if postprocess else RAW_OUTPUTS)
+    strip_trace_metadata(model)
+    model = fold_and_clean(model)
+    if postprocess:
+        model = append_postprocess(model, cfg, cross_class=cross_class, max_dets=max_dets)
+    attach_metadata(model, ModelMetadata.from_config(cfg, cross_class=cross_class, max_dets=max_dets))
+    check_model(model)
+    return model
+
+
+def _writable_folder(output: Path) -> None:
+    """Create output's folder if needed; ExportError if the output cannot be written there."""
+    if output.is_dir():
+        raise ExportError(f'output {output} is a folder: give a file name such as {output / "model.onnx"}')
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f'cannot create the folder of {output}: {e.strerror} (choose another --output)') from None
+    if not os.access(output.parent, os.W_OK):
+        raise ExportError(f'cannot write {output}: folder {output.parent} is not writable (choose another --output)')
+
+
+def save_model(model: onnx.ModelProto, output: str | os.PathLike) -> Path:
+    """Write `model` to `output` atomically (temporary file in the same folder, then os.replace),
+    creating the folder; ExportError when it cannot be written."""
+    output = Path(output)
+    _writable_folder(output)
+    if model.ByteSize() >= 2**31 - 1:
+        # Protobuf's limit; no YOLACT config comes close (yolact_base is ~200 MB).
+        raise ExportError(f'the model is {model.ByteSize() / 2**30:.1f} GiB, over the 2 GiB ONNX file limit')
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f'.{output.name}.', suffix='.tmp', dir=output.parent)
+        with os.fdopen(fd, 'wb') as f:
+            f.write(model.SerializeToString())
+        os.replace(tmp, output)
+    except OSError as e:
+        raise ExportError(f'cannot write {output}: {e.strerror} (choose a writable --output)') from None
+    finally:
+        if tmp is not None and Path(tmp).exists():
+            Path(tmp).unlink()
+    return output
+
+
+def export_onnx(yolact: torch.nn.Module, cfg: YolactConfig, output: str | os.PathLike, **options) -> Path:
+    """build_onnx(yolact, cfg, **options) written atomically to `output`; returns the path.
+    The output is checked first, so a bad path fails before the (slow) trace."""
+    output = Path(output)
+    _writable_folder(output)
+    return save_model(build_onnx(yolact, cfg, **options), output)

@@ -1,0 +1,59 @@
+"""Append YOLACT's post-processing to a traced network: the `yolact::FastNMS` and
+`yolact::MaskAssembly` function nodes (bodies and nodes from plugins/*/onnx_function.py).
+
+The traced network's outputs (names DECODED_HEAD_NAMES, shapes as export.graph.DecodedHead) become
+the ops' inputs, and the graph's outputs become the DESIGN.md contract:
+num_dets int32 [B], boxes float32 [B, D, 4], scores float32 [B, D], classes int32 [B, D],
+masks float32 [B, D, Hp, Wp].
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import TensorProto, helper
+
+from model.config import YolactConfig
+from plugins import DOMAIN
+from plugins.fast_nms import onnx_function as fast_nms_function
+from plugins.mask_assembly import onnx_function as mask_assembly_function
+
+# Names of the traced network's outputs when post-processing follows (see export.graph.DecodedHead).
+DECODED_HEAD_NAMES = ('decoded_boxes', 'class_scores', 'coef', 'proto')
+# The function's output det_indices feeds MaskAssembly only; it is not a graph output.
+_DET_INDICES = 'det_indices'
+_DOMAIN_VERSION = 1
+
+
+def _output_dims(model: onnx.ModelProto, name: str) -> list:
+    value = next(o for o in model.graph.output if o.name == name)
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+
+def append_postprocess(model: onnx.ModelProto, cfg: YolactConfig, *, cross_class: bool,
+                       max_dets: int) -> onnx.ModelProto:
+    """`model` (outputs DECODED_HEAD_NAMES) with FastNMS and MaskAssembly appended, its outputs
+    replaced by the contract's; thresholds and top-k from `cfg`. Modifies and returns `model`."""
+    opset = next(o.version for o in model.opset_import if o.domain in ('', 'ai.onnx'))
+    boxes, scores, coef, proto = DECODED_HEAD_NAMES
+    batch = _output_dims(model, boxes)[0]
+    proto_h, proto_w = _output_dims(model, proto)[1:3]
+
+    nms = fast_nms_function.make_node(
+        [boxes, scores], ['num_dets', 'boxes', 'scores', 'classes', _DET_INDICES],
+        conf_thresh=cfg.conf_thresh, iou_thresh=cfg.nms_thresh, top_k=cfg.nms_top_k,
+        max_dets=max_dets, cross_class=cross_class)
+    assembly = mask_assembly_function.make_node(
+        [proto, coef, _DET_INDICES, 'boxes', 'num_dets'], ['masks'], crop_padding=cfg.crop_padding)
+    model.graph.node.extend([nms, assembly])
+    model.functions.extend([fast_nms_function.make_function(opset), mask_assembly_function.make_function(opset)])
+    model.opset_import.append(helper.make_opsetid(DOMAIN, _DOMAIN_VERSION))
+
+    del model.graph.output[:]
+    model.graph.output.extend([
+        helper.make_tensor_value_info('num_dets', TensorProto.INT32, [batch]),
+        helper.make_tensor_value_info('boxes', TensorProto.FLOAT, [batch, max_dets, 4]),
+        helper.make_tensor_value_info('scores', TensorProto.FLOAT, [batch, max_dets]),
+        helper.make_tensor_value_info('classes', TensorProto.INT32, [batch, max_dets]),
+        helper.make_tensor_value_info('masks', TensorProto.FLOAT, [batch, max_dets, proto_h, proto_w]),
+    ])
+    return model
