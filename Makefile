@@ -19,3 +19,14 @@ $(STAMP): pyproject.toml
 
 test: setup
 	$(PY) -m pytest -q
+
+# make engine [PRECISION=fp32|fp16|int8] [MODEL=build/NAME.onnx] [MAX_BATCH=8] [ENGINE_FLAGS=--force]:
+# MODEL names the fp32 export; fp16 and int8 take its calibrated sibling NAME.PRECISION.onnx
+# (make calib). Writes NAME[.PRECISION].engine and its .engine.json sidecar beside the model.
+.PHONY: engine
+MODEL ?= build/model.onnx
+PRECISION ?= fp32
+MAX_BATCH ?= 8
+ENGINE_SOURCE = $(if $(filter fp32,$(PRECISION)),$(MODEL),$(basename $(MODEL)).$(PRECISION).onnx)
+engine: setup
+	$(PY) -m engines.build --model $(ENGINE_SOURCE) --precision $(PRECISION) --max-batch $(MAX_BATCH) $(ENGINE_FLAGS)

@@ -1,0 +1,197 @@
+"""Real engine builds with TensorRT-RTX (on the CPU) from toy models at each precision: the engine
+and its sidecar are written, model-local functions become standard layers, engines are reused
+only when nothing changed, and bad input gets a clear error. Running the engines needs a GPU and
+is the TensorRT backend's test (tests/runtime)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from engines.build import build_engine, main
+from engines.errors import EngineBuildError
+from engines.sidecar import read_sidecar, sidecar_path
+from engines.trt import RTX_NOT_DEFAULT, load_tensorrt, rtx_compute_capabilities
+from tests.engines.toy_models import TOY_FUNCTION, toy_metadata, toy_model
+
+rtx_module = pytest.importorskip('tensorrt_rtx', reason='TensorRT-RTX is not installed (pip install -e .[tensorrt-rtx])')
+ROOT = Path(__file__).resolve().parents[2]
+PRECISIONS = ('fp32', 'fp16', 'int8')
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def _build_logged(*args, **kwargs):
+    """build_engine(...) and the messages it logged (module fixtures cannot use caplog)."""
+    handler = _Records()
+    target = logging.getLogger('engines')
+    old_level = target.level
+    target.addHandler(handler)
+    target.setLevel(logging.DEBUG)
+    try:
+        return build_engine(*args, **kwargs), handler.messages
+    finally:
+        target.removeHandler(handler)
+        target.setLevel(old_level)
+
+
+@pytest.fixture(scope='module')
+def built(tmp_path_factory):
+    """precision -> (onnx path, engine path, returned sidecar, log messages); one build each."""
+    folder = tmp_path_factory.mktemp('engines')
+    results = {}
+    for precision in PRECISIONS:
+        onnx_path = folder / f'toy.{precision}.onnx'
+        onnx.save_model(toy_model(precision), onnx_path)
+        (engine_path, sidecar), messages = _build_logged(onnx_path, precision=precision, verbose=True)
+        results[precision] = onnx_path, engine_path, sidecar, messages
+    return results
+
+
+@pytest.mark.parametrize('precision', PRECISIONS)
+def test_engine_and_sidecar(built, precision):
+    onnx_path, engine_path, sidecar, _ = built[precision]
+    assert engine_path == onnx_path.with_suffix('.engine')
+    assert read_sidecar(engine_path) == sidecar
+    assert sidecar.metadata == toy_metadata(precision)
+    info = sidecar.engine
+    assert (info.tensorrt_flavour, info.tensorrt_version) == ('tensorrt_rtx', rtx_module.__version__)
+    assert info.build_gpu is None  # built on the CPU
+    rtx = load_tensorrt('tensorrt-rtx')
+    assert info.compute_capabilities == tuple(cc for cc in rtx_compute_capabilities(rtx) if cc not in RTX_NOT_DEFAULT)
+    assert info.max_batch == 8
+    assert info.plugins == ()
+    assert info.onnx_file == str(onnx_path)
+    assert info.onnx_sha256 == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    assert info.engine_sha256 == hashlib.sha256(engine_path.read_bytes()).hexdigest()
+    assert not list(engine_path.parent.glob('.*.tmp'))
+
+
+def test_precisions_give_different_engines(built):
+    assert len({built[p][2].engine.engine_sha256 for p in PRECISIONS}) == len(PRECISIONS)
+
+
+@pytest.mark.parametrize('precision', PRECISIONS)
+def test_function_body_becomes_standard_layers(built, precision):
+    messages = built[precision][3]
+    assert any(f'yolact::{TOY_FUNCTION} built from their ONNX function bodies as standard layers' in m
+               for m in messages)
+    layers = [m for m in messages if m.startswith('layer ')]
+    # The body (Relu, Constant, CastLike, Mul) as TensorRT layers, and no plugin layer anywhere.
+    assert any(' ACTIVATION ' in m for m in layers) and any(' ELEMENTWISE ' in m for m in layers)
+    assert not any(' PLUGIN' in m for m in layers)
+
+
+def test_io_tensors_are_logged(built):
+    messages = built['fp16'][3]
+    assert any(m.split() == ['input', 'images', 'UINT8', '(-1,', '16,', '16,', '3)'] for m in messages)
+    assert any(m.split()[:3] == ['output', 'scores', 'FLOAT'] for m in messages)
+
+
+def test_int8_network_quantizes(built):
+    layers = [m for m in built['int8'][3] if m.startswith('layer ')]
+    assert any(' QUANTIZE ' in m and 'INT8' in m for m in layers)
+    fp16_layers = [m for m in built['fp16'][3] if m.startswith('layer ') and ' CONVOLUTION ' in m]
+    assert fp16_layers and all('HALF' in m for m in fp16_layers)
+
+
+def test_reuse_and_rebuild(write_toy):
+    onnx_path = write_toy('fp32')
+    engine_path, first = build_engine(onnx_path, max_batch=2)
+    inode = engine_path.stat().st_ino
+    (_, again), messages = _build_logged(onnx_path, max_batch=2)
+    assert again == first and engine_path.stat().st_ino == inode
+    assert any(m.startswith(f'reusing {engine_path}') for m in messages)
+
+    (_, forced), _ = _build_logged(onnx_path, max_batch=2, force=True)
+    assert engine_path.stat().st_ino != inode
+    assert read_sidecar(engine_path) == forced
+
+    (_, wider), messages = _build_logged(onnx_path, max_batch=4)
+    assert wider.engine.max_batch == 4
+    assert any('was built with another max_batch' in m for m in messages)
+
+    engine_path.write_bytes(engine_path.read_bytes()[:100])
+    (_, repaired), messages = _build_logged(onnx_path, max_batch=4)
+    assert any('is not the engine its sidecar describes' in m for m in messages)
+    assert repaired.engine.engine_sha256 == hashlib.sha256(engine_path.read_bytes()).hexdigest()
+
+
+def test_turing_target_and_output_path(write_toy, tmp_path):
+    engine_path, sidecar = build_engine(write_toy('fp16'), tmp_path / 'out' / 'turing.engine', compute_capability='7.5',
+                                        max_batch=1)
+    assert engine_path.is_file() and sidecar_path(engine_path).is_file()
+    assert sidecar.engine.compute_capabilities == ('7.5',)
+
+
+def test_custom_op_without_a_body(write_toy):
+    with pytest.raises(EngineBuildError, match=rf"cannot parse .*node .*\({TOY_FUNCTION}\).*function body"):
+        build_engine(write_toy('fp32', with_function_body=False))
+
+
+def test_fixed_batch_needs_matching_max_batch(write_toy):
+    path = write_toy('fp32', fixed_batch=2)
+    with pytest.raises(EngineBuildError, match='fixed batch of 2: pass --max-batch 2'):
+        build_engine(path)
+    assert build_engine(path, max_batch=2)[1].engine.max_batch == 2
+
+
+def test_cli_builds(write_toy, capsys):
+    path = write_toy('int8')
+    assert main(['--model', str(path), '--precision', 'int8', '--max-batch', '2']) == 0
+    out = capsys.readouterr().out
+    assert str(path.with_suffix('.engine')) in out and 'int8, tensorrt_rtx' in out and 'batch 1..2' in out
+
+
+def test_cli_truncated_model(write_toy, capsys):
+    path = write_toy('fp32')
+    path.write_bytes(path.read_bytes()[:200])
+    assert main(['--model', str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f'error: {path} is not a readable ONNX model') and 'Traceback' not in err
+    assert not path.with_suffix('.engine').exists()
+
+
+def test_cli_unknown_precision(write_toy, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(['--model', str(write_toy('fp32')), '--precision', 'int4'])
+    assert info.value.code == 2
+    assert "argument --precision: invalid choice: 'int4' (choose from 'fp32', 'fp16', 'int8')" in capsys.readouterr().err
+
+
+def test_cli_precision_must_match_the_model(write_toy, capsys):
+    assert main(['--model', str(write_toy('fp32')), '--precision', 'fp16']) == 1
+    assert 'is a fp32 model, not fp16: pass the fp16 model (made by `make calib`)' in capsys.readouterr().err
+
+
+def test_cli_without_tensorrt(write_toy):
+    """As `make engine` runs it, in a Python where neither TensorRT nor TensorRT-RTX imports."""
+    code = ("import sys; sys.modules['tensorrt'] = sys.modules['tensorrt_rtx'] = None; "
+            "from engines.build import main; sys.exit(main(sys.argv[1:]))")
+    result = subprocess.run([sys.executable, '-c', code, '--model', str(write_toy('fp32'))], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.startswith('error: TensorRT is not installed')
+    assert "pip install -e '.[tensorrt]'" in result.stderr and "pip install -e '.[tensorrt-rtx]'" in result.stderr
+
+
+def test_make_engine_picks_the_model_of_the_precision():
+    result = subprocess.run(['make', '-n', '-o', '.venv/.installed', 'engine', 'PRECISION=int8',
+                             'MODEL=build/demo.onnx', 'MAX_BATCH=4'], cwd=ROOT, capture_output=True, text=True,
+                            check=True)
+    command = result.stdout.strip().splitlines()[-1].split()
+    assert command[1:] == ['-m', 'engines.build', '--model', 'build/demo.int8.onnx', '--precision', 'int8',
+                           '--max-batch', '4']
