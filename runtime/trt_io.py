@@ -13,12 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from export.contract import INPUT_NAME, POSTPROCESS_OUTPUTS as OUTPUT_NAMES
 from model.metadata import ModelMetadata
 
-INPUT_NAME = 'images'
 # Outputs downloaded row by row, only up to num_dets per image (num_dets itself comes first).
-DETECTION_OUTPUTS = ('boxes', 'scores', 'classes', 'masks')
-OUTPUT_NAMES = ('num_dets',) + DETECTION_OUTPUTS
+DETECTION_OUTPUTS = tuple(name for name in OUTPUT_NAMES if name != 'num_dets')
 _FLOAT_OUTPUTS = ('boxes', 'scores', 'masks')
 # Engines built from an FP16 graph may return half-precision floats; the host widens them.
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))

@@ -70,9 +70,12 @@ def registered_plugin_keys(trt) -> frozenset[str]:
                      for c in trt.module.get_plugin_registry().all_creators)
 
 
-def register_plugins() -> None:
-    """Register our TensorRT plugins (Fast NMS, mask assembly) with this process's TensorRT.
-    When they cannot be registered, the sidecar check names the engine's missing plugins."""
+def register_plugins(trt) -> None:
+    """Register our TensorRT plugins (Fast NMS, mask assembly) with this process's TensorRT
+    (`trt`: engines.trt.TensorRT). When they cannot be registered, the sidecar check names the
+    engine's missing plugins; TensorRT-RTX has no Python plugins (its engines use the ONNX bodies)."""
+    if trt.is_rtx:
+        return
     try:
         from plugins import register_tensorrt_plugins
     except ImportError:
@@ -250,7 +253,7 @@ class TrtBackend:
         if gpu is None:
             raise TensorRTUnavailableError(f'{self.path}: the trt backend needs an NVIDIA GPU and none is visible; '
                                            f'run the ONNX model with --backend ort instead')
-        register_plugins()
+        register_plugins(trt)
         sidecar = check_engine(self.path, trt, gpu, registered_plugin_keys(trt))
         self.metadata = sidecar.metadata
         # Kept for the engine's lifetime: TensorRT logs through it while the engine lives.
