@@ -1,0 +1,104 @@
+"""The interface every inference backend shares (the shape of Polygraphy's runners).
+
+A backend owns one model: `load()` allocates what it needs (session, engine, device buffers),
+`infer()` runs a batch of images through the model with its post-processing, `close()` frees
+what `load()` allocated. Use it as a context manager. Subclasses implement the `_*_impl` hooks;
+the public methods check state and inputs so every backend fails the same way.
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+
+import numpy as np
+
+from model.metadata import ModelMetadata
+
+# The model's outputs with post-processing (the ONNX contract), by name:
+#   num_dets int32 [B]; boxes float32 [B, D, 4] xyxy relative; scores float32 [B, D];
+#   classes int32 [B, D] 0-based; masks float32 [B, D, Hp, Wp]. Rows past num_dets are padding.
+RAW_OUTPUT_NAMES = ('num_dets', 'boxes', 'scores', 'classes', 'masks')
+RawDetections = dict[str, np.ndarray]
+
+
+class BackendError(ValueError):
+    """A model a backend cannot load or inputs it cannot run; the message says what to do."""
+
+
+class Backend(abc.ABC):
+    """One loaded model. Attributes (valid after `load()`):
+
+    metadata: ModelMetadata of the model (config, class names, input size, thresholds).
+    max_batch: the largest batch `infer` accepts, or None for no limit.
+    """
+
+    #: The name `open_backend(..., backend=NAME)` and the CLIs use.
+    name: str = ''
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.metadata: ModelMetadata | None = None
+        self.max_batch: int | None = None
+        self.is_loaded = False
+
+    # -- lifetime -------------------------------------------------------------------------------
+    def load(self) -> 'Backend':
+        """Load the model (idempotent); returns self."""
+        if not self.is_loaded:
+            self._load_impl()
+            self.is_loaded = True
+        return self
+
+    def close(self) -> None:
+        """Free what `load()` allocated (idempotent)."""
+        if self.is_loaded:
+            self._close_impl()
+            self.is_loaded = False
+
+    def __enter__(self) -> 'Backend':
+        return self.load()
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- inference ------------------------------------------------------------------------------
+    def infer(self, images: np.ndarray) -> RawDetections:
+        """Detect instances in a batch of images.
+
+        images: uint8 [B, H, W, 3] BGR, already resized to metadata.input_size (H, W).
+        Returns RawDetections: the arrays named in RAW_OUTPUT_NAMES, in the ONNX contract's
+        shapes and dtypes, as numpy arrays the caller owns. Batches larger than max_batch run in
+        chunks of max_batch.
+        """
+        if not self.is_loaded:
+            raise BackendError(f'{type(self).__name__} for {self.path} is not loaded: call load() or use it '
+                               'in a with-statement')
+        height, width = self.metadata.input_size
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 \
+                or images.shape[1:] != (height, width, 3):
+            got = f'{images.dtype} {images.shape}' if isinstance(images, np.ndarray) else type(images).__name__
+            raise BackendError(f'images must be uint8 [B, {height}, {width}, 3] BGR (the model input size); '
+                               f'got {got}: resize with runtime.pipeline.resize_to_input')
+        if len(images) == 0:
+            raise BackendError('infer got an empty batch: pass at least one image')
+        images = np.ascontiguousarray(images)
+        step = len(images) if self.max_batch is None else self.max_batch
+        if len(images) <= step:
+            return self._infer_impl(images)
+        # Larger batches than the model takes run in chunks; the outputs are joined along B.
+        chunks = [self._infer_impl(images[i:i + step]) for i in range(0, len(images), step)]
+        return {name: np.concatenate([c[name] for c in chunks]) for name in RAW_OUTPUT_NAMES}
+
+    # -- hooks ----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _load_impl(self) -> None:
+        """Allocate the model; set self.metadata and self.max_batch."""
+
+    @abc.abstractmethod
+    def _infer_impl(self, images: np.ndarray) -> RawDetections:
+        """Run a checked, contiguous batch of at most max_batch images; return the RAW_OUTPUT_NAMES arrays."""
+
+    @abc.abstractmethod
+    def _close_impl(self) -> None:
+        """Free what _load_impl allocated."""
