@@ -1,0 +1,127 @@
+"""The `yolact::FastNMS` ONNX function: its body in standard ONNX ops, and the node that calls it.
+
+The exporter takes both from here (one source of truth). onnxruntime runs the body; the TensorRT
+ONNX parser maps the node to the `yolact::FastNMS` plugin through its `plugin_namespace` and
+`plugin_version` attributes. The body equals plugins/fast_nms/reference.py index for index:
+ONNX TopK breaks ties by the lower index, which is the reference's stable sort.
+
+Inputs: boxes float/float16 [B, P, 4] xyxy relative; scores float/float16 [B, P, K] (no background).
+Outputs: num_dets int32 [B]; det_boxes [B, D, 4] and det_scores [B, D] in the input's float type;
+det_classes int32 [B, D]; det_indices int32 [B, D]; D = max_dets, rows past num_dets zero.
+Batch B and prior count P may be dynamic.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import AttributeProto, TensorProto, helper
+
+from plugins import DOMAIN, FAST_NMS_OP, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from plugins.onnx_builder import FunctionBuilder
+
+INPUTS = ['boxes', 'scores']
+OUTPUTS = ['num_dets', 'det_boxes', 'det_scores', 'det_classes', 'det_indices']
+ATTRIBUTES = ['conf_thresh', 'iou_thresh', 'top_k', 'max_dets', 'cross_class', 'plugin_namespace', 'plugin_version']
+
+
+def make_function(opset: int = 19) -> onnx.FunctionProto:
+    """The FunctionProto of `yolact::FastNMS`, importing the default domain at `opset` (18..22)."""
+    f = FunctionBuilder(DOMAIN, FAST_NMS_OP, INPUTS, OUTPUTS, ATTRIBUTES, opset, __doc__)
+    boxes = f.op('Cast', 'boxes', to=TensorProto.FLOAT)
+    scores = f.op('Cast', 'scores', to=TensorProto.FLOAT)
+    conf_thresh = f.attr_scalar('conf_thresh', AttributeProto.FLOAT)
+    iou_thresh = f.attr_scalar('iou_thresh', AttributeProto.FLOAT)
+    top_k = f.attr_scalar('top_k', AttributeProto.INT)
+    max_dets = f.attr_scalar('max_dets', AttributeProto.INT)
+    cross_class = f.op('Cast', f.attr_scalar('cross_class', AttributeProto.INT), to=TensorProto.BOOL)
+    zero, one = f.const(0), f.const(1)
+    zero_f, neg_inf = f.const(0.0, TensorProto.FLOAT), f.const(float('-inf'), TensorProto.FLOAT)
+    axis_1, axis_2, axis_3 = f.const([1]), f.const([2]), f.const([3])
+
+    # 1. Candidates: priors whose best score is above conf_thresh.
+    shape = f.op('Shape', scores)
+    batch = f.op('Slice', shape, f.const([0]), f.const([1]))  # [1]
+    num_priors = f.op('Gather', shape, one)
+    num_classes = f.op('Gather', shape, f.const(2))
+    best = f.op('ReduceMax', scores, axis_2, keepdims=1)  # [B, P, 1]
+    is_candidate = f.op('Greater', best, conf_thresh)  # [B, P, 1]
+    num_candidates = f.op('ReduceSum', f.op('Cast', is_candidate, to=TensorProto.FLOAT), axis_1, keepdims=1)
+
+    # 2. The class-score table each class sorts. Cross-class mode ranks every prior by its best score
+    # in class column 0 and leaves the other columns empty, so both modes share the steps below.
+    class_range = f.op('Range', zero, num_classes, one)  # [K]
+    column_in_use = f.op('Or', f.op('Not', cross_class), f.op('Equal', class_range, zero))  # [K]
+    table = f.op('Where', cross_class, best, scores)  # [B, P, K]
+    in_table = f.op('And', is_candidate, column_in_use)
+    table = f.op('Transpose', f.op('Where', in_table, table, neg_inf), perm=[0, 2, 1])  # [B, K, P]
+
+    # 3. Per class the top T = min(top_k, P) by score; ONNX TopK breaks ties by the lower prior index.
+    # Positions >= the candidate count hold non-candidates (-inf) and are not valid.
+    num_sorted = f.op('Reshape', f.op('Min', top_k, num_priors), f.const([1]))
+    sorted_scores, sorted_priors = f.op('TopK', table, num_sorted, axis=-1, largest=1, sorted=1, outputs=2)
+    position = f.op('Cast', f.op('Range', zero, f.op('Squeeze', num_sorted), one), to=TensorProto.FLOAT)  # [T]
+    valid = f.op('And', f.op('Less', position, num_candidates),  # [B, 1, T] vs [B, 1, 1]
+                 f.op('Unsqueeze', column_in_use, axis_1))  # [K, 1]
+
+    # 4. Upper-triangular IoU max among each class's sorted boxes (the reference's float32 op order).
+    flat_priors = f.op('Reshape', sorted_priors, f.op('Concat', batch, f.const([-1, 1]), axis=0))
+    sorted_boxes = f.op('GatherND', boxes, flat_priors, batch_dims=1)  # [B, K*T, 4]
+    sorted_boxes = f.op('Reshape', sorted_boxes, f.op('Concat', batch, f.op('Reshape', num_classes, f.const([1])),
+                                                      num_sorted, f.const([4]), axis=0))  # [B, K, T, 4]
+    x1, y1, x2, y2 = (f.op('Gather', sorted_boxes, f.const(c), axis=3) for c in range(4))  # [B, K, T]
+    row, col = (lambda v: f.op('Unsqueeze', v, axis_3)), (lambda v: f.op('Unsqueeze', v, axis_2))
+    width = f.op('Max', f.op('Sub', f.op('Min', row(x2), col(x2)), f.op('Max', row(x1), col(x1))), zero_f)
+    height = f.op('Max', f.op('Sub', f.op('Min', row(y2), col(y2)), f.op('Max', row(y1), col(y1))), zero_f)
+    inter = f.op('Mul', width, height)  # [B, K, T(i), T(j)]
+    area = f.op('Mul', f.op('Sub', x2, x1), f.op('Sub', y2, y1))
+    union = f.op('Sub', f.op('Add', row(area), col(area)), inter)
+    iou = f.op('Where', f.op('Equal', union, zero_f), zero_f, f.op('Div', inter, union))
+    above_diagonal = f.op('Less', f.op('Unsqueeze', position, f.const([1])), position)  # [T(i), T(j)]: i < j
+    iou_max = f.op('ReduceMax', f.op('Where', above_diagonal, iou, zero_f), axis_2, keepdims=0)  # [B, K, T]
+    keep = f.op('And', f.op('LessOrEqual', iou_max, iou_thresh), valid)
+
+    # 5. Global sort of the kept (class, position) pairs, class-major: TopK's lower-index tie break
+    # is the reference's stable sort. D columns of -inf make TopK's k = D valid for any K*T.
+    kept_scores = f.op('Reshape', f.op('Where', keep, sorted_scores, neg_inf), f.op('Concat', batch, f.const([-1]), axis=0))
+    max_dets_1 = f.op('Reshape', max_dets, f.const([1]))
+    padding = f.op('Expand', neg_inf, f.op('Concat', batch, max_dets_1, axis=0))
+    top_scores, top_pairs = f.op('TopK', f.op('Concat', kept_scores, padding, axis=1), max_dets_1,
+                                 axis=1, largest=1, sorted=1, outputs=2)  # [B, D]
+    num_pairs = f.op('Mul', num_classes, f.op('Squeeze', num_sorted))
+    top_pairs = f.op('Min', top_pairs, f.op('Sub', num_pairs, one))  # padding columns: any real pair
+    num_kept = f.op('ReduceSum', f.op('Cast', keep, to=TensorProto.FLOAT), f.const([1, 2]), keepdims=0)
+    num_dets = f.op('Min', f.op('Cast', num_kept, to=TensorProto.INT64), max_dets)  # [B]
+    is_detection = f.op('Less', f.op('Range', zero, max_dets, one), f.op('Unsqueeze', num_dets, axis_1))  # [B, D]
+
+    priors = f.op('GatherElements', f.op('Reshape', sorted_priors, f.op('Concat', batch, f.const([-1]), axis=0)),
+                  top_pairs, axis=1)  # [B, D]
+    best_class = f.op('ArgMax', scores, axis=2, keepdims=0, select_last_index=0)  # [B, P]
+    classes = f.op('Where', cross_class, f.op('GatherElements', best_class, priors, axis=1),
+                   f.op('Div', top_pairs, f.op('Squeeze', num_sorted)))
+    det_boxes = f.op('GatherND', boxes, f.op('Unsqueeze', priors, f.const([2])), batch_dims=1)  # [B, D, 4]
+
+    f.op('Cast', num_dets, to=TensorProto.INT32, outputs=['num_dets'])
+    f.op('CastLike', f.op('Where', f.op('Unsqueeze', is_detection, f.const([2])), det_boxes, zero_f), 'boxes',
+         outputs=['det_boxes'])
+    f.op('CastLike', f.op('Where', is_detection, top_scores, zero_f), 'scores', outputs=['det_scores'])
+    f.op('Cast', f.op('Where', is_detection, classes, zero), to=TensorProto.INT32, outputs=['det_classes'])
+    f.op('Cast', f.op('Where', is_detection, priors, zero), to=TensorProto.INT32, outputs=['det_indices'])
+    return f.build()
+
+
+def make_node(inputs: list[str], outputs: list[str], *, conf_thresh: float, iou_thresh: float, top_k: int,
+              max_dets: int, cross_class: bool, name: str = 'fast_nms') -> onnx.NodeProto:
+    """A `yolact::FastNMS` node with every attribute the function body and the plugin read.
+
+    inputs: [boxes, scores] value names; outputs: [num_dets, det_boxes, det_scores, det_classes,
+    det_indices] value names.
+    """
+    if len(inputs) != len(INPUTS) or len(outputs) != len(OUTPUTS):
+        raise ValueError(f'FastNMS takes inputs {INPUTS} and outputs {OUTPUTS}; got {inputs} -> {outputs}')
+    if int(top_k) < 1 or int(max_dets) < 1:
+        raise ValueError(f'FastNMS needs top_k >= 1 and max_dets >= 1; got top_k={top_k}, max_dets={max_dets}')
+    return helper.make_node(
+        FAST_NMS_OP, inputs, outputs, name=name, domain=DOMAIN,
+        conf_thresh=float(conf_thresh), iou_thresh=float(iou_thresh), top_k=int(top_k),
+        max_dets=int(max_dets), cross_class=int(bool(cross_class)),
+        plugin_namespace=PLUGIN_NAMESPACE, plugin_version=PLUGIN_VERSION)
