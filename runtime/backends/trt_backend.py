@@ -26,14 +26,14 @@ import numpy as np
 
 from engines.sidecar import EngineSidecar, check_sidecar, plugin_key, read_sidecar
 from engines.trt import TensorRTUnavailable, cuda_device, load_tensorrt, make_logger
-from model.metadata import ModelMetadata
 from runtime import cuda_mem
+from runtime.backends.base import Backend, BackendError, RawDetections
 from runtime.throughput import CAPTURE, EAGER, REPLAY, GraphPolicy, pipelined
 from runtime.trt_io import (DETECTION_OUTPUTS, INPUT_NAME, REBUILD_HINT, EngineIO, EngineIOError, TensorSpec,
                             check_num_dets, download_segments, gather_detections, validate_engine_io)
 
 
-class TensorRTUnavailableError(RuntimeError):
+class TensorRTUnavailableError(BackendError):
     """TensorRT or a CUDA GPU is missing on this host."""
 
 
@@ -209,13 +209,13 @@ class _Lane:
         self.context = None  # TensorRT frees the context when the last reference goes
 
 
-class TrtBackend:
+class TrtBackend(Backend):
     """A TensorRT engine behind the runtime's Backend interface.
 
-    path: the .engine file (its sidecar `<path>.json` beside it, see engines/sidecar.py).
-    streams: execution contexts used by `infer_batches` (1 = sequential).
+    path: the .engine file (its sidecar `FILE.engine.json` beside it, see engines/sidecar.py).
+    streams: execution contexts (lanes) that `infer_batches` spreads batches over (1 = sequential).
     cuda_graphs: capture a CUDA graph per lane and batch size (replayed for repeated sizes).
-    max_batch: cap on images per lane and call (default: the engine profile's maximum).
+    max_batch: cap on images per call (default: the engine profile's maximum).
     The engine runs on CUDA device 0 (choose the GPU with CUDA_VISIBLE_DEVICES).
     """
 
@@ -223,30 +223,20 @@ class TrtBackend:
 
     def __init__(self, path: str | os.PathLike, *, streams: int = 1, cuda_graphs: bool = True,
                  max_batch: int | None = None):
+        super().__init__(path)
         if streams < 1:
-            raise ValueError(f'streams must be >= 1, got {streams}')
-        self.path = Path(path)
+            raise BackendError(f'streams must be >= 1, got {streams}')
         self.streams = int(streams)
         self.cuda_graphs = bool(cuda_graphs)
         self._requested_max_batch = max_batch
-        self.metadata: ModelMetadata | None = None
-        self.max_batch: int | None = max_batch
         self.io: EngineIO | None = None
         self._engine = self._runtime = self._logger = None
         self._lanes: list[_Lane] = []
 
-    # -- lifetime -------------------------------------------------------------------------------
-    def __enter__(self) -> 'TrtBackend':
-        self.load()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def load(self) -> None:
+    def _load_impl(self) -> None:
         """Check the sidecar, deserialise the engine and set up `streams` lanes."""
         if not self.path.is_file():
-            raise FileNotFoundError(f'{self.path}: no such engine file; build one with `make engine`')
+            raise BackendError(f'{self.path}: no such engine file; build one with `make engine`')
         built_with = read_sidecar(self.path).engine.tensorrt_flavour
         trt = import_tensorrt(built_with)
         gpu = cuda_device()
@@ -266,55 +256,48 @@ class TrtBackend:
         self.io = describe_engine(self._engine, trt.module)
         validate_engine_io(self.io, self.metadata, str(self.path))
         cap = self._requested_max_batch
-        if cap is not None and cap > self.io.max_batch:
-            raise EngineIOError(f'{self.path}: max_batch {cap} exceeds the engine profile maximum '
-                                f'{self.io.max_batch}; {REBUILD_HINT} with a larger --max-batch')
+        if cap is not None and not 1 <= cap <= self.io.max_batch:
+            raise EngineIOError(f'{self.path}: max_batch {cap} is outside the engine profile\'s 1..{self.io.max_batch}; '
+                                f'{REBUILD_HINT} with a larger --max-batch')
         self.max_batch = self.io.max_batch if cap is None else cap
-        self._lanes = [_Lane(self._engine, self.io, self.cuda_graphs) for _ in range(self.streams)]
+        try:
+            for _ in range(self.streams):
+                self._lanes.append(_Lane(self._engine, self.io, self.cuda_graphs))
+        except BaseException:
+            self._close_impl()
+            raise
 
-    def close(self) -> None:
+    def _close_impl(self) -> None:
         for lane in self._lanes:
             lane.free()
         self._lanes = []
         self._engine = self._runtime = None
 
-    # -- inference ------------------------------------------------------------------------------
-    def _check_images(self, images: np.ndarray) -> np.ndarray:
-        if not self._lanes:
-            raise RuntimeError('TrtBackend.infer called before load() (use it as a context manager)')
-        images = np.asarray(images)
-        height, width = self.metadata.input_size
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (height, width, 3):
-            raise ValueError(f'images must be uint8 [B, {height}, {width}, 3] BGR at the model size, '
-                             f'got {images.dtype} {list(images.shape)}')
-        return images
+    def _infer_impl(self, images: np.ndarray) -> RawDetections:
+        """images uint8 [B, H, W, 3] BGR at metadata.input_size, B <= max_batch -> RawDetections
+        (num_dets int32 [B], boxes float32 [B, D, 4] xyxy relative, scores float32 [B, D], classes
+        int32 [B, D], masks float32 [B, D, Hp, Wp]; rows past num_dets zero)."""
+        self.io.check_batch(len(images))
+        lane = self._lanes[0]
+        return lane.collect(lane.submit(images))
 
-    def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """images uint8 [B, H, W, 3] BGR at metadata.input_size -> RawDetections (num_dets int32 [B],
-        boxes float32 [B, D, 4] xyxy relative, scores float32 [B, D], classes int32 [B, D],
-        masks float32 [B, D, Hp, Wp]; rows past num_dets zero). More than max_batch images are run
-        in chunks, spread over the streams."""
-        images = self._check_images(images)
-        if len(images) == 0:
-            return gather_detections({n: np.zeros(self.io[n].shape_for(0), self.io[n].dtype)
-                                      for n in DETECTION_OUTPUTS}, np.zeros(0, np.int32))
-        chunks = [images[i:i + self.max_batch] for i in range(0, len(images), self.max_batch)]
-        parts = list(self.infer_batches(chunks))
-        if len(parts) == 1:
-            return parts[0]
-        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    def infer_batches(self, batches: Iterable[np.ndarray]) -> Iterator[RawDetections]:
+        """RawDetections for each batch (as `infer` takes it), in order, with up to `streams`
+        batches in flight so uploads, inference and downloads overlap: the throughput path that
+        video and the benchmark use."""
+        if not self.is_loaded:
+            raise BackendError(f'TrtBackend for {self.path} is not loaded: call load() or use it in a with-statement')
 
-    def infer_batches(self, batches: Iterable[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        """RawDetections for each batch (uint8 [B, H, W, 3], B within the engine profile and at
-        most max_batch), in order, with up to `streams` batches in flight: the throughput path
-        that video and benchmarks use."""
         def checked():
             for images in batches:
-                images = self._check_images(images)
+                height, width = self.metadata.input_size
+                if not isinstance(images, np.ndarray) or images.dtype != np.uint8 \
+                        or images.shape[1:] != (height, width, 3) or len(images) == 0:
+                    self.infer(images)  # raises Backend.infer's error for this batch
                 if len(images) > self.max_batch:
-                    raise ValueError(f'a batch of {len(images)} images exceeds max_batch {self.max_batch}; '
-                                     f'use infer(), which splits it')
+                    raise BackendError(f'infer_batches takes at most {self.max_batch} images per batch, got '
+                                       f'{len(images)}: split the batch (infer() does it for you)')
                 self.io.check_batch(len(images))
-                yield images
+                yield np.ascontiguousarray(images)
 
         return pipelined(checked(), self._lanes, _Lane.submit, _Lane.collect)

@@ -15,6 +15,7 @@ from engines.files import file_sha256
 from engines.trt import TensorRT
 from model.config import get_config
 from model.metadata import ModelMetadata
+from runtime.backends.base import BackendError
 from runtime.backends.trt_backend import (TensorRTUnavailableError, TrtBackend, check_engine, describe_engine,
                                           registered_plugin_keys)
 
@@ -109,12 +110,14 @@ def test_load_without_gpu_says_so(tmp_path):
 
 
 def test_missing_engine_file_and_bad_options(tmp_path):
-    with pytest.raises(FileNotFoundError, match='make engine'):
+    with pytest.raises(BackendError, match='make engine'):
         TrtBackend(tmp_path / 'none.engine').load()
-    with pytest.raises(ValueError, match='streams'):
+    with pytest.raises(BackendError, match='streams'):
         TrtBackend(tmp_path / 'x.engine', streams=0)
-    with pytest.raises(RuntimeError, match='before load'):
+    with pytest.raises(BackendError, match='not loaded'):
         TrtBackend(tmp_path / 'x.engine').infer(np.zeros((1, 550, 550, 3), np.uint8))
+    with pytest.raises(BackendError, match='not loaded'):
+        next(TrtBackend(tmp_path / 'x.engine').infer_batches([np.zeros((1, 550, 550, 3), np.uint8)]))
 
 
 class _FakeEngine:

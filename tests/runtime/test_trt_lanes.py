@@ -13,6 +13,7 @@ from model.config import get_config
 from model.metadata import ModelMetadata
 from runtime import cuda_mem
 from runtime.backends import trt_backend
+from runtime.backends.base import BackendError
 from runtime.backends.trt_backend import TrtBackend, _Lane
 from runtime.trt_io import EngineIO, EngineIOError, TensorSpec
 
@@ -188,6 +189,7 @@ def make_backend(dev, streams=1, graphs=True, max_batch=None):
     backend.max_batch = max_batch or IO.max_batch
     backend._engine = SimEngine(dev)
     backend._lanes = [_Lane(backend._engine, IO, graphs) for _ in range(streams)]
+    backend.is_loaded = True
     return backend
 
 
@@ -266,10 +268,10 @@ def test_streams_keep_order_and_chunk_large_batches(sim):
     for raw, images in zip(results, batches):
         assert_trimmed(raw, images)
     assert all(len(engine_ctx.addresses) == 6 for engine_ctx in backend._engine.contexts)
+    with pytest.raises(BackendError, match='at most 2 images per batch, got 3'):
+        list(backend.infer_batches([batches[0], random_images(rng, 3)]))
     big = random_images(rng, 5)
-    assert_trimmed(backend.infer(big), big)  # 2 + 2 + 1 over the lanes, joined
-    with pytest.raises(ValueError, match='exceeds max_batch'):
-        list(backend.infer_batches([big]))
+    assert_trimmed(backend.infer(big), big)  # Backend.infer runs it as 2 + 2 + 1
     backend.close()
     assert not sim.live
 
@@ -280,8 +282,10 @@ def test_bad_input_and_broken_engine_output(sim):
         backend.infer(np.zeros((1, SIZE, SIZE, 3), np.float32))
     with pytest.raises(ValueError, match=r'uint8 \[B, 8, 8, 3\]'):
         backend.infer(np.zeros((1, 9, SIZE, 3), np.uint8))
-    empty = backend.infer(np.zeros((0, SIZE, SIZE, 3), np.uint8))
-    assert empty['masks'].shape == (0, D, HP, HP) and empty['num_dets'].shape == (0,)
+    with pytest.raises(ValueError, match=r'uint8 \[B, 8, 8, 3\]'):
+        next(backend.infer_batches([np.zeros((1, SIZE, SIZE), np.uint8)]))
+    with pytest.raises(BackendError, match='empty batch'):
+        backend.infer(np.zeros((0, SIZE, SIZE, 3), np.uint8))
 
     original = SimContext.execute_async_v3
 
