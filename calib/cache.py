@@ -1,0 +1,71 @@
+"""The calibration cache: activation ranges from one calibration run, kept for the next.
+
+Calibration (running N images through the network and fitting a range per tensor) is the slow
+part of INT8 conversion; quantising with ranges already at hand takes a second. The cache file is
+keyed by a digest of the network graph and weights, the pre-processed calibration pixels and the
+method, so any change to the model, the images, their number or the method calibrates afresh.
+
+The file is in TensorRT's calibration-cache text format, which modelopt reads
+(`calibration_cache_path`): a header line, then `tensor_name: <scale as big-endian float32 hex>`,
+with scale = amax / 127 (symmetric INT8).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+CACHE_HEADER = 'TRT-8501-EntropyCalibration2'
+INT8_MAX = 127
+# A tensor that was all zeros in calibration would get scale 0 and divide by zero in
+# QuantizeLinear; the smallest normal float16 keeps the scale valid for FP16 Q/DQ scales too.
+MIN_AMAX = float(np.finfo(np.float16).tiny) * INT8_MAX
+
+
+def calibration_key(network: onnx.ModelProto, images: np.ndarray, method: str) -> str:
+    """Hex digest of what determines the calibration result.
+
+    network: the model part that is calibrated; images: uint8 [N, H, W, 3] as fed to it.
+    """
+    digest = hashlib.sha256()
+    digest.update(network.SerializeToString(deterministic=True))
+    digest.update(repr((images.shape, str(images.dtype), method)).encode())
+    digest.update(np.ascontiguousarray(images).tobytes())
+    return digest.hexdigest()
+
+
+def cache_file(cache_dir: str | os.PathLike, model_name: str, method: str, key: str) -> Path:
+    """Where the calibration for `key` lives: <cache_dir>/<model_name>.<method>.<key[:16]>.calib."""
+    return Path(cache_dir) / f'{model_name}.{method}.{key[:16]}.calib'
+
+
+def write_cache(path: Path, amax: dict[str, float]) -> None:
+    """Write `amax` (tensor name -> largest absolute value to represent) atomically."""
+    lines = [CACHE_HEADER]
+    for name, value in sorted(amax.items()):
+        scale = max(float(value), MIN_AMAX) / INT8_MAX
+        lines.append(f'{name}: {struct.pack("!f", scale).hex()}')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'w') as f:
+            f.write('\n'.join(lines) + '\n')
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_cache(path: Path) -> dict[str, float]:
+    """The scales (not amax) stored in `path`, tensor name -> scale."""
+    scales = {}
+    for line in path.read_text().splitlines()[1:]:
+        name, _, hex_value = line.rpartition(': ')
+        scales[name] = struct.unpack('!f', bytes.fromhex(hex_value))[0]
+    return scales

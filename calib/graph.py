@@ -1,0 +1,161 @@
+"""Split an exported model into its network and its post-processing, and join them again.
+
+Precision conversion touches only the network: the post-processing (the model-local functions
+yolact::FastNMS and yolact::MaskAssembly, and anything computed from their outputs) stays FP32.
+modelopt's passes (opset conversion, ORT quantisation, autocast) drop model-local functions, so
+instead of asking them to leave the functions alone we hand them the network alone and re-attach
+the post-processing nodes, function bodies and metadata afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from dataclasses import dataclass
+
+import onnx
+from onnx import helper
+
+from export.onnx_export import attach_metadata, read_metadata
+from model.metadata import MetadataError, ModelMetadata
+
+# Where the mask inputs come from: MaskAssembly's first two inputs (proto [B,Hp,Wp,M] and
+# coef [B,P,M]), or, for a model exported without post-processing, these raw outputs.
+MASK_ASSEMBLY_OP = 'MaskAssembly'
+RAW_MASK_OUTPUTS = ('proto', 'coef')
+
+
+class CalibrationError(ValueError):
+    """Bad input to calibration (model, images, options); the message names the fix."""
+
+
+@dataclass(frozen=True)
+class SplitModel:
+    """network: a standalone model with the original inputs and, as outputs, every tensor the
+    post-processing reads plus the original outputs the network itself produces.
+    postprocess_nodes: the original graph's function calls and every node downstream of them.
+    mask_inputs: names of the network outputs holding the prototypes and the mask coefficients.
+    """
+
+    network: onnx.ModelProto
+    postprocess_nodes: tuple[onnx.NodeProto, ...]
+    mask_inputs: tuple[str, ...]
+    original: onnx.ModelProto
+
+
+def model_metadata(model: onnx.ModelProto) -> ModelMetadata:
+    """The ModelMetadata the exporter stored in `model`, or CalibrationError naming the fix."""
+    try:
+        return read_metadata(model, 'the input model')
+    except MetadataError as e:
+        raise CalibrationError(str(e)) from None
+
+
+def split_postprocess(model: onnx.ModelProto) -> SplitModel:
+    """Cut `model` before its model-local function calls (see the module docstring).
+
+    A model exported without post-processing has no function calls: its network is all of it.
+    """
+    model = _copy(model)
+    for i, node in enumerate(model.graph.node):
+        # Nodes are named in the result (modelopt names them otherwise; ours must match its names).
+        node.name = node.name or f'{node.op_type}_{i}'
+    local = {(f.domain, f.name) for f in model.functions}
+    post_outputs: set[str] = set()
+    network_nodes, post_nodes = [], []
+    for node in model.graph.node:
+        if (node.domain, node.op_type) in local or any(i in post_outputs for i in node.input):
+            post_nodes.append(node)
+            post_outputs.update(node.output)
+        else:
+            network_nodes.append(node)
+
+    produced = {o for n in network_nodes for o in n.output} | {i.name for i in model.graph.input}
+    wanted = [i for n in post_nodes for i in n.input if i in produced]
+    wanted += [o.name for o in model.graph.output if o.name in produced]
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v for v in (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input)}
+    outputs = []
+    for name in dict.fromkeys(wanted):
+        if name not in types:
+            raise CalibrationError(f'cannot infer the type of tensor {name!r}: re-export the model')
+        outputs.append(types[name])
+
+    mask_assembly = [n for n in post_nodes if n.op_type == MASK_ASSEMBLY_OP]
+    if mask_assembly:
+        mask_inputs = tuple(mask_assembly[0].input[:2])
+    else:
+        mask_inputs = tuple(o.name for o in model.graph.output if o.name in RAW_MASK_OUTPUTS)
+
+    used = {i for n in network_nodes for i in n.input}
+    graph = helper.make_graph(
+        network_nodes, model.graph.name + '_network', list(model.graph.input), outputs,
+        [t for t in model.graph.initializer if t.name in used])
+    network = helper.make_model(
+        graph, opset_imports=[o for o in model.opset_import if o.domain in ('', 'ai.onnx')])
+    network.ir_version = model.ir_version
+    return SplitModel(network, tuple(post_nodes), mask_inputs, model)
+
+
+def join_postprocess(network: onnx.ModelProto, split: SplitModel, precision: str) -> onnx.ModelProto:
+    """The converted `network` with the original post-processing re-attached.
+
+    Outputs, function bodies, other domains' opset imports and metadata come from the original
+    model; the metadata's precision becomes `precision`. The function bodies are restamped with
+    the network's default opset (modelopt raises it to 19+); the bodies use only ops whose
+    signatures are the same across opsets 18..22 (plugins/onnx_builder.py), and the ONNX checker
+    run on the result would name any op for which that is not so.
+    """
+    original = split.original
+    graph = onnx.GraphProto()
+    graph.CopyFrom(network.graph)
+    graph.name = original.graph.name
+    graph.node.extend(split.postprocess_nodes)
+    del graph.output[:]
+    graph.output.extend(original.graph.output)
+
+    opsets = {o.domain: o.version for o in network.opset_import}
+    for o in original.opset_import:
+        opsets.setdefault(o.domain, o.version)
+    default_opset = opsets.get('', opsets.get('ai.onnx'))
+    functions = []
+    for f in original.functions:
+        f = _copy(f)
+        for o in f.opset_import:
+            if o.domain in ('', 'ai.onnx'):
+                o.version = default_opset
+        functions.append(f)
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()], functions=functions)
+    model.ir_version = max(network.ir_version, original.ir_version)
+    meta = dataclasses.replace(model_metadata(original), precision=precision)
+    attach_metadata(model, meta)
+    return model
+
+
+def _copy(proto):
+    out = type(proto)()
+    out.CopyFrom(proto)
+    return out
+
+
+def producing_convs(model: onnx.ModelProto, tensors) -> list[str]:
+    """Names of the Conv nodes nearest upstream of `tensors` (walking back through non-Conv nodes).
+
+    For the mask inputs these are the ProtoNet's last convolution and the prediction head's
+    mask-coefficient convolutions (one per FPN level): the layers kept in higher precision by
+    `--keep-sensitive`.
+    """
+    producer = {o: n for n in model.graph.node for o in n.output}
+    found, seen = [], set()
+    queue = deque(tensors)
+    while queue:
+        node = producer.get(queue.popleft())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type == 'Conv':
+            found.append(node.name)
+        else:
+            queue.extend(node.input)
+    return found

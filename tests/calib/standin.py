@@ -1,0 +1,126 @@
+"""A small stand-in for an exported YOLACT model, built op by op so calibration tests run in seconds.
+
+Same contract as the real export: uint8 NHWC `images` input, normalisation in the graph, Conv+Relu
+network, a prototype branch (NHWC) and box/score/coefficient heads, then post-processing as
+model-local functions in domain "yolact" (FastNMS, MaskAssembly) whose bodies contain quantisable
+ops (a MatMul) that must stay FP32, and ModelMetadata under metadata_props.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import onnx
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+from export.onnx_export import attach_metadata
+from model.config import yolact_tiny
+from model.metadata import ModelMetadata
+
+OPSET = 19
+SIZE = 16  # input height and width
+CHANNELS = 16  # modelopt quantises convolutions with >= 16 channels (TensorRT's INT8 kernels)
+MASK_DIM = 4
+NUM_CLASSES = 3
+TOP = 5
+PROTO_CONV, COEF_CONV = 'proto_net.conv', 'head.coef_layer'
+
+
+def _fast_nms_function() -> onnx.FunctionProto:
+    const = lambda name, values: h.make_node('Constant', [], [name], value=nh.from_array(np.array(values, np.int64)))  # noqa: E731
+    return h.make_function('yolact', 'FastNMS', ['boxes', 'scores'], ['num_dets', 'det_indices'], [
+        const('axis2', [2]), const('axis1', [1]), const('k', [TOP]),
+        h.make_node('ReduceMax', ['scores', 'axis2'], ['best'], keepdims=0),
+        h.make_node('Constant', [], ['thresh'], value_float=0.4),
+        h.make_node('Greater', ['best', 'thresh'], ['keep']),
+        h.make_node('Cast', ['keep'], ['keep_i'], to=T.INT32),
+        h.make_node('ReduceSum', ['keep_i', 'axis1'], ['num_dets'], keepdims=0),
+        h.make_node('TopK', ['best', 'k'], ['top_scores', 'top_indices'], axis=1),
+        h.make_node('Cast', ['top_indices'], ['det_indices'], to=T.INT32),
+    ], [h.make_opsetid('', OPSET)])
+
+
+def _mask_assembly_function() -> onnx.FunctionProto:
+    const = lambda name, values: h.make_node('Constant', [], [name], value=nh.from_array(np.array(values, np.int64)))  # noqa: E731
+    return h.make_function('yolact', 'MaskAssembly', ['proto', 'coef', 'det_indices'], ['masks'], [
+        const('axis2', [2]), const('repeat', [1, 1, MASK_DIM]), const('flat', [0, -1, MASK_DIM]),
+        h.make_node('Cast', ['det_indices'], ['indices'], to=T.INT64),
+        h.make_node('Unsqueeze', ['indices', 'axis2'], ['indices3']),
+        h.make_node('Tile', ['indices3', 'repeat'], ['gather_indices']),
+        h.make_node('GatherElements', ['coef', 'gather_indices'], ['det_coef'], axis=1),
+        h.make_node('Reshape', ['proto', 'flat'], ['proto_flat']),
+        h.make_node('Transpose', ['det_coef'], ['det_coef_t'], perm=[0, 2, 1]),
+        h.make_node('MatMul', ['proto_flat', 'det_coef_t'], ['logits']),
+        h.make_node('Sigmoid', ['logits'], ['masks']),
+    ], [h.make_opsetid('', OPSET)])
+
+
+def build_standin(seed: int = 0) -> onnx.ModelProto:
+    """The stand-in model; outputs num_dets int32 [B] and masks float32 [B, SIZE*SIZE, TOP]."""
+    rng = np.random.default_rng(seed)
+    initializers = []
+
+    def tensor(name, array):
+        initializers.append(nh.from_array(np.asarray(array), name))
+        return name
+
+    def weight(name, *shape, scale):
+        return tensor(name, (rng.standard_normal(shape) * scale).astype(np.float32))
+
+    cfg = yolact_tiny
+    nodes = [
+        h.make_node('Cast', ['images'], ['pixels'], to=T.FLOAT, name='cast_input'),
+        h.make_node('Sub', ['pixels', tensor('mean', np.float32(cfg.mean_bgr))], ['centred'], name='normalise_sub'),
+        h.make_node('Div', ['centred', tensor('std', np.float32(cfg.std_bgr))], ['normalised'], name='normalise_div'),
+        h.make_node('Transpose', ['normalised'], ['x'], perm=[0, 3, 1, 2], name='to_nchw'),
+    ]
+    features, channels = 'x', 3
+    for i in range(3):
+        nodes.append(h.make_node(
+            'Conv', [features, weight(f'conv{i}.weight', CHANNELS, channels, 3, 3, scale=0.2),
+                     weight(f'conv{i}.bias', CHANNELS, scale=0.05)], [f'conv{i}'], pads=[1] * 4, name=f'backbone.conv{i}'))
+        nodes.append(h.make_node('Relu', [f'conv{i}'], [f'relu{i}'], name=f'backbone.relu{i}'))
+        features, channels = f'relu{i}', CHANNELS
+    nodes += [
+        h.make_node('Conv', [features, weight('proto.weight', MASK_DIM, CHANNELS, 1, 1, scale=0.3),
+                             weight('proto.bias', MASK_DIM, scale=0.05)], ['proto_nchw'], name=PROTO_CONV),
+        h.make_node('Relu', ['proto_nchw'], ['proto_relu'], name='proto_net.relu'),
+        h.make_node('Transpose', ['proto_relu'], ['proto'], perm=[0, 2, 3, 1], name='proto_nhwc'),
+    ]
+    for name, out_channels, activation, conv_name in (
+            ('boxes', 4, 'Sigmoid', 'head.bbox_layer'), ('scores', NUM_CLASSES, 'Softmax', 'head.conf_layer'),
+            ('coef', MASK_DIM, 'Tanh', COEF_CONV)):
+        nodes += [
+            h.make_node('Conv', [features, weight(f'{name}.weight', out_channels, CHANNELS, 1, 1, scale=0.3),
+                                 weight(f'{name}.bias', out_channels, scale=0.05)], [f'{name}_nchw'], name=conv_name),
+            h.make_node('Transpose', [f'{name}_nchw'], [f'{name}_nhwc'], perm=[0, 2, 3, 1], name=f'{name}_nhwc'),
+            h.make_node('Reshape', [f'{name}_nhwc', tensor(f'{name}.shape', np.array([0, -1, out_channels]))],
+                        [f'{name}_flat'], name=f'{name}_flat'),
+            h.make_node(activation, [f'{name}_flat'], [name], name=f'{name}_activation',
+                        **({'axis': -1} if activation == 'Softmax' else {})),
+        ]
+    nodes += [
+        h.make_node('FastNMS', ['boxes', 'scores'], ['num_dets', 'det_indices'], domain='yolact', name='fast_nms'),
+        h.make_node('MaskAssembly', ['proto', 'coef', 'det_indices'], ['masks'], domain='yolact', name='mask_assembly'),
+    ]
+    graph = h.make_graph(
+        nodes, 'standin', [h.make_tensor_value_info('images', T.UINT8, ['batch', SIZE, SIZE, 3])],
+        [h.make_tensor_value_info('num_dets', T.INT32, ['batch']),
+         h.make_tensor_value_info('masks', T.FLOAT, ['batch', SIZE * SIZE, TOP])], initializers)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid('', OPSET), h.make_opsetid('yolact', 1)],
+                         functions=[_fast_nms_function(), _mask_assembly_function()])
+    model.ir_version = 10
+    cfg = cfg.with_classes(cfg.class_names[:NUM_CLASSES - 1])
+    meta = ModelMetadata.from_config(cfg, max_dets=TOP)
+    attach_metadata(model, meta)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def smooth_images(count: int, size: int = SIZE, seed: int = 1) -> np.ndarray:
+    """uint8 [count, size, size, 3]: blurred noise, closer to photographs than white noise."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (count, 4, 4, 3)).astype(np.uint8)
+    return np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_LINEAR) for im in small])

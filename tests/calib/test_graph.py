@@ -1,0 +1,66 @@
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from calib.graph import CalibrationError, join_postprocess, model_metadata, producing_convs, split_postprocess
+from tests.calib.standin import COEF_CONV, OPSET, PROTO_CONV, build_standin
+
+
+def run(model: onnx.ModelProto, images: np.ndarray) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, {'images': images})))
+
+
+def test_split_cuts_before_the_function_calls(standin):
+    split = split_postprocess(standin)
+    assert {n.op_type for n in split.network.graph.node}.isdisjoint({'FastNMS', 'MaskAssembly'})
+    assert [n.op_type for n in split.postprocess_nodes] == ['FastNMS', 'MaskAssembly']
+    # The network hands the post-processing exactly what it reads.
+    assert [o.name for o in split.network.graph.output] == ['boxes', 'scores', 'proto', 'coef']
+    assert split.mask_inputs == ('proto', 'coef')
+    assert not split.network.functions
+    onnx.checker.check_model(split.network, full_check=True)
+
+
+def test_split_then_join_is_the_same_model(standin, calibration_pixels):
+    split = split_postprocess(standin)
+    joined = join_postprocess(split.network, split, 'fp32')
+    onnx.checker.check_model(joined, full_check=True)
+    assert [f.name for f in joined.functions] == ['FastNMS', 'MaskAssembly']
+    expected, actual = run(standin, calibration_pixels), run(joined, calibration_pixels)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        np.testing.assert_array_equal(actual[name], expected[name])
+
+
+def test_join_sets_the_precision_and_the_function_opset(standin):
+    split = split_postprocess(standin)
+    network = onnx.version_converter.convert_version(split.network, OPSET + 1)
+    joined = join_postprocess(network, split, 'int8')
+    assert model_metadata(joined).precision == 'int8'
+    assert model_metadata(joined).class_names == model_metadata(standin).class_names
+    assert {f.opset_import[0].version for f in joined.functions} == {OPSET + 1}
+    onnx.checker.check_model(joined, full_check=True)
+
+
+def test_sensitive_layers_are_the_convolutions_feeding_the_mask_inputs(standin):
+    split = split_postprocess(standin)
+    assert sorted(producing_convs(split.network, split.mask_inputs)) == sorted([PROTO_CONV, COEF_CONV])
+
+
+def test_a_model_without_postprocessing_is_all_network(standin):
+    split = split_postprocess(standin)
+    raw = split.network  # outputs boxes, scores, proto, coef; no functions
+    onnx.helper.set_model_props(raw, {p.key: p.value for p in standin.metadata_props})
+    again = split_postprocess(raw)
+    assert again.postprocess_nodes == ()
+    assert len(again.network.graph.node) == len(raw.graph.node)
+    assert again.mask_inputs == ('proto', 'coef')
+
+
+def test_a_model_without_metadata_is_refused():
+    model = build_standin()
+    del model.metadata_props[:]
+    with pytest.raises(CalibrationError, match='metadata'):
+        model_metadata(model)

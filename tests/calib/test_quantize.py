@@ -1,0 +1,117 @@
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import calib.quantize
+from calib.cache import read_cache
+from calib.graph import CalibrationError, model_metadata, split_postprocess
+from calib.quantize import CALIBRATION_METHODS, quantize_int8
+from tests.calib.standin import COEF_CONV, PROTO_CONV, smooth_images
+
+QDQ = {'QuantizeLinear', 'DequantizeLinear'}
+
+
+def run(model: onnx.ModelProto, images: np.ndarray) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, {'images': images})))
+
+
+def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def dequantized_convs(model: onnx.ModelProto) -> dict[str, bool]:
+    """Conv name -> whether both its activation and its weight come from DequantizeLinear."""
+    made_by = producers(model)
+    return {n.name: all(i in made_by and made_by[i].op_type == 'DequantizeLinear' for i in n.input[:2])
+            for n in model.graph.node if n.op_type == 'Conv'}
+
+
+@pytest.fixture(scope='module')
+def int8(standin, calibration_pixels, tmp_path_factory):
+    return quantize_int8(standin, calibration_pixels, cache_dir=tmp_path_factory.mktemp('cache'), model_name='standin')
+
+
+def test_int8_passes_the_checker_and_runs(standin, int8, calibration_pixels):
+    onnx.checker.check_model(int8.model, full_check=True)
+    assert model_metadata(int8.model).precision == 'int8'
+    expected, actual = run(standin, calibration_pixels), run(int8.model, calibration_pixels)
+    assert {k: (v.dtype, v.shape) for k, v in actual.items()} == {k: (v.dtype, v.shape) for k, v in expected.items()}
+
+
+def test_int8_has_qdq_around_every_convolution(int8):
+    assert all(dequantized_convs(int8.model).values()), dequantized_convs(int8.model)
+
+
+def test_int8_leaves_the_postprocessing_in_fp32(standin, int8):
+    assert [f.name for f in int8.model.functions] == ['FastNMS', 'MaskAssembly']
+    for function in int8.model.functions:
+        assert not {n.op_type for n in function.node} & QDQ, function.name
+        assert [n.op_type for n in function.node] == [
+            n.op_type for n in next(f for f in standin.functions if f.name == function.name).node]
+    made_by = producers(int8.model)
+    for node in int8.model.graph.node:
+        if node.domain == 'yolact':
+            assert all(made_by[i].op_type not in QDQ for i in node.input), node.name
+
+
+def test_int8_network_stays_close_to_fp32(standin, int8):
+    images = smooth_images(4, seed=7)  # not the calibration images
+    expected = run(split_postprocess(standin).network, images)
+    actual = run(split_postprocess(int8.model).network, images)
+    for name in ('boxes', 'scores', 'proto', 'coef'):
+        # Entropy calibration clips outliers on purpose: compare the typical error, not the worst.
+        assert np.abs(actual[name] - expected[name]).mean() < 0.03 * np.abs(expected[name]).max(), name
+
+
+def test_keep_sensitive_leaves_the_mask_convolutions_unquantised(standin, calibration_pixels, int8):
+    kept = quantize_int8(standin, calibration_pixels, keep_sensitive=True, cache_dir=int8.cache.parent,
+                         model_name='standin')
+    assert sorted(kept.kept_fp32) == sorted([PROTO_CONV, COEF_CONV])
+    quantized = dequantized_convs(kept.model)
+    assert not quantized[PROTO_CONV] and not quantized[COEF_CONV]
+    assert all(v for k, v in quantized.items() if k not in kept.kept_fp32)
+    onnx.checker.check_model(kept.model, full_check=True)
+
+
+def test_the_calibration_cache_is_reused(standin, calibration_pixels, int8, monkeypatch):
+    assert not int8.cache_hit and int8.cache.is_file()
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError('calibrated again although the cache holds the ranges')
+
+    monkeypatch.setattr(calib.quantize, 'calibrate_amax', no_calibration)
+    again = quantize_int8(standin, calibration_pixels, cache_dir=int8.cache.parent, model_name='standin')
+    assert again.cache_hit and again.cache == int8.cache
+    assert again.model.SerializeToString() == int8.model.SerializeToString()
+
+
+def test_the_scales_come_from_the_cache(int8):
+    scales = read_cache(int8.cache)
+    initializers = {t.name: onnx.numpy_helper.to_array(t) for t in int8.model.graph.initializer}
+    activation_qs = [n for n in int8.model.graph.node
+                     if n.op_type == 'QuantizeLinear' and n.input[0] not in initializers]
+    assert activation_qs
+    for node in activation_qs:
+        assert float(initializers[node.input[1]]) == pytest.approx(scales[node.input[0]], rel=1e-6)
+
+
+def test_other_images_calibrate_afresh(standin, int8):
+    other = quantize_int8(standin, smooth_images(8, seed=3), cache_dir=int8.cache.parent, model_name='standin')
+    assert not other.cache_hit and other.cache != int8.cache
+
+
+@pytest.mark.parametrize('method', sorted(set(CALIBRATION_METHODS) - {'entropy'}))
+def test_other_methods_give_other_ranges(standin, calibration_pixels, int8, method):
+    other = quantize_int8(standin, calibration_pixels, method=method, cache_dir=int8.cache.parent,
+                          model_name='standin')
+    assert other.cache != int8.cache
+    assert read_cache(other.cache).keys() == read_cache(int8.cache).keys()
+    assert read_cache(other.cache) != read_cache(int8.cache)
+    assert all(dequantized_convs(other.model).values())
+
+
+def test_an_unknown_method_is_refused(standin, calibration_pixels, tmp_path):
+    with pytest.raises(CalibrationError, match='entropy, max, percentile'):
+        quantize_int8(standin, calibration_pixels, method='mse', cache_dir=tmp_path, model_name='standin')
