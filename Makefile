@@ -24,7 +24,7 @@ test: setup
 # MODEL names the fp32 export; fp16 and int8 take its calibrated sibling NAME.PRECISION.onnx
 # (make calib). Writes NAME[.PRECISION].engine and its .engine.json sidecar beside the model.
 .PHONY: engine
-MODEL ?= build/model.onnx
+MODEL ?= build/yolact_tiny_shapes.onnx
 PRECISION ?= fp32
 MAX_BATCH ?= 8
 ENGINE_SOURCE = $(if $(filter fp32,$(PRECISION)),$(MODEL),$(basename $(MODEL)).$(PRECISION).onnx)

@@ -1,7 +1,8 @@
 """ONNX -> serialized TensorRT engine, with its JSON sidecar.
 
-    python -m engines.build --model build/demo.fp16.onnx [--output FILE.engine] [--max-batch 8] [--force]
-    make engine [PRECISION=fp32|fp16|int8] [MODEL=build/demo.onnx] [MAX_BATCH=8]
+    python -m engines.build --model build/yolact_tiny_shapes.fp16.onnx [--output FILE.engine]
+                            [--max-batch 8] [--force]
+    make engine [PRECISION=fp32|fp16|int8] [MODEL=build/yolact_tiny_shapes.onnx] [MAX_BATCH=8]
 
 Precision is the graph's (calib/ makes the fp16 and int8 graphs; the network is strongly typed), so
 the builder takes no precision flag beyond a check that the model is the one asked for. The engine
@@ -78,11 +79,10 @@ def plugins_in_network(trt: TensorRT, network) -> tuple[str, ...]:
 
 def _parse(trt: TensorRT, builder, logger, source: OnnxSource, plugins_registered: bool):
     module = trt.module
-    flags = 0
-    if not trt.is_rtx:
-        # TensorRT-RTX networks are always strongly typed; TensorRT 10 needs the flag to take
-        # every tensor's type from the ONNX instead of choosing precisions itself.
-        flags = 1 << int(module.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    # Precision comes from the ONNX types. TensorRT-RTX (and TensorRT 11) networks are always
+    # strongly typed and may lack the flag; TensorRT 10 needs it, or it would choose precisions itself.
+    strongly_typed = getattr(module.NetworkDefinitionCreationFlag, 'STRONGLY_TYPED', None)
+    flags = 0 if trt.is_rtx or strongly_typed is None else 1 << int(strongly_typed)
     network = builder.create_network(flags)
     parser = module.OnnxParser(network, logger)
     if plugins_registered:
@@ -116,14 +116,19 @@ def _describe_network(network, verbose: bool) -> None:
 
 
 def _load_timing_cache(config, path: Path):
+    """Attach the timing cache at `path` (a new one when it is absent, unreadable, or from another
+    GPU or TensorRT) to `config`; returns it, for saving after the build."""
     blob = path.read_bytes() if path.is_file() else b''
-    cache = config.create_timing_cache(blob)
-    if not config.set_timing_cache(cache, ignore_mismatch=False):
-        log.warning('timing cache %s is for another GPU or TensorRT: starting a new one', path)
-        cache = config.create_timing_cache(b'')
-        config.set_timing_cache(cache, ignore_mismatch=False)
+    cache = config.create_timing_cache(blob) if blob else None
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        log.info('timing cache: %s (loaded)', path)
+        return cache
+    if blob:
+        log.warning('timing cache %s is unreadable or from another GPU or TensorRT: starting a new one', path)
     else:
-        log.info('timing cache: %s (%s)', path, 'loaded' if blob else 'new')
+        log.info('timing cache: %s (new)', path)
+    cache = config.create_timing_cache(b'')
+    config.set_timing_cache(cache, ignore_mismatch=False)
     return cache
 
 
@@ -155,6 +160,45 @@ def _reusable(engine_path: Path, wanted: EngineInfo, precision: str) -> EngineSi
     return existing
 
 
+def _targets(trt: TensorRT, compute_capability: str | None) -> tuple[str | None, tuple[str, ...]]:
+    """(build GPU name or None, target compute capabilities) of this build."""
+    gpu = cuda_device()
+    if trt.is_rtx:
+        return None, choose_compute_capabilities(trt, compute_capability, gpu)
+    if compute_capability is not None:
+        raise EngineBuildError('--compute-capability chooses TensorRT-RTX targets; TensorRT builds for the GPU '
+                               'of this host')
+    if gpu is None:
+        raise EngineBuildError('TensorRT builds need a CUDA GPU and none is usable here; build without one with '
+                               "TensorRT-RTX: pip install -e '.[tensorrt-rtx]' and --flavour tensorrt-rtx")
+    return gpu[0], (gpu[1],)
+
+
+def _make_config(trt: TensorRT, builder, network, source: OnnxSource, max_batch: int, targets: tuple[str, ...],
+                 verbose: bool):
+    """The builder config: one profile over the batch (min 1, opt = max = max_batch; a fixed batch
+    is its own range), the layer detail kept in the engine, a progress bar, and for TensorRT-RTX its
+    targets. Returns (config, progress monitor): the monitor must outlive the build."""
+    module = trt.module
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    sample_shape = tuple(network.get_input(0).shape)[1:]
+    min_batch = source.input_batch or 1
+    profile.set_shape(source.input_name, (min_batch, *sample_shape), (max_batch, *sample_shape),
+                      (max_batch, *sample_shape))
+    config.add_optimization_profile(profile)
+    config.profiling_verbosity = (module.ProfilingVerbosity.DETAILED if verbose
+                                  else module.ProfilingVerbosity.LAYER_NAMES_ONLY)
+    progress = make_progress_monitor(trt)
+    config.progress_monitor = progress
+    if trt.is_rtx:
+        table = rtx_compute_capabilities(trt)
+        config.num_compute_capabilities = len(targets)
+        for index, cc in enumerate(targets):
+            config.set_compute_capability(table[cc], index)
+    return config, progress
+
+
 def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | None = None, *,
                  max_batch: int = DEFAULT_MAX_BATCH, precision: str | None = None, force: bool = False,
                  flavour: str = 'auto', compute_capability: str | None = None,
@@ -181,24 +225,11 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
                                f'{source.input_batch}, or export with a dynamic batch dimension')
     engine_path = Path(engine_path) if engine_path is not None else default_engine_path(source.path)
     trt = load_tensorrt(flavour)
-    module = trt.module
-
-    gpu = cuda_device()
-    if trt.is_rtx:
-        targets = choose_compute_capabilities(trt, compute_capability, gpu)
-        build_gpu = None
-    else:
-        if compute_capability is not None:
-            raise EngineBuildError('--compute-capability chooses TensorRT-RTX targets; TensorRT builds for '
-                                   'the GPU of this host')
-        if gpu is None:
-            raise EngineBuildError('TensorRT builds need a CUDA GPU and none is usable here; build without one '
-                                   "with TensorRT-RTX: pip install -e '.[tensorrt-rtx]' and --flavour tensorrt-rtx")
-        build_gpu, targets = gpu[0], (gpu[1],)
-
+    build_gpu, targets = _targets(trt, compute_capability)
     plugins_registered, reason = register_plugins(trt)
     logger = make_logger(trt, verbose)
-    builder = module.Builder(logger)
+    builder = trt.module.Builder(logger)
+    # The parser owns the weights the network points to: it stays referenced until the build.
     network, _parser = _parse(trt, builder, logger, source, plugins_registered)
     plugins = plugins_in_network(trt, network)
     plugin_ops = {key.split('::', 1)[1].split('/')[0] for key in plugins}
@@ -220,23 +251,9 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
                      trt.display_name)
             return engine_path, existing
 
-    config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
-    sample_shape = tuple(network.get_input(0).shape)[1:]
-    min_batch = source.input_batch or 1
-    profile.set_shape(source.input_name, (min_batch, *sample_shape), (max_batch, *sample_shape),
-                      (max_batch, *sample_shape))
-    config.add_optimization_profile(profile)
-    config.profiling_verbosity = (module.ProfilingVerbosity.DETAILED if verbose
-                                  else module.ProfilingVerbosity.LAYER_NAMES_ONLY)
-    progress = make_progress_monitor(trt)
-    config.progress_monitor = progress
+    config, progress = _make_config(trt, builder, network, source, max_batch, targets, verbose)
     cache = None
     if trt.is_rtx:
-        table = rtx_compute_capabilities(trt)
-        config.num_compute_capabilities = len(targets)
-        for index, cc in enumerate(targets):
-            config.set_compute_capability(table[cc], index)
         if timing_cache is not None:
             log.warning('--timing-cache ignored: TensorRT-RTX builds on the CPU, where a timing cache would make it '
                         'query a GPU')

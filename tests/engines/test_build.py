@@ -16,8 +16,8 @@ import pytest
 
 from engines.build import build_engine, main
 from engines.errors import EngineBuildError
-from engines.sidecar import read_sidecar, sidecar_path
-from engines.trt import RTX_NOT_DEFAULT, load_tensorrt, rtx_compute_capabilities
+from engines.sidecar import check_sidecar, read_sidecar, sidecar_path
+from engines.trt import RTX_NOT_DEFAULT, cuda_device, load_tensorrt, rtx_compute_capabilities
 from tests.engines.toy_models import TOY_FUNCTION, toy_metadata, toy_model
 
 rtx_module = pytest.importorskip('tensorrt_rtx', reason='TensorRT-RTX is not installed (pip install -e .[tensorrt-rtx])')
@@ -135,6 +135,28 @@ def test_turing_target_and_output_path(write_toy, tmp_path):
                                         max_batch=1)
     assert engine_path.is_file() and sidecar_path(engine_path).is_file()
     assert sidecar.engine.compute_capabilities == ('7.5',)
+
+
+def test_rtx_builds_without_a_timing_cache(write_toy, tmp_path):
+    cache = tmp_path / 'asked.cache'
+    (engine_path, _), messages = _build_logged(write_toy('fp32'), timing_cache=cache, max_batch=1)
+    assert any(m.startswith('--timing-cache ignored: TensorRT-RTX builds on the CPU') for m in messages)
+    assert not cache.exists() and not (engine_path.parent / 'tensorrt.timing.cache').exists()
+
+
+@pytest.mark.gpu
+def test_tensorrt_on_a_gpu_builds_for_it_with_a_persistent_timing_cache(write_toy):
+    trt = pytest.importorskip('tensorrt')
+    engine_path, sidecar = build_engine(write_toy('fp16'), flavour='tensorrt', max_batch=2)
+    name, cc = cuda_device()
+    assert (sidecar.engine.tensorrt_flavour, sidecar.engine.build_gpu, sidecar.engine.compute_capabilities) == (
+        'tensorrt', name, (cc,))
+    check_sidecar(engine_path, tensorrt_flavour='tensorrt', tensorrt_version=trt.__version__, gpu_name=name,
+                  compute_capability=cc)
+    cache = engine_path.parent / 'tensorrt.timing.cache'
+    assert cache.stat().st_size > 0
+    _, messages = _build_logged(write_toy('int8'), flavour='tensorrt', max_batch=2)
+    assert f'timing cache: {cache} (loaded)' in messages
 
 
 def test_custom_op_without_a_body(write_toy):
