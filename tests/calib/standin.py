@@ -8,6 +8,8 @@ ops (a MatMul) that must stay FP32, and ModelMetadata under metadata_props.
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import onnx
@@ -112,7 +114,7 @@ def build_standin(seed: int = 0) -> onnx.ModelProto:
     model = h.make_model(graph, opset_imports=[h.make_opsetid('', OPSET), h.make_opsetid('yolact', 1)],
                          functions=[_fast_nms_function(), _mask_assembly_function()])
     model.ir_version = 10
-    cfg = cfg.with_classes(cfg.class_names[:NUM_CLASSES - 1])
+    cfg = dataclasses.replace(cfg.with_classes(cfg.class_names[:NUM_CLASSES - 1]), max_size=SIZE)
     meta = ModelMetadata.from_config(cfg, max_dets=TOP)
     attach_metadata(model, meta)
     onnx.checker.check_model(model, full_check=True)

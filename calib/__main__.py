@@ -1,0 +1,66 @@
+"""python -m calib: convert an exported FP32 YOLACT ONNX model to FP16 or INT8.
+
+TensorRT 10+ reads precision from the ONNX (strongly typed), so the deployable FP16/INT8 models
+are made here and `make engine` builds whatever it is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from calib.convert import CACHE_FOLDER, DEFAULT_COUNT, TARGET_PRECISIONS, convert_model
+from calib.quantize import CALIBRATION_METHODS, MODELOPT_LOGGER
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog='python -m calib', description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--model', required=True, help='the FP32 ONNX model from `python -m export`')
+    parser.add_argument('--precision', required=True, choices=TARGET_PRECISIONS,
+                        help='fp16: half-precision network; int8: Q/DQ from calibration')
+    parser.add_argument('--images', required=True,
+                        help='calibration images: a folder of images or a COCO instances JSON; '
+                             'use images like the ones the model will see (e.g. the training set)')
+    parser.add_argument('--count', type=int, default=None,
+                        help=f'number of calibration images, spread over the set (default: '
+                             f'{DEFAULT_COUNT["int8"]} for int8, {DEFAULT_COUNT["fp16"]} for fp16, or all if fewer)')
+    parser.add_argument('--method', choices=tuple(CALIBRATION_METHODS), default='entropy',
+                        help='int8 activation range: entropy (KL divergence, as TensorRT), max, or the '
+                             '99.999th percentile')
+    parser.add_argument('--keep-sensitive', action='store_true',
+                        help='keep the prototype and mask-coefficient convolutions in FP32 '
+                             '(`python -m calib.report` shows what that buys in mask AP)')
+    parser.add_argument('--output', default=None, help='output file (default: <name>.<precision>.onnx beside the model)')
+    parser.add_argument('--cache-dir', default=None,
+                        help=f'int8 calibration cache folder (default: {CACHE_FOLDER} beside the output); '
+                             'the same model, images, count and method reuse the cached ranges')
+    parser.add_argument('--verbose', action='store_true', help="show modelopt's log")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    # modelopt logs INFO freely, and an ERROR when it finds no GPU to query, which is expected here.
+    for name in (MODELOPT_LOGGER, f'{MODELOPT_LOGGER}.autocast'):  # AutoCast sets its own level
+        logging.getLogger(name).setLevel(logging.INFO if args.verbose else logging.CRITICAL)
+    try:
+        result = convert_model(
+            args.model, args.precision, args.images, count=args.count, method=args.method,
+            keep_sensitive=args.keep_sensitive, output=args.output, cache_dir=args.cache_dir)
+    except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    if result.cache is not None:
+        print(f'calibration cache: {result.cache} ({"reused" if result.cache_hit else "written"})')
+    if result.kept_fp32:
+        print(f'kept in FP32: {", ".join(result.kept_fp32)}')
+    print(f'wrote {result.output} ({args.precision}, {result.images} calibration images)')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""FP32 ONNX -> FP16 or INT8 ONNX: the library entry point behind `python -m calib`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from calib.fp16 import convert_fp16
+from calib.graph import CalibrationError, model_metadata
+from calib.images import image_paths, load_calibration_images
+from calib.quantize import CALIBRATION_METHODS, quantize_int8
+from export.onnx_export import ExportError, check_model, save_model
+
+log = logging.getLogger(__name__)
+
+TARGET_PRECISIONS = ('fp16', 'int8')
+# Images used when --count is not given: INT8 ranges settle within ~100 images of the target
+# domain; FP16 needs only enough to find activations beyond FP16's range.
+DEFAULT_COUNT = {'int8': 100, 'fp16': 16}
+CACHE_FOLDER = '.calib_cache'
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    """output: the written model; images: how many calibrated it; cache / cache_hit: INT8 only."""
+
+    output: Path
+    images: int
+    cache: Path | None = None
+    cache_hit: bool = False
+    kept_fp32: tuple[str, ...] = ()
+
+
+def default_output(model_path: Path, precision: str) -> Path:
+    """<folder>/<name>.<precision>.onnx beside the FP32 model (a trailing .fp32 in the name is dropped)."""
+    stem = model_path.name.removesuffix('.onnx').removesuffix('.fp32')
+    return model_path.with_name(f'{stem}.{precision}.onnx')
+
+
+def load_fp32_model(model_path: Path) -> onnx.ModelProto:
+    """The exported FP32 model at `model_path`; CalibrationError for anything else."""
+    if not model_path.is_file():
+        raise CalibrationError(f'model {model_path} does not exist: export one first (make export)')
+    try:
+        model = onnx.load(model_path)
+    except Exception as e:  # protobuf raises its own DecodeError types
+        raise CalibrationError(f'{model_path} is not an ONNX model ({type(e).__name__}): give the exported .onnx') from None
+    precision = model_metadata(model).precision
+    if precision != 'fp32':
+        raise CalibrationError(f'{model_path} is already {precision}: convert the FP32 export instead')
+    return model
+
+
+def convert_model(model_path: str | os.PathLike, precision: str, images: str | os.PathLike, *,
+                  count: int | None = None, method: str = 'entropy', keep_sensitive: bool = False,
+                  output: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None) -> ConvertResult:
+    """Write the `precision` version of the FP32 model at `model_path`.
+
+    images: folder or COCO JSON of calibration images; count: how many (default DEFAULT_COUNT,
+    or all if fewer); method: INT8 calibration method (CALIBRATION_METHODS); keep_sensitive: keep
+    the prototype and mask-coefficient convolutions FP32; output: default `default_output`;
+    cache_dir: INT8 calibration cache folder (default .calib_cache beside the output).
+    """
+    if precision not in TARGET_PRECISIONS:
+        raise CalibrationError(f'unknown precision {precision!r}: choose one of {", ".join(TARGET_PRECISIONS)} '
+                               '(the exported model is the FP32 one)')
+    if method not in CALIBRATION_METHODS:
+        raise CalibrationError(f'unknown calibration method {method!r}: choose one of {", ".join(CALIBRATION_METHODS)}')
+    model_path = Path(model_path)
+    output = Path(output) if output is not None else default_output(model_path, precision)
+    if output.resolve() == model_path.resolve():
+        raise CalibrationError(f'--output {output} is the input model: choose another file name')
+    if not output.parent.is_dir():
+        raise CalibrationError(f'cannot write {output}: folder {output.parent} does not exist (create it first)')
+    model = load_fp32_model(model_path)
+    meta = model_metadata(model)
+    if count is None:
+        count = min(DEFAULT_COUNT[precision], len(image_paths(images)))
+    pixels = load_calibration_images(images, meta.input_size, count)
+    log.info('%s: %d calibration images from %s', precision, len(pixels), images)
+
+    if precision == 'fp16':
+        converted, result = convert_fp16(model, pixels, keep_sensitive=keep_sensitive), {}
+    else:
+        int8 = quantize_int8(model, pixels, method=method, keep_sensitive=keep_sensitive,
+                             cache_dir=cache_dir if cache_dir is not None else output.parent / CACHE_FOLDER,
+                             model_name=model_path.name.removesuffix('.onnx'))
+        converted = int8.model
+        result = dict(cache=int8.cache, cache_hit=int8.cache_hit, kept_fp32=int8.kept_fp32)
+    try:
+        check_model(converted)
+        save_model(converted, output)
+    except ExportError as e:
+        raise CalibrationError(f'the {precision} model: {e}') from None
+    return ConvertResult(output, len(pixels), **result)

@@ -1,0 +1,62 @@
+"""Calibration images: chosen from a folder or a COCO JSON, pre-processed exactly as at inference.
+
+Calibration ranges are only right for the pixels the deployed model will see, so the images go
+through the runtime's own loading and resizing (runtime/pipeline.py), not a second copy of it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from calib.graph import CalibrationError
+from model.data.coco import CocoDataset, DatasetError
+from runtime.pipeline import IMAGE_SUFFIXES, find_images, load_image, resize_to_input
+
+
+def image_paths(source: str | Path) -> list[Path]:
+    """The images of `source`: a COCO instances JSON (its images by id, file_name relative to the
+    JSON's folder), or a folder (its image files, recursively, sorted by path)."""
+    source = Path(source)
+    if not source.exists():
+        raise CalibrationError(f'calibration images {source} do not exist: give a folder of images or a COCO JSON')
+    if source.is_file() and source.suffix.lower() == '.json':
+        try:
+            dataset = CocoDataset(source)
+        except DatasetError as e:
+            raise CalibrationError(str(e)) from None
+        return [dataset.image_path(i) for i in dataset.image_ids]
+    paths = find_images(source)
+    if not paths:
+        raise CalibrationError(
+            f'no images in {source} (looked for {", ".join(sorted(IMAGE_SUFFIXES))}): give a folder that '
+            'holds calibration images, or a COCO JSON')
+    return paths
+
+
+def select(paths: list[Path], count: int | None) -> list[Path]:
+    """`count` of `paths` spread evenly over the list (all of them when count is None), so a
+    folder sorted by scene or class still gives a mixed sample; the same every run."""
+    if count is None:
+        return paths
+    if count < 1:
+        raise CalibrationError(f'--count must be at least 1, got {count}')
+    if count > len(paths):
+        raise CalibrationError(
+            f'asked for {count} calibration images but only {len(paths)} are available: '
+            f'use --count {len(paths)} or fewer, or add images')
+    return [paths[int(i)] for i in np.linspace(0, len(paths) - 1, count).round()]
+
+
+def load_calibration_images(source: str | Path, input_size: tuple[int, int], count: int | None = None) -> np.ndarray:
+    """Calibration images as the model's input: uint8 [N, H, W, 3] BGR, (H, W) = input_size.
+
+    source: a folder of images or a COCO instances JSON; count: how many (default all).
+    """
+    paths = select(image_paths(source), count)
+    batch = np.empty((len(paths), *input_size, 3), np.uint8)
+    for i, path in enumerate(tqdm(paths, desc='loading calibration images', unit='img', leave=False)):
+        batch[i] = resize_to_input(load_image(path), input_size)
+    return batch

@@ -1,0 +1,104 @@
+import json
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from calib.__main__ import main
+from calib.convert import convert_model, default_output
+from calib.graph import CalibrationError, model_metadata
+from calib.images import load_calibration_images, select
+from runtime.pipeline import load_image, resize_to_input
+from tests.calib.standin import SIZE, smooth_images
+
+
+@pytest.fixture(scope='module')
+def image_folder(tmp_path_factory):
+    """Six PNGs at another size than the model's (so they are resized) and a COCO JSON over them."""
+    folder = tmp_path_factory.mktemp('calibration_images')
+    for i, image in enumerate(smooth_images(6, size=3 * SIZE, seed=11)):
+        cv2.imwrite(str(folder / f'image_{i}.png'), image[:, :2 * SIZE])
+    coco = {'images': [{'id': i, 'file_name': f'image_{i}.png', 'height': 3 * SIZE, 'width': 2 * SIZE}
+                       for i in range(6)],
+            'annotations': [], 'categories': [{'id': 1, 'name': 'thing'}]}
+    (folder / 'instances.json').write_text(json.dumps(coco))
+    return folder
+
+
+def test_images_are_preprocessed_by_the_runtime(image_folder):
+    pixels = load_calibration_images(image_folder, (SIZE, SIZE), count=3)
+    assert pixels.shape == (3, SIZE, SIZE, 3) and pixels.dtype == np.uint8
+    expected = [resize_to_input(load_image(image_folder / f'image_{i}.png'), (SIZE, SIZE)) for i in (0, 2, 5)]
+    np.testing.assert_array_equal(pixels, np.stack(expected))
+
+
+def test_a_coco_json_gives_the_same_images(image_folder):
+    np.testing.assert_array_equal(load_calibration_images(image_folder / 'instances.json', (SIZE, SIZE)),
+                                  load_calibration_images(image_folder, (SIZE, SIZE)))
+
+
+def test_selection_is_spread_over_the_set():
+    assert select(list(range(10)), 4) == [0, 3, 6, 9]
+    assert select(list(range(10)), None) == list(range(10))
+
+
+@pytest.mark.parametrize('precision', ['fp16', 'int8'])
+def test_cli_writes_a_model_that_runs(standin_path, image_folder, precision, capsys):
+    assert main(['--model', str(standin_path), '--precision', precision, '--images', str(image_folder),
+                 '--count', '4']) == 0
+    output = default_output(standin_path, precision)
+    assert output.name == f'standin.{precision}.onnx'
+    assert f'wrote {output}' in capsys.readouterr().out
+    model = onnx.load(output)
+    onnx.checker.check_model(model, full_check=True)
+    assert model_metadata(model).precision == precision
+    session = ort.InferenceSession(str(output), providers=['CPUExecutionProvider'])
+    num_dets, masks = session.run(None, {'images': smooth_images(2)})
+    assert num_dets.dtype == np.int32 and masks.dtype == np.float32
+
+
+def test_cli_reuses_the_calibration_cache(standin_path, image_folder, tmp_path, capsys):
+    args = ['--model', str(standin_path), '--precision', 'int8', '--images', str(image_folder), '--count', '3',
+            '--output', str(tmp_path / 'a.int8.onnx')]
+    assert main(args) == 0
+    assert '(written)' in capsys.readouterr().out
+    assert main(args) == 0
+    assert '(reused)' in capsys.readouterr().out
+    assert (tmp_path / '.calib_cache').is_dir()
+
+
+def test_an_empty_folder_is_a_clear_error(standin_path, tmp_path, capsys):
+    (tmp_path / 'empty').mkdir()
+    assert main(['--model', str(standin_path), '--precision', 'int8', '--images', str(tmp_path / 'empty')]) == 1
+    assert 'no images in' in capsys.readouterr().err
+
+
+def test_a_count_beyond_the_folder_is_a_clear_error(standin_path, image_folder, capsys):
+    assert main(['--model', str(standin_path), '--precision', 'int8', '--images', str(image_folder),
+                 '--count', '50']) == 1
+    err = capsys.readouterr().err
+    assert 'asked for 50 calibration images but only 6 are available' in err and '--count 6' in err
+
+
+def test_an_unknown_precision_is_a_clear_error(standin_path, image_folder, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(['--model', str(standin_path), '--precision', 'int4', '--images', str(image_folder)])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'int4'" in capsys.readouterr().err
+    with pytest.raises(CalibrationError, match="unknown precision 'int4': choose one of fp16, int8"):
+        convert_model(standin_path, 'int4', image_folder)
+
+
+def test_a_converted_model_is_not_converted_again(standin_path, image_folder, tmp_path, capsys):
+    fp16 = tmp_path / 'standin.fp16.onnx'
+    assert main(['--model', str(standin_path), '--precision', 'fp16', '--images', str(image_folder),
+                 '--count', '2', '--output', str(fp16)]) == 0
+    assert main(['--model', str(fp16), '--precision', 'int8', '--images', str(image_folder)]) == 1
+    assert 'is already fp16: convert the FP32 export instead' in capsys.readouterr().err
+
+
+def test_a_missing_model_is_a_clear_error(tmp_path, image_folder, capsys):
+    assert main(['--model', str(tmp_path / 'nope.onnx'), '--precision', 'fp16', '--images', str(image_folder)]) == 1
+    assert 'does not exist: export one first' in capsys.readouterr().err
