@@ -7,6 +7,7 @@ backend it runs (torch for .pth checkpoints, onnxruntime for .onnx, TensorRT for
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 from typing import NamedTuple
 
@@ -55,7 +56,14 @@ def open_backend(path: str | Path, backend: str = 'auto', **options) -> Backend:
         module = importlib.import_module(entry.module)
     except ImportError as e:
         raise BackendError(f'the {name} backend needs {entry.requirement}: {e}') from None
-    return getattr(module, entry.class_name)(path, **options).load()
+    backend_class = getattr(module, entry.class_name)
+    try:
+        inspect.signature(backend_class).bind(path, **options)
+    except TypeError:
+        accepted = [p for p in inspect.signature(backend_class).parameters if p != 'path']
+        raise BackendError(f'the {name} backend does not take {", ".join(sorted(options))} (it takes '
+                           f'{", ".join(accepted) or "no options"})') from None
+    return backend_class(path, **options).load()
 
 
 __all__ = ['BACKENDS', 'RAW_OUTPUT_NAMES', 'Backend', 'BackendError', 'RawDetections', 'backend_for_path',
