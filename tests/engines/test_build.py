@@ -6,7 +6,6 @@ is the TensorRT backend's test (tests/runtime)."""
 from __future__ import annotations
 
 import hashlib
-import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -18,34 +17,12 @@ from engines.build import build_engine, main
 from engines.errors import EngineBuildError
 from engines.sidecar import check_sidecar, read_sidecar, sidecar_path
 from engines.trt import RTX_NOT_DEFAULT, cuda_device, load_tensorrt, rtx_compute_capabilities
+from tests.engines.build_log import build_logged
 from tests.engines.toy_models import TOY_FUNCTION, toy_metadata, toy_model
 
 rtx_module = pytest.importorskip('tensorrt_rtx', reason='TensorRT-RTX is not installed (pip install -e .[tensorrt-rtx])')
 ROOT = Path(__file__).resolve().parents[2]
 PRECISIONS = ('fp32', 'fp16', 'int8')
-
-
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
-def _build_logged(*args, **kwargs):
-    """build_engine(...) and the messages it logged (module fixtures cannot use caplog)."""
-    handler = _Records()
-    target = logging.getLogger('engines')
-    old_level = target.level
-    target.addHandler(handler)
-    target.setLevel(logging.DEBUG)
-    try:
-        return build_engine(*args, **kwargs), handler.messages
-    finally:
-        target.removeHandler(handler)
-        target.setLevel(old_level)
 
 
 @pytest.fixture(scope='module')
@@ -56,7 +33,7 @@ def built(tmp_path_factory):
     for precision in PRECISIONS:
         onnx_path = folder / f'toy.{precision}.onnx'
         onnx.save_model(toy_model(precision), onnx_path)
-        (engine_path, sidecar), messages = _build_logged(onnx_path, precision=precision, verbose=True)
+        (engine_path, sidecar), messages = build_logged(onnx_path, precision=precision, verbose=True)
         results[precision] = onnx_path, engine_path, sidecar, messages
     return results
 
@@ -112,20 +89,20 @@ def test_reuse_and_rebuild(write_toy):
     onnx_path = write_toy('fp32')
     engine_path, first = build_engine(onnx_path, max_batch=2)
     inode = engine_path.stat().st_ino
-    (_, again), messages = _build_logged(onnx_path, max_batch=2)
+    (_, again), messages = build_logged(onnx_path, max_batch=2)
     assert again == first and engine_path.stat().st_ino == inode
     assert any(m.startswith(f'reusing {engine_path}') for m in messages)
 
-    (_, forced), _ = _build_logged(onnx_path, max_batch=2, force=True)
+    (_, forced), _ = build_logged(onnx_path, max_batch=2, force=True)
     assert engine_path.stat().st_ino != inode
     assert read_sidecar(engine_path) == forced
 
-    (_, wider), messages = _build_logged(onnx_path, max_batch=4)
+    (_, wider), messages = build_logged(onnx_path, max_batch=4)
     assert wider.engine.max_batch == 4
     assert any('was built with another max_batch' in m for m in messages)
 
     engine_path.write_bytes(engine_path.read_bytes()[:100])
-    (_, repaired), messages = _build_logged(onnx_path, max_batch=4)
+    (_, repaired), messages = build_logged(onnx_path, max_batch=4)
     assert any('is not the engine its sidecar describes' in m for m in messages)
     assert repaired.engine.engine_sha256 == hashlib.sha256(engine_path.read_bytes()).hexdigest()
 
@@ -139,7 +116,7 @@ def test_turing_target_and_output_path(write_toy, tmp_path):
 
 def test_rtx_builds_without_a_timing_cache(write_toy, tmp_path):
     cache = tmp_path / 'asked.cache'
-    (engine_path, _), messages = _build_logged(write_toy('fp32'), timing_cache=cache, max_batch=1)
+    (engine_path, _), messages = build_logged(write_toy('fp32'), timing_cache=cache, max_batch=1)
     assert any(m.startswith('--timing-cache ignored: TensorRT-RTX builds on the CPU') for m in messages)
     assert not cache.exists() and not (engine_path.parent / 'tensorrt.timing.cache').exists()
 
@@ -155,7 +132,7 @@ def test_tensorrt_on_a_gpu_builds_for_it_with_a_persistent_timing_cache(write_to
                   compute_capability=cc)
     cache = engine_path.parent / 'tensorrt.timing.cache'
     assert cache.stat().st_size > 0
-    _, messages = _build_logged(write_toy('int8'), flavour='tensorrt', max_batch=2)
+    _, messages = build_logged(write_toy('int8'), flavour='tensorrt', max_batch=2)
     assert f'timing cache: {cache} (loaded)' in messages
 
 
