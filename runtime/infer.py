@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from engines.files import write_atomic
 from runtime.backends import BACKENDS, BackendError, open_backend
+from runtime.backends.trt_backend import prefer_engine
 from runtime.draw import draw_detections
 from runtime.pipeline import IMAGE_SUFFIXES, ImageLoadError, batches, find_images, load_image, predict
 
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                              'file name when all names are distinct numbers (as COCO\'s), else the 1-based '
                              'position in the sorted input list')
     parser.add_argument('--batch', type=int, default=1, metavar='N', help='images per inference call (default: 1)')
+    parser.add_argument('--streams', type=int, default=1, metavar='N',
+                        help='trt backend: execution contexts on their own CUDA streams, so consecutive batches '
+                             'overlap upload, inference and download (video and benchmarks use them; default: 1)')
     return parser
 
 
@@ -124,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
         options['config'] = args.config
     if args.cross_class:
         options['cross_class'] = True
+    if args.streams != 1:
+        options['streams'] = args.streams
     try:
         backend = open_backend(args.model, args.backend, **options)
     except ValueError as e:  # BackendError, CheckpointError, MetadataError: each names the fix
@@ -171,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error('--batch must be at least 1')
     if args.score_thr < 0:
         build_parser().error('--score-thr must be 0 or more')
+    if args.streams < 1:
+        build_parser().error('--streams must be at least 1')
+    if args.backend == 'auto' and args.model == DEFAULT_MODEL:
+        # A GPU host that ran `make engine` gets the engine of the default model.
+        args.model = prefer_engine(args.model)
     return run(args)
 
 

@@ -64,6 +64,26 @@ def trt_unavailable_reason() -> str | None:
     return None
 
 
+def default_engine(model: str | os.PathLike) -> Path:
+    """The engine `make engine` builds for a model: for an ONNX file, the same name with .engine
+    (engines.build.default_engine_path); for a checkpoint, that of its default export
+    (`python -m export`: build/NAME.onnx -> build/NAME.engine)."""
+    model = Path(model)
+    if model.suffix.lower() in ('.pth', '.pt'):
+        from export.__main__ import default_output
+        model = default_output(model, postprocess=True, cross_class=False)
+    return model.with_suffix('.engine')
+
+
+def prefer_engine(model: str | os.PathLike) -> Path:
+    """What `--backend auto` runs for the default model: its engine (default_engine) when that
+    exists and TensorRT and a GPU are present, else `model` itself."""
+    engine = default_engine(model)
+    if engine.is_file() and trt_unavailable_reason() is None:
+        return engine
+    return Path(model)
+
+
 def registered_plugin_keys(trt) -> frozenset[str]:
     """Plugin keys (engines.sidecar.plugin_key form) of every creator in TensorRT's registry."""
     return frozenset(plugin_key(c.name, c.plugin_namespace, c.plugin_version)

@@ -177,3 +177,55 @@ def test_runtime_imports_neither_torch_nor_tensorrt():
     done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                           cwd=str(__import__('pathlib').Path(__file__).resolve().parents[2]))
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_auto_sends_engines_to_trt(tmp_path):
+    from runtime.backends import backend_for_path, open_backend
+
+    assert backend_for_path('build/demo.fp16.engine') == 'trt'
+    path = make_engine(tmp_path)
+    with pytest.raises(BackendError, match='needs tensorrt|needs an NVIDIA GPU') as err:
+        open_backend(path)  # auto
+    assert 'make engine' in str(err.value) or '--backend ort' in str(err.value)
+
+
+def test_default_model_prefers_its_engine_when_tensorrt_can_run_it(tmp_path, monkeypatch):
+    from runtime.backends import trt_backend
+
+    onnx = tmp_path / 'demo.onnx'
+    onnx.write_bytes(b'onnx')
+    engine = tmp_path / 'demo.engine'
+    assert trt_backend.default_engine(onnx) == engine
+    assert trt_backend.default_engine(tmp_path / 'demo.fp16.onnx') == tmp_path / 'demo.fp16.engine'
+    assert trt_backend.default_engine('assets/demo/yolact_tiny_shapes.pth').as_posix() == \
+        'build/yolact_tiny_shapes.engine'
+    monkeypatch.setattr(trt_backend, 'trt_unavailable_reason', lambda: None)  # a GPU host
+    assert trt_backend.prefer_engine(onnx) == onnx  # no engine built yet
+    engine.write_bytes(b'engine')
+    assert trt_backend.prefer_engine(onnx) == engine
+    monkeypatch.setattr(trt_backend, 'trt_unavailable_reason', lambda: 'no CUDA device is visible')
+    assert trt_backend.prefer_engine(onnx) == onnx
+
+
+def test_engines_build_names_engines_the_same_way():
+    from engines.build import default_engine_path
+    from runtime.backends.trt_backend import default_engine
+
+    for name in ('build/a.onnx', 'build/a.fp16.onnx', 'x/y.cross_class.int8.onnx'):
+        assert default_engine(name) == default_engine_path(name)
+
+
+def test_infer_cli_streams_option(tmp_path, capsys):
+    from runtime.infer import main
+
+    image = tmp_path / 'a.png'
+    image.write_bytes(b'')
+    with pytest.raises(SystemExit) as exit_:
+        main([str(image), '--streams', '0'])
+    assert exit_.value.code == 2 and '--streams must be at least 1' in capsys.readouterr().err
+    checkpoint = tmp_path / 'm.pth'
+    checkpoint.write_bytes(b'not loaded: the option is refused first')
+    import cv2
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    assert main([str(image), '--model', str(checkpoint), '--streams', '2', '--out', str(tmp_path / 'out')]) == 1
+    assert 'does not take streams' in capsys.readouterr().err
