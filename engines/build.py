@@ -77,7 +77,10 @@ def plugins_in_network(trt: TensorRT, network) -> tuple[str, ...]:
     return tuple(sorted(keys))
 
 
-def _parse(trt: TensorRT, builder, logger, source: OnnxSource, plugins_registered: bool):
+def _parse(trt: TensorRT, builder, logger, source: OnnxSource):
+    """Parse the ONNX into a network. The yolact nodes carry a plugin_namespace attribute, so
+    TensorRT's parser takes a registered plugin of that name over the node's function body, and
+    the function body otherwise."""
     module = trt.module
     # Precision comes from the ONNX types. TensorRT-RTX (and TensorRT 11) networks are always
     # strongly typed and may lack the flag; TensorRT 10 needs it, or it would choose precisions itself.
@@ -85,9 +88,6 @@ def _parse(trt: TensorRT, builder, logger, source: OnnxSource, plugins_registere
     flags = 0 if trt.is_rtx or strongly_typed is None else 1 << int(strongly_typed)
     network = builder.create_network(flags)
     parser = module.OnnxParser(network, logger)
-    if plugins_registered:
-        # A registered plugin of the same name replaces the function body.
-        parser.set_flag(module.OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE)
     if not parser.parse(source.data, str(source.path)):
         errors = []
         for index in range(parser.num_errors):
@@ -230,7 +230,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
     logger = make_logger(trt, verbose)
     builder = trt.module.Builder(logger)
     # The parser owns the weights the network points to: it stays referenced until the build.
-    network, _parser = _parse(trt, builder, logger, source, plugins_registered)
+    network, _parser = _parse(trt, builder, logger, source)
     plugins = plugins_in_network(trt, network)
     plugin_ops = {key.split('::', 1)[1].split('/')[0] for key in plugins}
     bodies = [op for op in source.function_ops if op.split('::', 1)[1] not in plugin_ops]
