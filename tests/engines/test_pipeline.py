@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from engines.onnx_source import load_onnx
-from engines.sidecar import read_sidecar
+from engines.sidecar import plugin_key, read_sidecar
 from tests.engines.build_log import build_logged
 
 pytest.importorskip('tensorrt_rtx', reason='TensorRT-RTX is not installed (pip install -e .[tensorrt-rtx])')
@@ -70,3 +70,21 @@ def test_exported_and_calibrated_models_build(pipeline, precision):
     assert outputs['boxes'] == ('FLOAT', f'(-1, {max_dets}, 4)')
     assert outputs['classes'] == ('INT32', f'(-1, {max_dets})')
     assert outputs['scores'][0] == outputs['masks'][0] == 'FLOAT'
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_tensorrt_engine_uses_the_registered_plugins(pipeline, tmp_path):
+    """On a GPU host the yolact plugins register, replace the function bodies, and the sidecar
+    lists them (the runtime then refuses the engine where they are not registered)."""
+    from engines.build import register_plugins
+    from engines.trt import load_tensorrt
+    from plugins import DOMAIN, FAST_NMS_OP, MASK_ASSEMBLY_OP, PLUGIN_NAMESPACE, PLUGIN_VERSION
+
+    registered, reason = register_plugins(load_tensorrt('tensorrt'))
+    assert registered, reason
+    onnx_path = pipeline['fp32'][0]
+    (_, sidecar), messages = build_logged(onnx_path, tmp_path / 'plugins.engine', flavour='tensorrt', max_batch=2)
+    assert sidecar.engine.plugins == tuple(sorted(plugin_key(op, PLUGIN_NAMESPACE, PLUGIN_VERSION)
+                                                  for op in (FAST_NMS_OP, MASK_ASSEMBLY_OP)))
+    assert not any(f'{DOMAIN}::{FAST_NMS_OP}' in m and 'function bodies' in m for m in messages)
