@@ -56,10 +56,10 @@ def plugin_key(name: str, namespace: str, version: str) -> str:
     return f'{namespace}::{name}/{version}'
 
 
-def rebuild_hint(onnx_file: str | None) -> str:
-    model = f' MODEL={onnx_file}' if onnx_file else ''
-    return (f'rebuild the engine on this host with `make engine{model}` '
-            f'(python -m engines.build --model FILE.onnx --force)')
+def rebuild_hint(onnx_file: str | None = None) -> str:
+    """How to rebuild: the exact command when the source ONNX is known."""
+    command = f'python -m engines.build --model {onnx_file or "FILE.onnx"} --force'
+    return f'rebuild the engine on this host with `make engine` ({command})'
 
 
 @dataclass(frozen=True)
@@ -90,17 +90,17 @@ class EngineSidecar:
     def from_dict(cls, data, source: str = 'sidecar') -> 'EngineSidecar':
         """Rebuild from `to_dict()` output; SidecarError names the bad part and `source`."""
         if not isinstance(data, dict):
-            raise SidecarError(f'{source}: expected a JSON object, got {type(data).__name__}; {rebuild_hint(None)}')
+            raise SidecarError(f'{source}: expected a JSON object, got {type(data).__name__}; {rebuild_hint()}')
         if data.get('format') != SIDECAR_FORMAT:
             raise SidecarError(f'{source}: format {data.get("format")!r} is not {SIDECAR_FORMAT!r}; '
-                               f'{rebuild_hint(None)}')
+                               f'{rebuild_hint()}')
         try:
             metadata = ModelMetadata.from_dict(data.get('model'), f'{source} (model)')
         except MetadataError as e:
-            raise SidecarError(f'{e}; {rebuild_hint(None)}') from None
+            raise SidecarError(f'{e}; {rebuild_hint()}') from None
         raw = data.get('engine')
         if not isinstance(raw, dict):
-            raise SidecarError(f'{source}: no "engine" object; {rebuild_hint(None)}')
+            raise SidecarError(f'{source}: no "engine" object; {rebuild_hint()}')
         missing = [f.name for f in fields(EngineInfo) if f.name not in raw]
         onnx_file = raw.get('onnx_file') if isinstance(raw.get('onnx_file'), str) else None
         if missing:
@@ -140,13 +140,13 @@ def read_sidecar(engine_path: str | os.PathLike) -> EngineSidecar:
         text = path.read_text()
     except FileNotFoundError:
         raise SidecarError(f'{engine_path}: its sidecar {path} is missing (every engine built by '
-                           f'`make engine` has one); {rebuild_hint(None)}') from None
+                           f'`make engine` has one); {rebuild_hint()}') from None
     except (OSError, UnicodeDecodeError) as e:
-        raise SidecarError(f'{path}: cannot be read ({e}); {rebuild_hint(None)}') from None
+        raise SidecarError(f'{path}: cannot be read ({e}); {rebuild_hint()}') from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise SidecarError(f'{path}: not valid JSON ({e}); {rebuild_hint(None)}') from None
+        raise SidecarError(f'{path}: not valid JSON ({e}); {rebuild_hint()}') from None
     return EngineSidecar.from_dict(data, str(path))
 
 

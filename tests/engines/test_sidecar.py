@@ -69,7 +69,8 @@ def test_mismatch_is_refused_with_the_reason(engine, host_change, expected):
         check_sidecar(engine, **{**HOST, **host_change})
     message = str(info.value)
     assert expected in message
-    assert 'make engine MODEL=build/yolact_base.fp16.onnx' in message
+    assert message.endswith('rebuild the engine on this host with `make engine` '
+                            '(python -m engines.build --model build/yolact_base.fp16.onnx --force)')
 
 
 def test_corrupted_engine_is_refused(engine):
