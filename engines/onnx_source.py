@@ -114,7 +114,7 @@ def load_onnx(path: str | os.PathLike) -> OnnxSource:
         raise EngineBuildError(f'{source} is a folder: give the ONNX file, e.g. {path / "model.onnx"}') from None
     try:
         model = onnx.load_model_from_string(data)
-    except (DecodeError, RuntimeWarning, ValueError) as e:
+    except DecodeError as e:
         raise EngineBuildError(f'{source} is not a readable ONNX model ({len(data)} bytes; truncated or corrupted: '
                                f'{e}); {_REEXPORT}') from None
     try:
