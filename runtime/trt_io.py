@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engines.sidecar import rebuild_hint
 from export.contract import INPUT_NAME, POSTPROCESS_OUTPUTS as OUTPUT_NAMES
 from model.metadata import ModelMetadata
 
@@ -21,7 +22,7 @@ DETECTION_OUTPUTS = tuple(name for name in OUTPUT_NAMES if name != 'num_dets')
 _FLOAT_OUTPUTS = ('boxes', 'scores', 'masks')
 # Engines built from an FP16 graph may return half-precision floats; the host widens them.
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
-REBUILD_HINT = 'rebuild the engine with `make engine`'
+REBUILD_HINT = rebuild_hint()
 
 
 class EngineIOError(ValueError):
