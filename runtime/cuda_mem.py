@@ -71,7 +71,21 @@ def memory_in_use() -> int:
     return int(total) - int(free)
 
 
-class DeviceBuffer:
+class _Resource:
+    """Something allocated through CUDA: `free()` releases it (idempotent); dropping the last
+    reference frees it as a last resort."""
+
+    def free(self) -> None:
+        raise NotImplementedError
+
+    def __del__(self):
+        try:
+            self.free()
+        except Exception:  # at interpreter shutdown the driver may be gone; it frees everything then
+            pass
+
+
+class DeviceBuffer(_Resource):
     """`nbytes` of device memory; `.ptr` is the device address as int."""
 
     def __init__(self, nbytes: int):
@@ -84,14 +98,8 @@ class DeviceBuffer:
             ptr, self.ptr = self.ptr, 0
             check('cudaFree', _cudart().cudaFree(ptr))
 
-    def __del__(self):
-        try:
-            self.free()
-        except Exception:  # interpreter shutdown: the driver frees the context anyway
-            pass
 
-
-class PinnedBuffer:
+class PinnedBuffer(_Resource):
     """`nbytes` of page-locked host memory (fast, asynchronous copies). `.ptr` is its address;
     `view(dtype, shape)` is a numpy array over its first bytes (valid until `free()`)."""
 
@@ -113,14 +121,8 @@ class PinnedBuffer:
             self._bytes = None
             check('cudaFreeHost', _cudart().cudaFreeHost(ptr))
 
-    def __del__(self):
-        try:
-            self.free()
-        except Exception:
-            pass
 
-
-class Stream:
+class Stream(_Resource):
     """A non-blocking CUDA stream (does not serialise with the legacy default stream)."""
 
     def __init__(self):
@@ -150,14 +152,8 @@ class Stream:
             handle, self.handle = self.handle, None
             check('cudaStreamDestroy', _cudart().cudaStreamDestroy(handle))
 
-    def __del__(self):
-        try:
-            self.free()
-        except Exception:
-            pass
 
-
-class CudaGraph:
+class CudaGraph(_Resource):
     """Work enqueued on `stream` by `record()` captured once and replayed by `launch()`.
 
     Capture is thread-local so other threads' streams are not disturbed. A failed capture (an
@@ -194,9 +190,3 @@ class CudaGraph:
         if self._graph is not None:
             handle, self._graph = self._graph, None
             check('cudaGraphDestroy', cudart.cudaGraphDestroy(handle))
-
-    def __del__(self):
-        try:
-            self.free()
-        except Exception:
-            pass
