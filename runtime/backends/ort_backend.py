@@ -1,0 +1,145 @@
+"""The onnxruntime backend: runs an ONNX model exported by `python -m export` (Fast NMS and mask
+assembly inside the graph, as the yolact::FastNMS / yolact::MaskAssembly function bodies, which
+onnxruntime executes). CUDA execution provider when a CUDA device is usable, CPU otherwise."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+
+from export.contract import INPUT_NAME, METADATA_KEY, POSTPROCESS_OUTPUTS, RAW_OUTPUTS
+from model.metadata import MetadataError, ModelMetadata
+from runtime.backends.base import Backend, BackendError, RawDetections
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_device_count() -> int:
+    """CUDA devices the driver reports (0 without a driver). Asked of libcuda directly: the
+    onnxruntime-gpu wheel lists its CUDA provider as available even where no GPU exists."""
+    try:
+        libcuda = ctypes.CDLL('libcuda.so.1')
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if libcuda.cuInit(0) != 0 or libcuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
+def default_providers(ort) -> list[str]:
+    """['CUDAExecutionProvider', 'CPUExecutionProvider'] when a GPU and the CUDA provider are both
+    there, else ['CPUExecutionProvider']."""
+    if cuda_device_count() > 0 and 'CUDAExecutionProvider' in ort.get_available_providers():
+        return ['CUDAExecutionProvider', 'CPUExecutionProvider']
+    return ['CPUExecutionProvider']
+
+
+def create_session(path: str | os.PathLike, *, providers: list[str] | None = None,
+                   num_threads: int | None = None):
+    """An onnxruntime InferenceSession for `path` with every graph optimisation enabled.
+
+    num_threads: intra-op threads (None: onnxruntime's default, one per core). Raises BackendError
+    for a missing, truncated or non-ONNX file, naming the file and the fix.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise BackendError(f'the ort backend needs onnxruntime (pip install -e .[onnx]): {e}') from None
+    path = Path(path)
+    if not path.is_file():
+        raise BackendError(f'ONNX model not found: {path}')
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if num_threads is not None:
+        options.intra_op_num_threads = int(num_threads)
+    # Only the provider fallback warning would be logged below ERROR; it is reported by `providers`.
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers or default_providers(ort))
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types per failure
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise BackendError(f'{path} is not a loadable ONNX model ({first_line[:300]}); the file may be '
+                           'truncated or not ONNX: re-export it with python -m export') from None
+
+
+class OrtBackend(Backend):
+    """path: an .onnx file written by `python -m export` (with post-processing).
+
+    config / cross_class: when given, must match how the model was exported (post-processing is
+    fixed at export); a mismatch raises BackendError saying how to re-export. providers:
+    onnxruntime execution providers (default: CUDA when usable, else CPU). num_threads: intra-op
+    threads (default: one per core).
+    """
+
+    name = 'ort'
+
+    def __init__(self, path: str | Path, *, config: str | None = None, cross_class: bool | None = None,
+                 providers: list[str] | None = None, num_threads: int | None = None):
+        super().__init__(path)
+        self.config_name = config
+        self.cross_class = cross_class
+        self.requested_providers = providers
+        self.num_threads = num_threads
+        self.session = None
+        self._output_names: list[str] = []
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the session actually uses (after any fallback)."""
+        return self.session.get_providers() if self.session is not None else []
+
+    def _load_impl(self) -> None:
+        session = create_session(self.path, providers=self.requested_providers, num_threads=self.num_threads)
+        metadata = read_session_metadata(session, self.path)
+        self._check_interface(session, metadata)
+        self._check_options(metadata)
+        batch_dim = session.get_inputs()[0].shape[0]
+        self.session, self.metadata = session, metadata
+        self.max_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
+        self._output_names = [o.name for o in session.get_outputs()]
+
+    def _check_interface(self, session, metadata: ModelMetadata) -> None:
+        inputs, outputs = session.get_inputs(), [o.name for o in session.get_outputs()]
+        if outputs == list(RAW_OUTPUTS):
+            raise BackendError(f'{self.path} was exported with --no-postprocess (raw head outputs); the runtime '
+                               'needs the post-processing: export it again without --no-postprocess')
+        if sorted(outputs) != sorted(POSTPROCESS_OUTPUTS):
+            raise BackendError(f'{self.path} has outputs {outputs}, not {list(POSTPROCESS_OUTPUTS)}: '
+                               'export the model with python -m export')
+        height, width = metadata.input_size
+        if len(inputs) != 1 or inputs[0].name != INPUT_NAME or inputs[0].type != 'tensor(uint8)' \
+                or list(inputs[0].shape[1:]) != [height, width, 3]:
+            got = ', '.join(f'{i.name} {i.type} {i.shape}' for i in inputs)
+            raise BackendError(f'{self.path} takes {got}, not {INPUT_NAME} uint8 [batch, {height}, {width}, 3] '
+                               'as its metadata says: export the model with python -m export')
+
+    def _check_options(self, metadata: ModelMetadata) -> None:
+        if self.config_name is not None and self.config_name != metadata.config:
+            raise BackendError(f'{self.path} is a {metadata.config} model, not {self.config_name}: drop --config '
+                               'or export the checkpoint of that config')
+        if self.cross_class is not None and bool(self.cross_class) != metadata.cross_class:
+            flag = '--cross-class' if self.cross_class else 'without --cross-class'
+            raise BackendError(f'{self.path} was exported with {"cross" if metadata.cross_class else "per"}-class '
+                               f'Fast NMS; it is fixed at export: export again {flag}')
+
+    def _infer_impl(self, images: np.ndarray) -> RawDetections:
+        return dict(zip(self._output_names, self.session.run(self._output_names, {INPUT_NAME: images})))
+
+    def _close_impl(self) -> None:
+        self.session = None
+
+
+def read_session_metadata(session, path: str | os.PathLike) -> ModelMetadata:
+    """The ModelMetadata the exporter stored under METADATA_KEY; BackendError if missing or malformed."""
+    props = session.get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in props:
+        raise BackendError(f'{path} has no {METADATA_KEY!r} metadata, so it was not written by this toolkit\'s '
+                           'exporter: export the checkpoint with python -m export')
+    try:
+        return ModelMetadata.from_json(props[METADATA_KEY], str(path))
+    except MetadataError as e:
+        raise BackendError(str(e)) from None
