@@ -1,0 +1,103 @@
+"""The backend interface (state and input checks, chunking), open_backend's choice of backend, and
+the torch backend's outputs against the ONNX contract."""
+
+import numpy as np
+import pytest
+
+from model.config import yolact_tiny
+from model.metadata import ModelMetadata
+from runtime.backends import RAW_OUTPUT_NAMES, Backend, BackendError, backend_for_path, open_backend
+from runtime.backends.torch_backend import TorchBackend
+
+
+class RecordingBackend(Backend):
+    """A stand-in model: one detection per image whose score is the image's first pixel / 255."""
+
+    name = 'recording'
+
+    def __init__(self, path, max_batch=None):
+        super().__init__(path)
+        self.requested_max_batch = max_batch
+        self.calls = []
+        self.closed = 0
+
+    def _load_impl(self):
+        self.metadata = ModelMetadata.from_config(yolact_tiny)
+        self.max_batch = self.requested_max_batch
+
+    def _infer_impl(self, images):
+        self.calls.append(len(images))
+        batch, dets = len(images), self.metadata.max_dets
+        scores = np.zeros((batch, dets), np.float32)
+        scores[:, 0] = images[:, 0, 0, 0] / 255
+        return {'num_dets': np.ones(batch, np.int32), 'boxes': np.zeros((batch, dets, 4), np.float32),
+                'scores': scores, 'classes': np.zeros((batch, dets), np.int32),
+                'masks': np.zeros((batch, dets, 4, 4), np.float32)}
+
+    def _close_impl(self):
+        self.closed += 1
+
+
+def test_backend_lifetime_and_input_checks(tmp_path):
+    backend = RecordingBackend(tmp_path / 'm.bin')
+    images = np.zeros((1, 320, 320, 3), np.uint8)
+    with pytest.raises(BackendError, match='not loaded'):
+        backend.infer(images)
+    with backend:
+        with pytest.raises(BackendError, match=r'uint8 \[B, 320, 320, 3\].*resize_to_input'):
+            backend.infer(np.zeros((1, 300, 320, 3), np.uint8))
+        with pytest.raises(BackendError, match='uint8'):
+            backend.infer(images.astype(np.float32))
+        with pytest.raises(BackendError, match='empty batch'):
+            backend.infer(images[:0])
+    assert backend.closed == 1 and not backend.is_loaded
+    backend.close()
+    assert backend.closed == 1  # close is idempotent
+
+
+def test_batches_larger_than_max_batch_run_in_chunks(tmp_path):
+    with RecordingBackend(tmp_path / 'm.bin', max_batch=2) as backend:
+        images = np.zeros((5, 320, 320, 3), np.uint8)
+        images[:, 0, 0, 0] = [10, 20, 30, 40, 50]
+        raw = backend.infer(images)
+    assert backend.calls == [2, 2, 1]
+    assert set(raw) == set(RAW_OUTPUT_NAMES)
+    np.testing.assert_allclose(raw['scores'][:, 0], np.array([10, 20, 30, 40, 50]) / 255)
+
+
+def test_auto_picks_the_backend_by_suffix(tmp_path):
+    assert backend_for_path('a/b/yolact_base_54_800000.pth') == 'torch'
+    with pytest.raises(BackendError, match="suffix '.xyz'.*--backend"):
+        backend_for_path('model.xyz')
+    with pytest.raises(BackendError, match='model file not found'):
+        open_backend(tmp_path / 'missing.pth')
+    (tmp_path / 'm.pth').write_bytes(b'')
+    with pytest.raises(BackendError, match='unknown backend'):
+        open_backend(tmp_path / 'm.pth', backend='tflite')
+    with pytest.raises(BackendError, match='does not take streams'):
+        open_backend(tmp_path / 'm.pth', backend='torch', streams=2)
+
+
+@pytest.mark.parametrize('cross_class', [False, True])
+def test_torch_backend_returns_the_onnx_contract(tiny_checkpoint, cross_class):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 320, 320, 3), dtype=np.uint8)
+    with open_backend(tiny_checkpoint, cross_class=cross_class, max_dets=30) as backend:
+        assert isinstance(backend, TorchBackend)
+        meta = backend.metadata
+        assert (meta.config, meta.class_names, meta.cross_class, meta.max_dets) == \
+            ('yolact_tiny', yolact_tiny.class_names, cross_class, 30)
+        raw = backend.infer(images)
+        single = backend.infer(images[1:])
+    assert not backend.is_loaded
+    proto = 2 * 40  # yolact_tiny: P3 is 40x40 at 320 px, prototypes twice that
+    expected = {'num_dets': ((2,), np.int32), 'boxes': ((2, 30, 4), np.float32), 'scores': ((2, 30), np.float32),
+                'classes': ((2, 30), np.int32), 'masks': ((2, 30, proto, proto), np.float32)}
+    assert {k: (v.shape, v.dtype) for k, v in raw.items()} == expected
+    for name in RAW_OUTPUT_NAMES:
+        np.testing.assert_allclose(single[name][0], raw[name][1], atol=1e-5)
+    n = int(raw['num_dets'][0])
+    assert n > 0
+    assert np.all(np.diff(raw['scores'][0, :n]) <= 0)
+    assert not raw['scores'][0, n:].any() and not raw['masks'][0, n:].any()
+    assert np.all((raw['classes'][0, :n] >= 0) & (raw['classes'][0, :n] < len(yolact_tiny.class_names)))
