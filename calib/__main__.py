@@ -45,8 +45,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     # modelopt logs INFO freely, and an ERROR when it finds no GPU to query, which is expected here.
-    for name in (MODELOPT_LOGGER, f'{MODELOPT_LOGGER}.autocast'):  # AutoCast sets its own level
+    # Its modules set their loggers' levels when imported, so import them before choosing ours.
+    import modelopt.onnx.autocast  # noqa: F401
+    import modelopt.onnx.quantization  # noqa: F401
+
+    for name in (MODELOPT_LOGGER, f'{MODELOPT_LOGGER}.autocast'):
         logging.getLogger(name).setLevel(logging.INFO if args.verbose else logging.CRITICAL)
+        logging.getLogger(name).propagate = False  # it has its own console handler
     try:
         result = convert_model(
             args.model, args.precision, args.images, count=args.count, method=args.method,

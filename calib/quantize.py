@@ -29,7 +29,6 @@ from tqdm import tqdm
 from calib.cache import cache_file, calibration_key, write_cache
 from calib.graph import CalibrationError, join_postprocess, producing_convs, split_postprocess
 
-log = logging.getLogger(__name__)
 
 CALIBRATION_METHODS = {
     'entropy': CalibrationMethod.Entropy,  # KL-divergence threshold (TensorRT's EntropyCalibrator2)
@@ -113,11 +112,8 @@ def quantize_int8(model: onnx.ModelProto, images: np.ndarray, *, method: str = '
         work = Path(tmp)
         network_path = work / 'network.onnx'
         onnx.save(split.network, network_path)
-        if cache_hit:
-            log.info('reusing calibration cache %s', cache)
-        else:
+        if not cache_hit:
             write_cache(cache, calibrate_amax(network_path, images, method, work))
-            log.info('wrote calibration cache %s', cache)
         quantized = _place_qdq(network_path, images[:1], cache, kept, work)
     return Int8Result(join_postprocess(quantized, split, 'int8'), cache, cache_hit, kept)
 
