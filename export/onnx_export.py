@@ -16,9 +16,7 @@ exact for any batch. The trace is then folded and cleaned until nothing changes
 
 from __future__ import annotations
 
-import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -39,7 +37,6 @@ OPSET = 19
 # Readable copies of the most asked-for fields (`polygraphy inspect model` and Netron show them).
 _READABLE_KEYS = ('config', 'precision', 'input_size', 'class_names', 'cross_class', 'max_dets')
 
-log = logging.getLogger(__name__)
 
 
 class ExportError(ValueError):
@@ -137,17 +134,14 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike) -> Path:
     if model.ByteSize() >= 2**31 - 1:
         # Protobuf's limit; no YOLACT config comes close (yolact_base is ~200 MB).
         raise ExportError(f'the model is {model.ByteSize() / 2**30:.1f} GiB, over the 2 GiB ONNX file limit')
-    tmp = None
+    tmp = output.with_name(f'.{output.name}.{os.getpid()}.tmp')
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f'.{output.name}.', suffix='.tmp', dir=output.parent)
-        with os.fdopen(fd, 'wb') as f:
-            f.write(model.SerializeToString())
+        tmp.write_bytes(model.SerializeToString())
         os.replace(tmp, output)
     except OSError as e:
         raise ExportError(f'cannot write {output}: {e.strerror} (choose a writable --output)') from None
     finally:
-        if tmp is not None and Path(tmp).exists():
-            Path(tmp).unlink()
+        tmp.unlink(missing_ok=True)
     return output
 
 
