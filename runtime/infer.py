@@ -20,6 +20,7 @@ from runtime.backends import BACKENDS, BackendError, open_backend
 from runtime.backends.trt_backend import prefer_engine
 from runtime.draw import draw_detections
 from runtime.pipeline import IMAGE_SUFFIXES, ImageLoadError, batches, find_images, load_image, predict
+from runtime.video import is_video, run_videos
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / 'assets' / 'demo' / 'yolact_tiny_shapes.pth'
 # The original's display code shows detections from 0.15-0.3 up; below that a trained model's
@@ -43,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                'missing paths are reported and skipped), 1 when nothing could be processed or the model '
                'cannot be loaded, 2 for bad arguments.')
     parser.add_argument('paths', nargs='+', type=Path, metavar='PATH',
-                        help='image files and folders; folders are searched recursively for files named '
+                        help='image files, .mp4/.avi videos (written annotated to --out) and folders; folders '
+                             'are searched recursively for images named '
                              f'{", ".join(sorted(IMAGE_SUFFIXES))} (any case)')
     parser.add_argument('--model', type=Path, default=DEFAULT_MODEL,
                         help='model file: .pth checkpoint (torch) or the formats of the other backends '
@@ -113,6 +115,18 @@ def write_image(path: Path, image: np.ndarray) -> None:
     write_atomic(path, encoded.tobytes())
 
 
+def backend_options(args: argparse.Namespace) -> dict:
+    """The open_backend options the command line sets (only those given, so every backend takes them)."""
+    options = {}
+    if args.config is not None:
+        options['config'] = args.config
+    if args.cross_class:
+        options['cross_class'] = True
+    if args.streams != 1:
+        options['streams'] = args.streams
+    return options
+
+
 def run(args: argparse.Namespace) -> int:
     inputs, problems = collect_inputs(args.paths)
     for problem in problems:
@@ -123,15 +137,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.model.is_file():
         print(f'error: model file not found: {args.model} (pass --model FILE)', file=sys.stderr)
         return 1
-    options = {}
-    if args.config is not None:
-        options['config'] = args.config
-    if args.cross_class:
-        options['cross_class'] = True
-    if args.streams != 1:
-        options['streams'] = args.streams
     try:
-        backend = open_backend(args.model, args.backend, **options)
+        backend = open_backend(args.model, args.backend, **backend_options(args))
     except ValueError as e:  # BackendError, CheckpointError, MetadataError: each names the fix
         print(f'error: {e}', file=sys.stderr)
         return 1
@@ -182,7 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.backend == 'auto' and args.model == DEFAULT_MODEL:
         # A GPU host that ran `make engine` gets the engine of the default model.
         args.model = prefer_engine(args.model)
-    return run(args)
+    # Video files (.mp4, .avi) become annotated videos in --out (runtime/video.py); the rest are images.
+    videos = [p for p in args.paths if is_video(p)]
+    if not videos:
+        return run(args)
+    status = run_videos(args, videos, backend_options(args))
+    args.paths = [p for p in args.paths if not is_video(p)]
+    return max(status, run(args)) if args.paths else status
 
 
 if __name__ == '__main__':
