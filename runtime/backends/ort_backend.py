@@ -86,6 +86,7 @@ class OrtBackend(Backend):
         self.num_threads = num_threads
         self.session = None
         self._output_names: list[str] = []
+        self._fixed_batch = False
 
     @property
     def providers(self) -> list[str]:
@@ -99,7 +100,9 @@ class OrtBackend(Backend):
         self._check_options(metadata)
         batch_dim = session.get_inputs()[0].shape[0]
         self.session, self.metadata = session, metadata
-        self.max_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
+        # Our exports have a dynamic batch; a file edited to a fixed one takes exactly that many.
+        self._fixed_batch = isinstance(batch_dim, int) and batch_dim > 0
+        self.max_batch = batch_dim if self._fixed_batch else None
         self._output_names = [o.name for o in session.get_outputs()]
 
     def _check_interface(self, session, metadata: ModelMetadata) -> None:
@@ -127,7 +130,13 @@ class OrtBackend(Backend):
                                f'Fast NMS; it is fixed at export: export again {flag}')
 
     def _infer_impl(self, images: np.ndarray) -> RawDetections:
-        return dict(zip(self._output_names, self.session.run(self._output_names, {INPUT_NAME: images})))
+        count = len(images)
+        if self._fixed_batch and count < self.max_batch:
+            # A model with a fixed batch size takes exactly that many images: pad, then drop the padding.
+            padding = np.zeros((self.max_batch - count, *images.shape[1:]), images.dtype)
+            images = np.concatenate([images, padding])
+        outputs = self.session.run(self._output_names, {INPUT_NAME: images})
+        return {name: value[:count] for name, value in zip(self._output_names, outputs)}
 
     def _close_impl(self) -> None:
         self.session = None
