@@ -133,7 +133,7 @@ def crop_masks(masks: Tensor, boxes: Tensor, padding: float) -> Tensor:
     masks: float [N, H, W]; boxes: float [N, 4] xyxy relative. Returns float [N, H, W].
     """
     inside = box_region(boxes, masks.shape[1], masks.shape[2], padding)
-    return masks * inside.to(masks.dtype)
+    return masks.masked_fill(~inside, 0)
 
 
 def assemble_masks(proto: Tensor, coef: Tensor, boxes: Tensor, padding: int) -> Tensor:
