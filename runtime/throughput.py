@@ -2,7 +2,8 @@
 
 `pipelined` spreads batches over N lanes (one execution context + stream + buffers each) so the
 upload of one batch, the inference of another and the download of a third overlap on the GPU.
-`GraphPolicy` decides, per lane, when a CUDA graph can be captured and replayed: only for a batch
+`predict_batches` is runtime.pipeline.predict over a stream of batches (video), through that
+scheduler when the backend has one. `GraphPolicy` decides, per lane, when a CUDA graph can be captured and replayed: only for a batch
 size that has already run once (TensorRT allocates and tunes on its first enqueue for a shape, which
 must not be captured) and never again for a batch size whose capture failed.
 """
@@ -11,6 +12,12 @@ from __future__ import annotations
 
 from collections import deque
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+
+import numpy as np
+
+from runtime.backends.base import Backend
+from runtime.detections import Detections
+from runtime.pipeline import resize_to_input, to_detections
 
 Item = TypeVar('Item')
 Lane = TypeVar('Lane')
@@ -52,6 +59,27 @@ def pipelined(items: Iterable[Item], lanes: Sequence[Lane],
         # Refill before handing the result out: the GPU works while the caller uses it.
         fill()
         yield result
+
+
+def predict_batches(backend: Backend, image_batches: Iterable[Sequence[np.ndarray]], *,
+                    score_threshold: float) -> Iterator[tuple[Sequence[np.ndarray], list[Detections]]]:
+    """(images, their Detections) for each batch of images (uint8 [H, W, 3] BGR, any size), in order:
+    runtime.pipeline.predict batch after batch, except that a backend with `infer_batches` (the
+    TensorRT backend with --streams N) gets the batches as a stream, so it overlaps them."""
+    meta = backend.metadata
+    taken: deque = deque()
+
+    def model_inputs() -> Iterator[np.ndarray]:
+        for images in image_batches:
+            taken.append(images)
+            yield np.stack([resize_to_input(image, meta.input_size) for image in images])
+
+    infer_batches = getattr(backend, 'infer_batches', None)
+    results = infer_batches(model_inputs()) if infer_batches is not None else map(backend.infer, model_inputs())
+    for raw in results:
+        images = taken.popleft()
+        yield images, to_detections(raw, [image.shape[:2] for image in images], score_threshold=score_threshold,
+                                    mask_threshold=meta.mask_threshold)
 
 
 EAGER = 'eager'      # enqueue normally (set the input shape first if `reshape`)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from runtime.backends import BackendError, open_backend
 from runtime.backends.base import Backend
 from runtime.draw import draw_detections
-from runtime.pipeline import predict
+from runtime.throughput import predict_batches
 
 # Container suffix -> the FourCC OpenCV's bundled FFmpeg writes into it without extra codecs.
 VIDEO_CODECS = {'.mp4': 'mp4v', '.avi': 'MJPG'}
@@ -100,8 +100,10 @@ def _write_annotated(backend, capture, tmp, target, fps, size, total, *, batch, 
     written = 0
     try:
         with tqdm(total=total, unit='frame', desc=target.name, disable=not progress, file=sys.stderr) as bar:
-            for frames in read_frames(capture, batch):
-                for frame, detections in zip(frames, predict(backend, frames, score_threshold=score_threshold)):
+            # Batches as a stream: the TensorRT backend overlaps them on its --streams.
+            for frames, frame_detections in predict_batches(backend, read_frames(capture, batch),
+                                                            score_threshold=score_threshold):
+                for frame, detections in zip(frames, frame_detections):
                     writer.write(draw_detections(frame, detections, names))
                 written += len(frames)
                 bar.update(len(frames))

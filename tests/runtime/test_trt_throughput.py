@@ -1,10 +1,12 @@
 """Stream scheduling order and CUDA graph policy of the TensorRT backend's throughput mode."""
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runtime.throughput import CAPTURE, EAGER, REPLAY, GraphPolicy, pipelined
+from tests.runtime.test_trt_lanes import make_backend, sim  # noqa: F401 (sim is a fixture)
 
 
 def run(num_items, num_lanes):
@@ -105,3 +107,33 @@ def test_moved_buffers_drop_the_graph_and_need_a_new_warm_run():
 def test_disabled_policy_is_always_eager():
     policy = GraphPolicy(enabled=False)
     assert [policy.next(2) for _ in range(3)] == [(EAGER, True), (EAGER, False), (EAGER, False)]
+
+
+def test_predict_batches_equals_predict_batch_by_batch(sim):  # noqa: F811
+    """Through infer_batches (3 lanes of the simulated TensorRT backend) and through plain infer
+    (a backend without it), the Detections equal runtime.pipeline.predict's, batch by batch."""
+    from runtime.pipeline import predict
+    from runtime.throughput import predict_batches
+
+    rng = np.random.default_rng(6)
+    frames = [rng.integers(0, 256, (12, 10, 3), dtype=np.uint8) for _ in range(7)]
+    frame_batches = [frames[i:i + 2] for i in range(0, len(frames), 2)]
+    backend = make_backend(sim, streams=3, max_batch=2)
+    expected = [predict(backend, batch, score_threshold=0.1) for batch in frame_batches]
+
+    class WithoutStreams:  # only what predict_batches may use of a Backend
+        metadata, infer = backend.metadata, backend.infer
+
+    for runner in (backend, WithoutStreams()):
+        executions = sim.executions
+        results = list(predict_batches(runner, iter(frame_batches), score_threshold=0.1))
+        assert sim.executions - executions == len(frame_batches)
+        assert [images for images, _ in results] == frame_batches
+        for (_, got), want in zip(results, expected):
+            assert len(got) == len(want)
+            for g, w in zip(got, want):
+                np.testing.assert_array_equal(g.boxes, w.boxes)
+                np.testing.assert_array_equal(g.masks, w.masks)
+                np.testing.assert_array_equal(g.classes, w.classes)
+                assert g.image_size == (12, 10)
+    backend.close()
