@@ -30,3 +30,23 @@ MAX_BATCH ?= 8
 ENGINE_SOURCE = $(if $(filter fp32,$(PRECISION)),$(MODEL),$(basename $(MODEL)).$(PRECISION).onnx)
 engine: setup
 	$(PY) -m engines.build --model $(ENGINE_SOURCE) --precision $(PRECISION) --max-batch $(MAX_BATCH) $(ENGINE_FLAGS)
+
+# make calib [PRECISION=fp16|int8] [MODEL=build/NAME.onnx] [CALIB_IMAGES=build/shapes/train.json]
+#            [CALIB_FLAGS='--count 100 --method entropy --keep-sensitive']:
+# writes NAME.fp16.onnx / NAME.int8.onnx beside the fp32 export; PRECISION=fp32 (the default) makes both.
+# INT8 calibration ranges are cached in .calib_cache/ beside the model and reused while nothing changes.
+.PHONY: calib accuracy
+CALIB_IMAGES ?= build/shapes/train.json
+CALIB_PRECISIONS = $(if $(filter fp32,$(PRECISION)),fp16 int8,$(PRECISION))
+calib: setup
+	for precision in $(CALIB_PRECISIONS); do \
+	  $(PY) -m calib --model $(MODEL) --precision $$precision --images $(CALIB_IMAGES) $(CALIB_FLAGS) || exit 1; \
+	done
+
+# make accuracy [MODEL=build/NAME.onnx] [EVAL_DATA=build/shapes/val.json]: FP16, INT8, and INT8 with the
+# prototype/coefficient layers kept FP32, each evaluated with onnxruntime against the FP32 export.
+EVAL_DATA ?= build/shapes/val.json
+SENSITIVE_INT8 = $(basename $(MODEL)).int8-sensitive-fp32.onnx
+accuracy: calib
+	$(PY) -m calib --model $(MODEL) --precision int8 --images $(CALIB_IMAGES) --keep-sensitive --output $(SENSITIVE_INT8) $(CALIB_FLAGS)
+	$(PY) -m calib.report $(MODEL) $(basename $(MODEL)).fp16.onnx $(basename $(MODEL)).int8.onnx $(SENSITIVE_INT8) --data $(EVAL_DATA)
