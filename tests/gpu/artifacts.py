@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get('YOLACT_BUILD_DIR', ROOT / 'build'))
 DEMO_NAME = 'yolact_tiny_shapes'
 CHECKPOINT = ROOT / 'assets' / 'demo' / f'{DEMO_NAME}.pth'
+# The evaluation split of the synthetic shapes set (python -m model.data.shapes --out build/shapes ...).
+SHAPES_VAL = BUILD / 'shapes' / 'val.json'
 MAX_BATCH = int(os.environ.get('YOLACT_GPU_MAX_BATCH', '8'))
 
 
