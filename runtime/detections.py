@@ -34,12 +34,6 @@ class Detections:
                 f'{self.classes.shape}, masks {self.masks.shape} for image size {self.image_size}; expected '
                 f'[N, 4], [N], [N], [N, {height}, {width}]')
 
-    @classmethod
-    def empty(cls, image_size: tuple[int, int]) -> 'Detections':
-        height, width = image_size
-        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64),
-                   np.zeros((0, height, width), bool), (int(height), int(width)))
-
     def __len__(self) -> int:
         return len(self.scores)
 

@@ -49,8 +49,9 @@ def test_selection_keeps_fields_aligned():
 
 
 def test_empty_detections():
-    empty = Detections.empty((10, 20))
-    assert len(empty) == 0 and empty.masks.shape == (0, 10, 20)
+    dets = make_detections(np.random.default_rng(2))
+    empty = dets[dets.scores > 2]
+    assert len(empty) == 0 and empty.masks.shape == (0, 30, 40) and empty.boxes.shape == (0, 4)
     assert empty.to_coco_json(1, 'a.jpg', ('a',), (1,)) == []
 
 

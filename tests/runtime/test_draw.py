@@ -30,5 +30,7 @@ def test_colours_differ_between_neighbours():
 
 
 def test_size_mismatch_is_refused():
+    nothing = Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64),
+                         np.zeros((0, 20, 20), bool), (20, 20))
     with pytest.raises(ValueError, match='detections are for'):
-        draw_detections(np.zeros((10, 10, 3), np.uint8), Detections.empty((20, 20)), ('a',))
+        draw_detections(np.zeros((10, 10, 3), np.uint8), nothing, ('a',))
