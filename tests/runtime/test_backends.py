@@ -101,3 +101,16 @@ def test_torch_backend_returns_the_onnx_contract(tiny_checkpoint, cross_class):
     assert np.all(np.diff(raw['scores'][0, :n]) <= 0)
     assert not raw['scores'][0, n:].any() and not raw['masks'][0, n:].any()
     assert np.all((raw['classes'][0, :n] >= 0) & (raw['classes'][0, :n] < len(yolact_tiny.class_names)))
+
+
+def test_the_runtime_imports_without_torch():
+    """A deployment host has no torch: importing the runtime (even the torch backend's module) must not load it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ('import sys; import runtime.infer, runtime.pipeline, runtime.backends.torch_backend; '
+            'print("torch" in sys.modules)')
+    done = subprocess.run([sys.executable, '-c', code], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == 'False'
