@@ -50,3 +50,27 @@ SENSITIVE_INT8 = $(basename $(MODEL)).int8-sensitive-fp32.onnx
 accuracy: calib
 	$(PY) -m calib --model $(MODEL) --precision int8 --images $(CALIB_IMAGES) --keep-sensitive --output $(SENSITIVE_INT8) $(CALIB_FLAGS)
 	$(PY) -m calib.report $(MODEL) $(basename $(MODEL)).fp16.onnx $(basename $(MODEL)).int8.onnx $(SENSITIVE_INT8) --data $(EVAL_DATA)
+
+# The synthetic shapes set (no download): build/shapes/{train,val}.json with images beside them.
+SHAPES_DIR ?= build/shapes
+$(SHAPES_DIR)/val.json: | setup
+	$(PY) -m model.data.shapes --out $(SHAPES_DIR) --train 4000 --val 300 --seed 0
+
+# make train-demo: trains the shipped demo model (yolact_tiny on the shapes set, from scratch) and
+# writes assets/demo/yolact_tiny_shapes.pth (weights only) and its COCO metrics on the val split.
+# The hyper-parameters are the demo's (a short CPU schedule), not the config's.
+DEMO_RUN ?= build/train-demo
+.PHONY: train-demo eval
+train-demo: setup $(SHAPES_DIR)/val.json
+	$(PY) -m model.train --config yolact_tiny --data $(SHAPES_DIR)/train.json --out $(DEMO_RUN) \
+	  --iters 1600 --batch-size 8 --lr 4e-3 --warmup-iters 100 --lr-steps 0.75,0.92 \
+	  --no-expand --no-crop --threads 1 --save-every 100
+	mkdir -p assets/demo
+	cp $(DEMO_RUN)/yolact_tiny_final.pth assets/demo/yolact_tiny_shapes.pth
+	$(PY) -m model.eval --model assets/demo/yolact_tiny_shapes.pth --data $(SHAPES_DIR)/val.json \
+	  --metrics assets/demo/yolact_tiny_shapes.metrics.json
+
+# make eval [EVAL_MODEL=any model file the runtime loads] [EVAL_DATA=COCO JSON]: box and mask AP.
+EVAL_MODEL ?= assets/demo/yolact_tiny_shapes.pth
+eval: setup $(if $(filter $(SHAPES_DIR)/%,$(EVAL_DATA)),$(EVAL_DATA))
+	$(PY) -m model.eval --model $(EVAL_MODEL) --data $(EVAL_DATA)

@@ -38,9 +38,6 @@ from model.losses import LossTerms, yolact_loss
 from model.preprocess import Normalize
 from model.yolact import Yolact
 
-# Settings that define a run; a resumed run takes them from its checkpoint.
-RUN_SETTINGS = ('batch_size', 'lr', 'lr_steps', 'warmup_iters', 'warmup_lr', 'seed', 'photometric',
-                'expand', 'crop', 'mirror', 'freeze_bn')
 LOSS_NAMES = ('box', 'conf', 'mask', 'semantic')
 
 
@@ -126,7 +123,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help='keep batch norms fixed; auto: on with --init when each process has fewer '
                              'than 6 images (the original\'s rule), off when training from scratch')
     parser.add_argument('--init', type=Path, help='start from these weights (official or own checkpoint)')
-    parser.add_argument('--resume', type=Path, help='continue a run from one of its checkpoints')
+    parser.add_argument('--resume', type=Path,
+                        help='continue a run from one of its checkpoints with its settings; --iters/--epochs '
+                             'and --lr-steps may extend it')
     parser.add_argument('--out', type=Path, default=Path('out/train'), help='checkpoint folder')
     parser.add_argument('--save-every', type=int, default=500, help='checkpoint interval in iterations')
     parser.add_argument('--workers', type=int, default=1, help='data loading processes per training process')
@@ -135,6 +134,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _resolve_settings(args, cfg: YolactConfig, resumed: dict | None) -> dict:
+    """The settings that define a run; a resumed run takes them from its checkpoint (only its
+    length and learning-rate steps may change, see `run`)."""
     if resumed is not None:
         return dict(resumed['run'])
     return {
@@ -200,7 +201,11 @@ def run(args: argparse.Namespace) -> Path:
 
     settings = _resolve_settings(args, cfg, resumed)
     total = _total_iters(args, cfg, len(dataset), settings['batch_size'], resumed)
-    steps = settings['lr_steps'] if resumed is not None else _lr_steps(args.lr_steps, cfg, total)
+    # A resumed run keeps its steps unless new ones are given (to extend a run: --iters and
+    # --lr-steps; it then equals a run started with those values, as long as no step passed).
+    steps = settings['lr_steps'] if resumed is not None and args.lr_steps is None else _lr_steps(args.lr_steps, cfg, total)
+    if resumed is not None and tuple(steps) != tuple(settings['lr_steps']):
+        say(f'learning-rate steps changed from {list(settings["lr_steps"])} to {list(steps)}')
     settings['lr_steps'] = tuple(steps)
     cfg = dataclasses.replace(cfg, lr=settings['lr'], lr_steps=tuple(steps), max_iter=total,
                               lr_warmup_until=settings['warmup_iters'], lr_warmup_init=settings['warmup_lr'])

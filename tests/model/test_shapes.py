@@ -1,0 +1,84 @@
+"""The synthetic shapes set: deterministic, exact masks that match their boxes, COCO layout."""
+
+import json
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from model.config import SHAPES_CLASSES
+from model.data.coco import CocoDataset
+from model.data.shapes import ShapesSpec, generate_image, main, write_split
+
+SMALL = ShapesSpec(image_size=96, radius=(10, 30), min_visible_pixels=40)
+
+
+def test_same_seed_same_files_other_seed_other_files(tmp_path):
+    a, b, c = tmp_path / 'a', tmp_path / 'b', tmp_path / 'c'
+    for folder, seed in ((a, 3), (b, 3), (c, 4)):
+        write_split(folder, 'train', 3, seed, SMALL, progress=False)
+    assert (a / 'train.json').read_bytes() == (b / 'train.json').read_bytes()
+    for i in range(3):
+        name = f'train/{i:06d}.jpg'
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+    assert (a / 'train.json').read_bytes() != (c / 'train.json').read_bytes()
+
+
+def test_image_depends_only_on_seed_split_and_index(tmp_path):
+    write_split(tmp_path / 'short', 'val', 2, 0, SMALL, progress=False)
+    write_split(tmp_path / 'long', 'val', 4, 0, SMALL, progress=False)
+    for i in range(2):
+        name = f'val/{i:06d}.jpg'
+        assert (tmp_path / 'short' / name).read_bytes() == (tmp_path / 'long' / name).read_bytes()
+    assert (tmp_path / 'short' / 'val/000000.jpg').read_bytes() != (tmp_path / 'short' / 'val/000001.jpg').read_bytes()
+
+
+def test_masks_match_boxes_and_areas_and_do_not_overlap(tmp_path):
+    path = write_split(tmp_path, 'train', 6, 1, SMALL, progress=False)
+    data = json.loads(path.read_text())
+    assert [c['name'] for c in sorted(data['categories'], key=lambda c: c['id'])] == list(SHAPES_CLASSES)
+    by_image = {}
+    for ann in data['annotations']:
+        mask = mask_utils.decode(ann['segmentation']).astype(bool)
+        ys, xs = np.nonzero(mask)
+        assert ann['bbox'] == [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()]
+        assert ann['area'] == mask.sum() >= SMALL.min_visible_pixels
+        assert 1 <= ann['category_id'] <= len(SHAPES_CLASSES) and ann['iscrowd'] == 0
+        by_image.setdefault(ann['image_id'], []).append(mask)
+    for masks in by_image.values():
+        # Visible masks of one image are disjoint: occluded parts belong to the shape on top.
+        assert np.stack(masks).sum(0).max() == 1
+    assert sum(len(m) for m in by_image.values()) >= 6 * SMALL.instances[0] // 2
+
+
+def test_image_is_painted_through_its_masks():
+    rng = np.random.default_rng(7)
+    image, instances = generate_image(rng, SMALL)
+    assert image.shape == (96, 96, 3) and image.dtype == np.uint8
+    assert SMALL.instances[0] <= len(instances) <= SMALL.instances[1]
+    for class_index, mask in instances:
+        assert 0 <= class_index < len(SHAPES_CLASSES)
+        inside = image[mask].astype(float).mean(0)
+        ring = np.zeros_like(mask)
+        ys, xs = np.nonzero(mask)
+        ring[max(ys.min() - 3, 0):ys.max() + 4, max(xs.min() - 3, 0):xs.max() + 4] = True
+        outside = image[ring & ~mask].astype(float)
+        if len(outside):  # a shape differs from what surrounds it
+            assert np.abs(inside - outside.mean(0)).max() > 5
+
+
+def test_cli_writes_both_splits_that_the_coco_loader_reads(tmp_path, capsys):
+    assert main(['--out', str(tmp_path), '--train', '2', '--val', '1', '--seed', '5', '--size', '160']) == 0
+    for split, count in (('train', 2), ('val', 1)):
+        data = json.loads((tmp_path / f'{split}.json').read_text())
+        assert [im['file_name'] for im in data['images']] == [f'{split}/{i:06d}.jpg' for i in range(count)]
+        assert all((im['height'], im['width']) == (160, 160) for im in data['images'])
+        dataset = CocoDataset(tmp_path / f'{split}.json', class_names=SHAPES_CLASSES)
+        sample = dataset[0]
+        assert sample.image.shape == (160, 160, 3) and sample.masks.shape[1:] == (160, 160)
+    assert 'wrote' in capsys.readouterr().out
+
+
+def test_cli_rejects_bad_counts(tmp_path):
+    with pytest.raises(SystemExit):
+        main(['--out', str(tmp_path), '--train', '-1'])

@@ -1,0 +1,146 @@
+"""Training: the schedule, loss going down, exact resume, fine-tuning to another class count,
+two processes under torchrun, and the errors a user can cause."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.checkpoint import load_model, read_checkpoint, save_checkpoint
+from model.config import get_config
+from model.data.augment import TrainAugmentation
+from model.data.coco import CocoDataset
+from model.data.shapes import ShapesSpec, write_split
+from model.data.training import IterationBatches, TrainingStream, collate
+from model.preprocess import Normalize
+from model.train import learning_rate, main, make_optimizer, train_step
+from model.yolact import Yolact
+
+CFG = get_config('yolact_tiny')
+SMALL = ShapesSpec(image_size=128, radius=(14, 40), min_visible_pixels=60)
+ROOT = Path(__file__).resolve().parents[2]
+FAST = ['--config', 'yolact_tiny', '--batch-size', '2', '--workers', '0', '--threads', '2',
+        '--no-expand', '--no-crop']
+
+
+@pytest.fixture(scope='module')
+def shapes(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('shapes')
+    return write_split(folder, 'train', 4, seed=0, spec=SMALL, progress=False)
+
+
+def test_learning_rate_schedule():
+    cfg = dataclasses.replace(CFG, lr=1e-2, lr_warmup_init=1e-4, lr_warmup_until=10, lr_steps=(20, 30), gamma=0.1)
+    assert learning_rate(0, cfg) == pytest.approx(1e-4)
+    assert learning_rate(5, cfg) == pytest.approx(1e-4 + 0.5 * (1e-2 - 1e-4))
+    assert learning_rate(10, cfg) == pytest.approx(1e-2)
+    assert learning_rate(19, cfg) == pytest.approx(1e-2)
+    assert learning_rate(20, cfg) == pytest.approx(1e-3)
+    assert learning_rate(30, cfg) == pytest.approx(1e-4)
+
+
+def test_processes_share_each_iteration_without_overlap():
+    single = list(IterationBatches(3, 5, 4))
+    ranks = [list(IterationBatches(3, 5, 4, rank, 2)) for rank in range(2)]
+    assert single == [[12, 13, 14, 15], [16, 17, 18, 19]]
+    assert [a + b for a, b in zip(*ranks)] == single
+    with pytest.raises(ValueError, match='divisible'):
+        IterationBatches(0, 1, 3, 0, 2)
+
+
+def test_a_few_steps_reduce_the_loss_on_one_batch(shapes):
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    dataset = CocoDataset(shapes, require_annotations=True)
+    stream = TrainingStream(dataset, TrainAugmentation(CFG, photometric=False, expand=False, crop=False, mirror=False), 0)
+    images, targets = collate([stream[0], stream[1]])
+    model = Yolact(CFG).train()
+    model.init_weights()
+    cfg = dataclasses.replace(CFG, lr=2e-3, lr_warmup_until=0)
+    optimizer = make_optimizer(model, cfg)
+    normalize = Normalize(cfg)
+    totals = [train_step(model, normalize, optimizer, images, targets, cfg, i, seed=0).total.item() for i in range(12)]
+    assert min(totals[-3:]) < 0.7 * totals[0], totals
+
+
+def _weights(path):
+    return read_checkpoint(path)['model']
+
+
+def test_resume_continues_exactly(shapes, tmp_path):
+    straight, broken = tmp_path / 'straight', tmp_path / 'broken'
+    assert main([*FAST, '--data', str(shapes), '--iters', '3', '--save-every', '2', '--out', str(straight)]) == 0
+    # The same run stopped after its checkpoint at iteration 2, then resumed for the last step.
+    assert main([*FAST, '--data', str(shapes), '--iters', '2', '--out', str(broken)]) == 0
+    assert main([*FAST, '--data', str(shapes), '--iters', '3', '--out', str(broken),
+                 '--resume', str(broken / 'yolact_tiny_2.pth')]) == 0
+    for name in ('yolact_tiny_2.pth', 'yolact_tiny_3.pth'):
+        a, b = _weights(straight / name), _weights(broken / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    a, b = _weights(straight / 'yolact_tiny_2.pth'), _weights(straight / 'yolact_tiny_3.pth')
+    assert not all(torch.equal(a[k], b[k]) for k in a)  # the step did something
+    final = read_checkpoint(straight / 'yolact_tiny_final.pth')
+    assert 'optimizer' not in final and final['iteration'] == 3
+    model, cfg = load_model(straight / 'yolact_tiny_final.pth')
+    assert cfg.class_names == CFG.class_names and not model.training
+
+
+def test_init_from_another_class_count_reinitialises_class_layers(shapes, tmp_path, capsys):
+    three = CFG.with_classes(['a', 'b', 'c'])
+    torch.manual_seed(1)
+    source = Yolact(three)
+    source.init_weights()
+    save_checkpoint(tmp_path / 'three.pth', source, three)
+    out = tmp_path / 'run'
+    assert main([*FAST, '--data', str(shapes), '--iters', '1', '--lr', '0', '--warmup-lr', '0',
+                 '--out', str(out), '--init', str(tmp_path / 'three.pth')]) == 0
+    message = capsys.readouterr().out
+    assert 'prediction_layers.0.conf_layer.weight' in message and 'semantic_seg_conv.weight' in message
+    trained = _weights(out / 'yolact_tiny_final.pth')
+    assert trained['prediction_layers.0.conf_layer.weight'].shape[0] == 3 * CFG.num_classes
+    # lr 0 and frozen batch norm (auto with --init and 2 images): shared weights stay the source's.
+    for key in ('backbone.conv1.weight', 'fpn.lat_layers.0.weight', 'prediction_layers.0.mask_layer.weight'):
+        assert torch.equal(trained[key], source.state_dict()[key]), key
+
+
+@pytest.mark.slow
+def test_two_processes_with_torchrun(shapes, tmp_path):
+    out = tmp_path / 'ddp'
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+         '-m', 'model.train', *FAST, '--threads', '1', '--data', str(shapes), '--iters', '2', '--out', str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'over 2 process(es)' in result.stderr + result.stdout
+    model, cfg = load_model(out / 'yolact_tiny_final.pth')
+    assert read_checkpoint(out / 'yolact_tiny_final.pth')['iteration'] == 2
+    assert sorted(p.name for p in out.iterdir()) == ['yolact_tiny_2.pth', 'yolact_tiny_final.pth']
+
+
+def test_missing_data_is_an_error_not_a_traceback(tmp_path, capsys):
+    assert main([*FAST, '--data', str(tmp_path / 'nope.json'), '--iters', '1', '--out', str(tmp_path)]) == 1
+    assert 'does not exist' in capsys.readouterr().err
+
+
+def test_resume_with_other_classes_is_refused(shapes, tmp_path, capsys):
+    out = tmp_path / 'run'
+    assert main([*FAST, '--data', str(shapes), '--iters', '1', '--save-every', '1', '--out', str(out)]) == 0
+    checkpoint = read_checkpoint(out / 'yolact_tiny_1.pth')
+    checkpoint['class_names'] = ['a', 'b', 'c', 'd', 'e']
+    torch.save(checkpoint, tmp_path / 'other.pth')
+    capsys.readouterr()
+    assert main([*FAST, '--data', str(shapes), '--iters', '2', '--out', str(out),
+                 '--resume', str(tmp_path / 'other.pth')]) == 1
+    assert 'trained on the classes a, b, c, d, e' in capsys.readouterr().err
+
+
+def test_weights_only_file_cannot_be_resumed(shapes, tmp_path, capsys):
+    save_checkpoint(tmp_path / 'w.pth', Yolact(CFG), CFG)
+    assert main([*FAST, '--data', str(shapes), '--iters', '1', '--out', str(tmp_path),
+                 '--resume', str(tmp_path / 'w.pth')]) == 1
+    assert 'use --init' in capsys.readouterr().err
