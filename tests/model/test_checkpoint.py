@@ -1,5 +1,6 @@
 import json
 import os
+import random
 
 import pytest
 import torch
@@ -134,7 +135,7 @@ def raises_checkpoint_error(path, *patterns, config=None):
 
 def test_files_that_are_not_checkpoints(tmp_path):
     random_bytes = tmp_path / 'yolact_tiny_1_1.pth'
-    random_bytes.write_bytes(os.urandom(4096))
+    random_bytes.write_bytes(random.Random(0).randbytes(4096))
     raises_checkpoint_error(random_bytes, 'not a readable PyTorch checkpoint')
 
     json_file = tmp_path / 'yolact_tiny_1_2.pth'
