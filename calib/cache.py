@@ -61,11 +61,3 @@ def write_cache(path: Path, amax: dict[str, float]) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
 
-
-def read_cache(path: Path) -> dict[str, float]:
-    """The scales (not amax) stored in `path`, tensor name -> scale."""
-    scales = {}
-    for line in path.read_text().splitlines()[1:]:
-        name, _, hex_value = line.rpartition(': ')
-        scales[name] = struct.unpack('!f', bytes.fromhex(hex_value))[0]
-    return scales

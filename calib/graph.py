@@ -159,3 +159,19 @@ def producing_convs(model: onnx.ModelProto, tensors) -> list[str]:
         else:
             queue.extend(node.input)
     return found
+
+
+def after_last_convolutions(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes with no convolution downstream: the heads' reshapes, activations and
+    the box decoding. INT8 gains no speed there (TensorRT's INT8 kernels are the convolutions) and
+    would round decoded box coordinates and scores to 8 bits, so they stay FP32.
+    """
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    feeds_conv: set[str] = set()
+    for node in reversed(model.graph.node):  # graph nodes are in topological order
+        if any(c.op_type == 'Conv' or c.name in feeds_conv for o in node.output for c in consumers.get(o, ())):
+            feeds_conv.add(node.name)
+    return [n.name for n in model.graph.node if n.op_type != 'Conv' and n.name not in feeds_conv]

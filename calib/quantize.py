@@ -2,7 +2,8 @@
 
 TensorRT 10+ takes INT8 from Q/DQ nodes in the ONNX (no calibrator at build time), so the
 precision is decided here. Steps:
-1. split off the post-processing (calib/graph.py): it stays FP32 and gets no Q/DQ;
+1. split off the post-processing (calib/graph.py): it stays FP32 and gets no Q/DQ, nor does
+   anything after the last convolutions (head reshapes, softmax, box decoding);
 2. calibrate the network's activation ranges with onnxruntime's calibrator over the images, in
    chunks (a progress bar, and memory bounded by one chunk); the ranges go to the cache
    (calib/cache.py), and a later run with the same network, images and method reads them back;
@@ -27,7 +28,8 @@ from onnxruntime.quantization.calibrate import CalibrationDataReader, Calibratio
 from tqdm import tqdm
 
 from calib.cache import cache_file, calibration_key, write_cache
-from calib.graph import CalibrationError, join_postprocess, producing_convs, split_postprocess
+from calib.graph import (CalibrationError, after_last_convolutions, join_postprocess, producing_convs,
+                         split_postprocess)
 
 
 CALIBRATION_METHODS = {
@@ -114,13 +116,14 @@ def quantize_int8(model: onnx.ModelProto, images: np.ndarray, *, method: str = '
         onnx.save(split.network, network_path)
         if not cache_hit:
             write_cache(cache, calibrate_amax(network_path, images, method, work))
-        quantized = _place_qdq(network_path, images[:1], cache, kept, work)
+        excluded = (*kept, *after_last_convolutions(split.network))
+        quantized = _place_qdq(network_path, images[:1], cache, excluded, work)
     return Int8Result(join_postprocess(quantized, split, 'int8'), cache, cache_hit, kept)
 
 
-def _place_qdq(network_path: Path, sample: np.ndarray, cache: Path, kept: tuple[str, ...],
+def _place_qdq(network_path: Path, sample: np.ndarray, cache: Path, excluded: tuple[str, ...],
                work: Path) -> onnx.ModelProto:
-    """modelopt's Q/DQ placement with the scales from `cache`.
+    """modelopt's Q/DQ placement with the scales from `cache`; nodes named in `excluded` stay FP32.
 
     modelopt still runs ORT's calibration before it overwrites the scales with the cache's, so it
     gets one image and the cheap 'max' method.
@@ -132,7 +135,7 @@ def _place_qdq(network_path: Path, sample: np.ndarray, cache: Path, kept: tuple[
         str(network_path), quantize_mode='int8', calibration_data={INPUT_NAME: sample},
         calibration_method='max', calibration_cache_path=str(cache), calibration_eps=['cpu'],
         # fp32: everything not quantised stays FP32 (modelopt's default fp16 is for GPUs).
-        high_precision_dtype='fp32', nodes_to_exclude=[f'^{re.escape(name)}$' for name in kept],
+        high_precision_dtype='fp32', nodes_to_exclude=[f'^{re.escape(name)}$' for name in excluded],
         output_path=str(output),
         # quantize() resets modelopt's log level: pass on the one the caller chose.
         log_level=logging.getLevelName(logging.getLogger(MODELOPT_LOGGER).getEffectiveLevel()))

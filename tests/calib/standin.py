@@ -28,6 +28,7 @@ MASK_DIM = 4
 NUM_CLASSES = 3
 TOP = 5
 PROTO_CONV, COEF_CONV = 'proto_net.conv', 'head.coef_layer'
+DECODE_MUL = 'decode_mul'
 
 
 def _fast_nms_function() -> onnx.FunctionProto:
@@ -100,9 +101,20 @@ def build_standin(seed: int = 0) -> onnx.ModelProto:
             h.make_node('Transpose', [f'{name}_nchw'], [f'{name}_nhwc'], perm=[0, 2, 3, 1], name=f'{name}_nhwc'),
             h.make_node('Reshape', [f'{name}_nhwc', tensor(f'{name}.shape', np.array([0, -1, out_channels]))],
                         [f'{name}_flat'], name=f'{name}_flat'),
-            h.make_node(activation, [f'{name}_flat'], [name], name=f'{name}_activation',
-                        **({'axis': -1} if activation == 'Softmax' else {})),
+            h.make_node(activation, [f'{name}_flat'], [name if name != 'boxes' else 'box_offsets'],
+                        name=f'{name}_activation', **({'axis': -1} if activation == 'Softmax' else {})),
         ]
+    # Box decoding against per-prior constants, as the export's: arithmetic after the last
+    # convolution, which INT8 must leave alone.
+    nodes += [
+        h.make_node('Mul', ['box_offsets', tensor('prior_scale', rng.uniform(0.5, 1.5, (SIZE * SIZE, 4)).astype(np.float32))],
+                    ['box_scaled'], name=DECODE_MUL),
+        h.make_node('Sub', ['box_offsets', tensor('prior_offset', rng.uniform(-0.5, 0.5, (SIZE * SIZE, 4)).astype(np.float32))],
+                    ['box_shifted'], name='decode_sub'),
+        # Two computed operands, like the export's centre/size arithmetic.
+        h.make_node('Add', ['box_scaled', 'box_shifted'],
+                    ['boxes'], name='decode_add'),
+    ]
     nodes += [
         h.make_node('FastNMS', ['boxes', 'scores'], ['num_dets', 'det_indices'], domain='yolact', name='fast_nms'),
         h.make_node('MaskAssembly', ['proto', 'coef', 'det_indices'], ['masks'], domain='yolact', name='mask_assembly'),

@@ -3,8 +3,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from calib.graph import CalibrationError, join_postprocess, model_metadata, producing_convs, split_postprocess
-from tests.calib.standin import COEF_CONV, OPSET, PROTO_CONV, build_standin
+from calib.graph import (CalibrationError, after_last_convolutions, join_postprocess, model_metadata, producing_convs,
+                         split_postprocess)
+from tests.calib.standin import COEF_CONV, DECODE_MUL, OPSET, PROTO_CONV, build_standin
 
 
 def run(model: onnx.ModelProto, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -64,3 +65,11 @@ def test_a_model_without_metadata_is_refused():
     del model.metadata_props[:]
     with pytest.raises(CalibrationError, match='metadata'):
         model_metadata(model)
+
+
+def test_the_tail_after_the_last_convolutions(standin):
+    network = split_postprocess(standin).network
+    tail = after_last_convolutions(network)
+    assert DECODE_MUL in tail and 'decode_add' in tail and 'scores_activation' in tail and 'proto_nhwc' in tail
+    assert not {'normalise_div', 'to_nchw', 'backbone.relu2'} & set(tail)
+    assert not [n for n in network.graph.node if n.name in tail and n.op_type == 'Conv']

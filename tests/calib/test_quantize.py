@@ -2,14 +2,19 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from modelopt.onnx.quantization.calib_utils import import_scales_from_calib_cache
 
 import calib.quantize
-from calib.cache import read_cache
 from calib.graph import CalibrationError, model_metadata, split_postprocess
 from calib.quantize import CALIBRATION_METHODS, quantize_int8
 from tests.calib.standin import COEF_CONV, PROTO_CONV, smooth_images
 
 QDQ = {'QuantizeLinear', 'DequantizeLinear'}
+
+
+def read_cache(path) -> dict[str, float]:
+    """Tensor name -> scale, as modelopt reads the cache file."""
+    return {name.removesuffix('_scale'): scale for name, scale in import_scales_from_calib_cache(str(path)).items()}
 
 
 def run(model: onnx.ModelProto, images: np.ndarray) -> dict[str, np.ndarray]:

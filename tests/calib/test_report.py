@@ -8,11 +8,13 @@ numbers can only come out of an actual evaluation.
 
 import json
 
+import onnx
 import pytest
 import torch
 from pycocotools import mask as mask_utils
 
 from calib.convert import convert_model
+from calib.graph import after_last_convolutions, split_postprocess
 from calib.report import TARGET_MASK_AP_DROP, evaluate_models, format_table, main
 from export.onnx_export import export_onnx
 from model.config import yolact_tiny
@@ -96,6 +98,19 @@ def test_report_cli_prints_the_table_and_writes_json(models, capsys, tmp_path):
     written = json.loads((tmp_path / 'report.json').read_text())
     assert [r['precision'] for r in written] == ['fp32', 'fp16']
     assert written[1]['delta']['mask'] == pytest.approx(written[1]['mask']['AP'] - written[0]['mask']['AP'])
+
+
+def test_real_int8_quantizes_every_convolution_and_nothing_after_them(models):
+    _, (_, _, int8) = models
+    model = onnx.load(int8)
+    made_by = {o: n for n in model.graph.node for o in n.output}
+    dequantized = lambda name: name in made_by and made_by[name].op_type == 'DequantizeLinear'  # noqa: E731
+    convs = [n for n in model.graph.node if n.op_type == 'Conv']
+    assert convs and all(dequantized(i) for n in convs for i in n.input[:2])
+    # The box decoding, softmax and head reshapes (and the post-processing) read no Q/DQ output.
+    network = split_postprocess(model).network
+    tail = set(after_last_convolutions(network)) | {n.name for n in model.graph.node if n.domain == 'yolact'}
+    assert not [n.name for n in model.graph.node if n.name in tail and any(dequantized(i) for i in n.input)]
 
 
 def test_report_names_a_missing_model(tmp_path, capsys):
