@@ -20,6 +20,18 @@ $(STAMP): pyproject.toml
 test: setup
 	$(PY) -m pytest -q
 
+# make export [CHECKPOINT=FILE] [CONFIG=NAME] [EXPORT_FLAGS='--no-postprocess --cross-class --max-dets N']:
+# writes build/<checkpoint name>.onnx (default: the shipped demo model) with Fast NMS and mask assembly inside.
+.PHONY: export bench
+CHECKPOINT ?= assets/demo/yolact_tiny_shapes.pth
+export: setup
+	$(PY) -m export --checkpoint $(CHECKPOINT) $(if $(CONFIG),--config $(CONFIG)) $(EXPORT_FLAGS)
+
+# make bench [BENCH_FLAGS='--models yolact_resnet50 demo --batches 1 4 --iterations 10']: latency per stage
+# for torch eager and onnxruntime, images/s and the network's GFLOP/s next to this machine's matmul rate.
+bench: setup
+	$(PY) -m runtime.bench $(BENCH_FLAGS)
+
 # make engine [PRECISION=fp32|fp16|int8] [MODEL=build/NAME.onnx] [MAX_BATCH=8] [ENGINE_FLAGS=--force]:
 # MODEL names the fp32 export; fp16 and int8 take its calibrated sibling NAME.PRECISION.onnx
 # (make calib). Writes NAME[.PRECISION].engine and its .engine.json sidecar beside the model.

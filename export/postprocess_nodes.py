@@ -57,3 +57,19 @@ def append_postprocess(model: onnx.ModelProto, cfg: YolactConfig, *, cross_class
         helper.make_tensor_value_info('masks', TensorProto.FLOAT, [batch, max_dets, proto_h, proto_w]),
     ])
     return model
+
+
+def postprocess_model(cfg: YolactConfig, *, num_priors: int, mask_dim: int, proto_hw: tuple[int, int],
+                      cross_class: bool = False, max_dets: int | None = None, opset: int = 19) -> onnx.ModelProto:
+    """The post-processing alone as a model: inputs DECODED_HEAD_NAMES (decoded_boxes float32
+    [B, P, 4], class_scores float32 [B, P, K], coef float32 [B, P, M], proto float32 [B, Hp, Wp, M]),
+    outputs the contract's. The benchmark times the ops with it, apart from the network."""
+    max_dets = cfg.max_num_detections if max_dets is None else int(max_dets)
+    boxes, scores, coef, proto = DECODED_HEAD_NAMES
+    shapes = {boxes: ['batch', num_priors, 4], scores: ['batch', num_priors, cfg.num_classes - 1],
+              coef: ['batch', num_priors, mask_dim], proto: ['batch', *proto_hw, mask_dim]}
+    values = [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in shapes.items()]
+    # The inputs stand as outputs until append_postprocess replaces them with the contract's.
+    graph = helper.make_graph([], 'yolact_postprocess', values, values)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', opset)])
+    return append_postprocess(model, cfg, cross_class=cross_class, max_dets=max_dets)
