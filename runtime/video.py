@@ -1,5 +1,5 @@
 """Video in, annotated video out (cv2), around any backend: frames are read in batches, run through
-runtime.pipeline.predict, drawn with runtime.draw and written at the input's frame rate and size."""
+runtime.throughput.predict_batches, drawn with runtime.draw and written at the input's frame rate and size."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from tqdm import tqdm
 from runtime.backends import BackendError, open_backend
 from runtime.backends.base import Backend
 from runtime.draw import draw_detections
+from runtime.pipeline import batches
 from runtime.throughput import predict_batches
 
 # Container suffix -> the FourCC OpenCV's bundled FFmpeg writes into it without extra codecs.
@@ -32,19 +33,13 @@ def is_video(path: str | Path) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
-def read_frames(capture: cv2.VideoCapture, batch: int) -> Iterator[list[np.ndarray]]:
-    """Consecutive lists of up to `batch` uint8 [H, W, 3] BGR frames until the video ends."""
-    frames = []
+def read_frames(capture: cv2.VideoCapture) -> Iterator[np.ndarray]:
+    """The video's uint8 [H, W, 3] BGR frames until it ends (or a frame cannot be decoded)."""
     while True:
         ok, frame = capture.read()
         if not ok:
-            break
-        frames.append(frame)
-        if len(frames) == batch:
-            yield frames
-            frames = []
-    if frames:
-        yield frames
+            return
+        yield frame
 
 
 def annotate_video(backend: Backend, source: str | Path, target: str | Path, *, batch: int = 1,
@@ -101,7 +96,7 @@ def _write_annotated(backend, capture, tmp, target, fps, size, total, *, batch, 
     try:
         with tqdm(total=total, unit='frame', desc=target.name, disable=not progress, file=sys.stderr) as bar:
             # Batches as a stream: the TensorRT backend overlaps them on its --streams.
-            for frames, frame_detections in predict_batches(backend, read_frames(capture, batch),
+            for frames, frame_detections in predict_batches(backend, batches(read_frames(capture), batch),
                                                             score_threshold=score_threshold):
                 for frame, detections in zip(frames, frame_detections):
                     writer.write(draw_detections(frame, detections, names))

@@ -54,7 +54,7 @@ def write_video(path, frames, fps=12.0):
 
 def read_video(path):
     capture = cv2.VideoCapture(str(path))
-    frames = [frame for batch in read_frames(capture, 4) for frame in batch]
+    frames = list(read_frames(capture))
     fps = capture.get(cv2.CAP_PROP_FPS)
     capture.release()
     return frames, fps
