@@ -31,6 +31,7 @@ import numpy as np
 
 from export.contract import INPUT_NAME, RAW_OUTPUTS
 from model.config import get_config
+from runtime import trt_bench
 from runtime.pipeline import resize_to_input, to_detections
 
 STAGES = ('pre', 'network', 'post', 'paste')
@@ -224,7 +225,7 @@ def torch_rows(context: BenchContext) -> tuple[list[dict], list[str]]:
 
 
 # Row sources run in this order; others append theirs (FP16/INT8 exports, TensorRT engines).
-ROW_SOURCES: list[RowSource] = [torch_rows, ort_rows]
+ROW_SOURCES: list[RowSource] = [torch_rows, ort_rows, trt_bench.bench_rows]
 
 
 # --- the table ----------------------------------------------------------------------------------

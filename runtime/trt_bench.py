@@ -1,7 +1,9 @@
 """The TensorRT rows of `make bench` (runtime/bench.py) on a GPU host: per engine (precision), batch
 size and number of streams, the latency of a batch (p50/p99, from the moment it is handed to the
-backend to the moment its detections are back on the host), images per second, and the GPU memory
-the backend holds; plus the GPU, driver and TensorRT versions the table was measured with.
+backend to the moment its detections are back on the host: upload of model-size uint8 images,
+inference with Fast NMS and mask assembly, the num_dets-trimmed download), images per second, and
+the GPU memory the backend holds; plus the GPU, driver and TensorRT versions the table was measured
+with. The engines are those `make engine` wrote for each benchmarked model (build/NAME[.PRECISION].engine).
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from engines.sidecar import read_sidecar
+from model.metadata import PRECISIONS
 from runtime import cuda_mem
-from runtime.backends.trt_backend import TrtBackend, import_tensorrt, trt_unavailable_reason
+from runtime.backends.trt_backend import TrtBackend, default_engine, import_tensorrt, trt_unavailable_reason
+from runtime.pipeline import resize_to_input
 
 BATCH_SIZES = (1, 8, 32)
 STREAM_COUNTS = (1, 2, 4)
@@ -58,13 +63,10 @@ def measure(backend: TrtBackend, images: np.ndarray, batch: int, iterations: int
 
 def trt_rows(engines: Sequence[str | Path], images: np.ndarray, *, batch_sizes=BATCH_SIZES,
              stream_counts=STREAM_COUNTS, iterations: int = 50, warmup: int = 5) -> tuple[list[dict], list[str]]:
-    """Benchmark rows for every engine x batch size x stream count, and notes for what was left out
-    (no TensorRT/GPU, a batch size above an engine's profile). Each row: 'backend' 'trt',
-    'precision', 'model' (engine file name), the `measure` fields and 'gpu_memory_mb' (device memory
-    in use with the backend loaded, minus what was in use before: engine, contexts, buffers)."""
-    reason = trt_unavailable_reason()
-    if reason is not None:
-        return [], [f'TensorRT rows skipped: {reason}']
+    """Benchmark rows for every engine x batch size x stream count, and notes for the batch sizes
+    above an engine's profile (left out). images: uint8 [N, H, W, 3] at the model size. Each row:
+    'backend' 'trt', 'precision', the `measure` fields and 'gpu_memory_mb' (device memory in use
+    with the backend loaded, minus what was in use before: engine, contexts, buffers)."""
     rows, notes = [], []
     for engine in engines:
         for streams in stream_counts:
@@ -73,11 +75,44 @@ def trt_rows(engines: Sequence[str | Path], images: np.ndarray, *, batch_sizes=B
                 for batch in batch_sizes:
                     if batch > backend.max_batch:
                         if streams == stream_counts[0]:
-                                notes.append(f'{Path(engine).name}: batch {batch} skipped, the engine profile ends at '
+                            notes.append(f'{Path(engine).name}: batch {batch} skipped, the engine profile ends at '
                                          f'{backend.max_batch} (make engine MAX_BATCH={batch})')
                         continue
                     row = measure(backend, images, batch, iterations, warmup)
-                    row.update(backend='trt', precision=backend.metadata.precision, model=Path(engine).name,
+                    row.update(backend='trt', precision=backend.metadata.precision,
                                gpu_memory_mb=(cuda_mem.memory_in_use() - before) / 2 ** 20)
                     rows.append(row)
+    return rows, notes
+
+
+def model_engines(checkpoint: str | Path) -> list[Path]:
+    """The engines `make engine` wrote for a checkpoint's export, one per precision, that exist."""
+    fp32 = default_engine(checkpoint)
+    candidates = [fp32] + [fp32.with_suffix(f'.{precision}.engine') for precision in PRECISIONS if precision != 'fp32']
+    return [path for path in candidates if path.is_file()]
+
+
+def bench_rows(context) -> tuple[list[dict], list[str]]:
+    """runtime.bench row source (ROW_SOURCES): TensorRT rows for every model of the bench context
+    (runtime.bench.BenchContext) that has engines, batch sizes BATCH_SIZES, streams STREAM_COUNTS."""
+    reason = trt_unavailable_reason()
+    if reason is not None:
+        return [], [f'TensorRT rows skipped: {reason}']
+    rows, notes = [], []
+    versions = host_versions()
+    notes.append('TensorRT rows: {gpu} (compute capability {compute_capability}), CUDA driver {driver}, '
+                 'CUDA runtime {cuda_runtime}, TensorRT {tensorrt}'.format(**versions))
+    for model in context.models:
+        engines = model_engines(model.checkpoint)
+        if not engines:
+            notes.append(f'{model.label}: no TensorRT engine; make export && make calib && '
+                         f'make engine PRECISION=fp32|fp16|int8 MAX_BATCH={max(BATCH_SIZES)}')
+            continue
+        input_size = read_sidecar(engines[0]).metadata.input_size
+        images = np.stack([resize_to_input(image, input_size) for image in context.images])
+        model_rows, model_notes = trt_rows(engines, images, iterations=context.iterations, warmup=context.warmup)
+        for row in model_rows:
+            row['model'] = model.label
+        rows += model_rows
+        notes += model_notes
     return rows, notes

@@ -4,7 +4,7 @@ test_trt_lanes (no timing is asserted), and what a host without TensorRT gets.""
 import numpy as np
 import pytest
 
-from runtime.trt_bench import measure, trt_rows
+from runtime.trt_bench import bench_rows, measure, model_engines
 from tests.runtime.test_trt_lanes import make_backend, random_images, sim  # noqa: F401 (sim is a fixture)
 
 
@@ -20,11 +20,21 @@ def test_measure_reports_latency_and_throughput_fields(sim):  # noqa: F811
     assert sim.executions == 6  # warm-up + measured batches, each run once
 
 
-def test_no_tensorrt_rows_on_a_host_without_it(tmp_path):
+def test_bench_source_on_a_host_without_tensorrt():
     from runtime.backends.trt_backend import trt_unavailable_reason
 
     reason = trt_unavailable_reason()
     if reason is None:
         pytest.skip('TensorRT and a GPU are present: the gpu workflow\'s make bench measures the rows')
-    rows, notes = trt_rows([tmp_path / 'x.engine'], np.zeros((1, 8, 8, 3), np.uint8))
+    rows, notes = bench_rows(object())  # the context is not looked at
     assert rows == [] and notes == [f'TensorRT rows skipped: {reason}']
+
+
+def test_model_engines_are_make_engine_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'build').mkdir()
+    assert model_engines('assets/demo/yolact_tiny_shapes.pth') == []
+    for name in ('yolact_tiny_shapes.int8.engine', 'yolact_tiny_shapes.engine', 'other.fp16.engine'):
+        (tmp_path / 'build' / name).write_bytes(b'')
+    assert [p.as_posix() for p in model_engines('assets/demo/yolact_tiny_shapes.pth')] == [
+        'build/yolact_tiny_shapes.engine', 'build/yolact_tiny_shapes.int8.engine']
