@@ -113,6 +113,11 @@ def join_postprocess(network: onnx.ModelProto, split: SplitModel, precision: str
     graph.node.extend(split.postprocess_nodes)
     del graph.output[:]
     graph.output.extend(original.graph.output)
+    # Constants the network does not use but the post-processing or the outputs do (the raw
+    # export's `priors` output is an initializer) come from the original.
+    present = {t.name for t in graph.initializer}
+    needed = {i for n in split.postprocess_nodes for i in n.input} | {o.name for o in original.graph.output}
+    graph.initializer.extend(t for t in original.graph.initializer if t.name in needed - present)
 
     opsets = {o.domain: o.version for o in network.opset_import}
     for o in original.opset_import:

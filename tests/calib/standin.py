@@ -17,6 +17,7 @@ from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
+from calib.graph import split_postprocess
 from export.onnx_export import attach_metadata
 from model.config import yolact_tiny
 from model.metadata import ModelMetadata
@@ -138,3 +139,12 @@ def smooth_images(count: int, size: int = SIZE, seed: int = 1) -> np.ndarray:
     rng = np.random.default_rng(seed)
     small = rng.integers(0, 256, (count, 4, 4, 3)).astype(np.uint8)
     return np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_LINEAR) for im in small])
+
+
+def raw_export_like(standin) -> onnx.ModelProto:
+    """The stand-in cut as `--no-postprocess` exports: head outputs plus a constant `priors` output."""
+    raw = split_postprocess(standin).network
+    raw.graph.initializer.append(onnx.numpy_helper.from_array(np.arange(8, dtype=np.float32).reshape(2, 4), 'priors'))
+    raw.graph.output.append(onnx.helper.make_tensor_value_info('priors', onnx.TensorProto.FLOAT, [2, 4]))
+    onnx.helper.set_model_props(raw, {p.key: p.value for p in standin.metadata_props})
+    return raw

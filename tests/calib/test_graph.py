@@ -5,7 +5,7 @@ import pytest
 
 from calib.graph import (CalibrationError, after_last_convolutions, join_postprocess, model_metadata, producing_convs,
                          split_postprocess)
-from tests.calib.standin import COEF_CONV, DECODE_MUL, OPSET, PROTO_CONV, build_standin
+from tests.calib.standin import COEF_CONV, DECODE_MUL, OPSET, PROTO_CONV, build_standin, raw_export_like
 
 
 def run(model: onnx.ModelProto, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -50,14 +50,17 @@ def test_sensitive_layers_are_the_convolutions_feeding_the_mask_inputs(standin):
     assert sorted(producing_convs(split.network, split.mask_inputs)) == sorted([PROTO_CONV, COEF_CONV])
 
 
-def test_a_model_without_postprocessing_is_all_network(standin):
-    split = split_postprocess(standin)
-    raw = split.network  # outputs boxes, scores, proto, coef; no functions
-    onnx.helper.set_model_props(raw, {p.key: p.value for p in standin.metadata_props})
-    again = split_postprocess(raw)
-    assert again.postprocess_nodes == ()
-    assert len(again.network.graph.node) == len(raw.graph.node)
-    assert again.mask_inputs == ('proto', 'coef')
+def test_a_model_without_postprocessing_is_all_network(standin, calibration_pixels):
+    raw = raw_export_like(standin)
+    split = split_postprocess(raw)
+    assert split.postprocess_nodes == ()
+    assert len(split.network.graph.node) == len(raw.graph.node)
+    assert split.mask_inputs == ('proto', 'coef')
+    # The constant output is not the network's to convert, and comes back on joining.
+    joined = join_postprocess(split.network, split, 'fp16')
+    onnx.checker.check_model(joined, full_check=True)
+    assert [o.name for o in joined.graph.output] == ['boxes', 'scores', 'proto', 'coef', 'priors']
+    np.testing.assert_array_equal(run(joined, calibration_pixels)['priors'], run(raw, calibration_pixels)['priors'])
 
 
 def test_a_model_without_metadata_is_refused():

@@ -7,7 +7,7 @@ from modelopt.onnx.quantization.calib_utils import import_scales_from_calib_cach
 import calib.quantize
 from calib.graph import CalibrationError, model_metadata, split_postprocess
 from calib.quantize import CALIBRATION_METHODS, quantize_int8
-from tests.calib.standin import COEF_CONV, PROTO_CONV, smooth_images
+from tests.calib.standin import COEF_CONV, PROTO_CONV, raw_export_like, smooth_images
 
 QDQ = {'QuantizeLinear', 'DequantizeLinear'}
 
@@ -120,3 +120,13 @@ def test_other_methods_give_other_ranges(standin, calibration_pixels, int8, meth
 def test_an_unknown_method_is_refused(standin, calibration_pixels, tmp_path):
     with pytest.raises(CalibrationError, match='entropy, max, percentile'):
         quantize_int8(standin, calibration_pixels, method='mse', cache_dir=tmp_path, model_name='standin')
+
+
+def test_int8_of_a_model_without_postprocessing(standin, calibration_pixels, tmp_path):
+    raw = raw_export_like(standin)
+    int8 = quantize_int8(raw, calibration_pixels, cache_dir=tmp_path, model_name='raw')
+    onnx.checker.check_model(int8.model, full_check=True)
+    assert all(dequantized_convs(int8.model).values())
+    expected, actual = run(raw, calibration_pixels), run(int8.model, calibration_pixels)
+    assert list(actual) == list(expected)
+    np.testing.assert_array_equal(actual['priors'], expected['priors'])
