@@ -29,10 +29,9 @@ def onnx_path(precision: str, cross_class: bool) -> Path:
 
 
 def how_to_make(precision: str, cross_class: bool) -> str:
-    fp32 = onnx_path('fp32', cross_class)
-    steps = [f'python -m export{" --cross-class" if cross_class else ""} --output {fp32}']
+    steps = ['make export' + (' EXPORT_FLAGS=--cross-class' if cross_class else '')]
     if precision != 'fp32':
-        steps.append(f'python -m calib --model {fp32} --precision {precision} --images build/shapes/train.json')
+        steps.append(f'make calib MODEL={onnx_path("fp32", cross_class)} PRECISION={precision}')
     return ' && '.join(steps)
 
 
