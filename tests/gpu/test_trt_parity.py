@@ -11,7 +11,7 @@ import pytest
 
 from engines.sidecar import EngineMismatchError, read_sidecar, sidecar_path, write_sidecar
 from runtime.backends import open_backend
-from tests.gpu.artifacts import CHECKPOINT, MAX_BATCH, engine_for, onnx_path, require_file, shapes_images
+from tests.gpu.artifacts import CHECKPOINT, MAX_BATCH, engine_for, how_to_make, onnx_path, require_file, shapes_images
 from tests.gpu.compare import assert_equal_detections, assert_same_confident_detections, drill_down
 
 pytestmark = pytest.mark.gpu
@@ -26,7 +26,7 @@ def infer_each(backend, images: np.ndarray) -> dict:
 
 @pytest.fixture(scope='module')
 def images():
-    with open_backend(require_file(onnx_path('fp32', False), 'python -m export'), 'ort') as ort:
+    with open_backend(require_file(onnx_path('fp32', False), how_to_make('fp32', False)), 'ort') as ort:
         size = ort.metadata.input_size
     return shapes_images(MAX_BATCH, size)
 
@@ -38,7 +38,7 @@ def ort_reference(images):
 
     def get(cross_class: bool):
         if cross_class not in cache:
-            with open_backend(require_file(onnx_path('fp32', cross_class), 'python -m export'), 'ort') as ort:
+            with open_backend(require_file(onnx_path('fp32', cross_class), how_to_make('fp32', cross_class)), 'ort') as ort:
                 cache[cross_class] = infer_each(ort, images), ort.metadata
         return cache[cross_class]
     return get
@@ -62,7 +62,7 @@ def test_fp32_engine_equals_onnxruntime(mode, batch, images, ort_reference):
 
 @pytest.mark.parametrize('mode', MODES)
 def test_fp32_engine_equals_torch(mode, images):
-    require_file(CHECKPOINT, 'make train (or restore assets/demo)')
+    require_file(CHECKPOINT, 'make train-demo')
     with open_backend(CHECKPOINT, 'torch', cross_class=MODES[mode]) as torch_backend:
         ref = infer_each(torch_backend, images)
         meta = torch_backend.metadata
