@@ -14,6 +14,8 @@ import torch
 from export.__main__ import main as export_main
 from export.contract import INPUT_NAME, METADATA_KEY, POSTPROCESS_OUTPUTS, RAW_OUTPUTS
 from export.onnx_export import OPSET, ExportError, build_onnx, export_onnx, read_metadata
+from export.postprocess_nodes import DECODED_HEAD_NAMES, postprocess_model
+from model.box_coding import decode
 from model.checkpoint import load_model, save_checkpoint
 from model.config import get_config
 from model.metadata import ModelMetadata
@@ -252,3 +254,22 @@ def test_cli_reports_checkpoint_config_mismatch(checkpoint, tmp_path, capsys):
 def test_cli_reports_missing_checkpoint(tmp_path, capsys):
     assert export_main(['--checkpoint', str(tmp_path / 'none.pth')]) == 2
     assert 'not found' in capsys.readouterr().err
+
+
+def test_postprocess_model_alone_equals_the_full_graph(per_class_path, raw_path, model_and_cfg, images):
+    """The benchmark times the post-processing ops apart from the network (postprocess_model): fed
+    the raw export's decoded outputs, they give what the full export gives."""
+    model, cfg = model_and_cfg
+    raw = run(raw_path, images)
+    boxes = decode(torch.from_numpy(raw['loc']), torch.from_numpy(raw['priors']), cfg.variances).numpy()
+    post = postprocess_model(cfg, num_priors=raw['loc'].shape[1], mask_dim=raw['coef'].shape[2],
+                             proto_hw=raw['proto'].shape[1:3])
+    onnx.checker.check_model(post, full_check=True)
+    session = ort.InferenceSession(post.SerializeToString(), providers=['CPUExecutionProvider'])
+    feed = dict(zip(DECODED_HEAD_NAMES, (boxes, raw['conf'][..., 1:], raw['coef'], raw['proto'])))
+    got = dict(zip(POSTPROCESS_OUTPUTS, session.run(list(POSTPROCESS_OUTPUTS), feed)))
+    full = run(per_class_path, images)
+    np.testing.assert_array_equal(got['num_dets'], full['num_dets'])
+    np.testing.assert_array_equal(got['classes'], full['classes'])
+    for name in ('boxes', 'scores', 'masks'):
+        np.testing.assert_allclose(got[name], full[name], rtol=0, atol=1e-5, err_msg=name)
