@@ -3,7 +3,8 @@
 `pipelined` spreads batches over N lanes (one execution context + stream + buffers each) so the
 upload of one batch, the inference of another and the download of a third overlap on the GPU.
 `predict_batches` is runtime.pipeline.predict over a stream of batches (video), through that
-scheduler when the backend has one. `GraphPolicy` decides, per lane, when a CUDA graph can be captured and replayed: only for a batch
+scheduler when the backend has one. `GraphPolicy` decides, per lane, when a CUDA graph can be
+captured and replayed: only for a batch
 size that has already run once (TensorRT allocates and tunes on its first enqueue for a shape, which
 must not be captured) and never again for a batch size whose capture failed.
 """

@@ -277,7 +277,8 @@ class TrtBackend(Backend):
         validate_engine_io(self.io, self.metadata, str(self.path))
         cap = self._requested_max_batch
         if cap is not None and not 1 <= cap <= self.io.max_batch:
-            raise EngineIOError(f'{self.path}: max_batch {cap} is outside the engine profile\'s 1..{self.io.max_batch}; '
+            raise EngineIOError(f'{self.path}: max_batch {cap} is outside the engine profile\'s '
+                                f'1..{self.io.max_batch}; '
                                 f'{REBUILD_HINT} with a larger --max-batch')
         self.max_batch = self.io.max_batch if cap is None else cap
         try:

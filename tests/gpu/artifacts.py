@@ -25,7 +25,8 @@ MAX_BATCH = int(os.environ.get('YOLACT_GPU_MAX_BATCH', '8'))
 
 
 def onnx_path(precision: str, cross_class: bool) -> Path:
-    return BUILD / f'{DEMO_NAME}{".cross_class" if cross_class else ""}{"" if precision == "fp32" else "." + precision}.onnx'
+    mode = '.cross_class' if cross_class else ''
+    return BUILD / f'{DEMO_NAME}{mode}{"" if precision == "fp32" else "." + precision}.onnx'
 
 
 def how_to_make(precision: str, cross_class: bool) -> str:

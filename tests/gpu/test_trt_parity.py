@@ -11,7 +11,8 @@ import pytest
 
 from engines.sidecar import EngineMismatchError, read_sidecar, sidecar_path, write_sidecar
 from runtime.backends import open_backend
-from tests.gpu.artifacts import CHECKPOINT, MAX_BATCH, engine_for, how_to_make, onnx_path, require_file, shapes_images
+from tests.gpu.artifacts import (CHECKPOINT, MAX_BATCH, engine_for, how_to_make, onnx_path, require_file,
+                                 shapes_images)
 from tests.gpu.compare import assert_equal_detections, assert_same_confident_detections, drill_down
 
 pytestmark = pytest.mark.gpu
@@ -38,7 +39,8 @@ def ort_reference(images):
 
     def get(cross_class: bool):
         if cross_class not in cache:
-            with open_backend(require_file(onnx_path('fp32', cross_class), how_to_make('fp32', cross_class)), 'ort') as ort:
+            model = require_file(onnx_path('fp32', cross_class), how_to_make('fp32', cross_class))
+            with open_backend(model, 'ort') as ort:
                 cache[cross_class] = infer_each(ort, images), ort.metadata
         return cache[cross_class]
     return get
@@ -56,8 +58,8 @@ def test_fp32_engine_equals_onnxruntime(mode, batch, images, ort_reference):
     ref, meta = ort_reference(MODES[mode])
     got = trt_outputs('fp32', MODES[mode], images, batch)
     assert ref['num_dets'].sum() > 0, 'the demo model should detect shapes, or this test proves little'
-    assert_equal_detections(got, ref, meta.mask_threshold,
-                            drill_down(onnx_path('fp32', MODES[mode]), f'fp32 engine vs onnxruntime, {mode}, batch {batch}'))
+    hint = drill_down(onnx_path('fp32', MODES[mode]), f'fp32 engine vs onnxruntime, {mode}, batch {batch}')
+    assert_equal_detections(got, ref, meta.mask_threshold, hint)
 
 
 @pytest.mark.parametrize('mode', MODES)
