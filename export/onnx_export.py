@@ -16,6 +16,8 @@ exact for any batch. The trace is then folded and cleaned until nothing changes
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -43,12 +45,30 @@ class ExportError(ValueError):
     """The model cannot be exported as asked (bad arguments, unwritable output, failed checks)."""
 
 
+# Loggers of the exporter's internals that warn about things that are not the user's to fix
+# (torchvision's ops not being registered, the priors constant output not being deduplicated).
+_EXPORTER_LOGGERS = ('torch.onnx._internal.exporter._registration', 'onnx_ir.passes.common.initializer_deduplication')
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str):
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def trace_network(network: DeployNetwork, cfg: YolactConfig, output_names) -> onnx.ModelProto:
     """torch.export the network with a dynamic batch dimension; returns the raw ONNX trace."""
     height, width = cfg.input_size
     # Batch 2, not 1: torch.export specialises a dimension whose example size is 0 or 1.
     example = torch.zeros((2, height, width, 3), dtype=torch.uint8)
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), _quiet_loggers(*_EXPORTER_LOGGERS), torch.no_grad():
         # torch.export warns about its own internals (pytree spec deprecations); they are not ours.
         warnings.simplefilter('ignore', FutureWarning)
         program = torch.onnx.export(
