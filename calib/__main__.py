@@ -10,8 +10,8 @@ import argparse
 import logging
 import sys
 
-from calib.convert import CACHE_FOLDER, DEFAULT_COUNT, TARGET_PRECISIONS, convert_model
-from calib.quantize import CALIBRATION_METHODS, MODELOPT_LOGGER
+from calib.convert import CACHE_FOLDER, DEFAULT_COUNT, TARGET_PRECISIONS, convert_model, quiet_modelopt
+from calib.quantize import CALIBRATION_METHODS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,14 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
-    # modelopt logs INFO freely, and an ERROR when it finds no GPU to query, which is expected here.
-    # Its modules set their loggers' levels when imported, so import them before choosing ours.
-    import modelopt.onnx.autocast  # noqa: F401
-    import modelopt.onnx.quantization  # noqa: F401
-
-    for name in (MODELOPT_LOGGER, f'{MODELOPT_LOGGER}.autocast'):
-        logging.getLogger(name).setLevel(logging.INFO if args.verbose else logging.CRITICAL)
-        logging.getLogger(name).propagate = False  # it has its own console handler
+    quiet_modelopt(not args.verbose)
     try:
         result = convert_model(
             args.model, args.precision, args.images, count=args.count, method=args.method,

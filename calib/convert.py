@@ -12,7 +12,7 @@ import onnx
 from calib.fp16 import convert_fp16
 from calib.graph import CalibrationError, model_metadata
 from calib.images import image_paths, load_calibration_images
-from calib.quantize import CALIBRATION_METHODS, quantize_int8
+from calib.quantize import CALIBRATION_METHODS, MODELOPT_LOGGER, quantize_int8
 from export.onnx_export import ExportError, check_model, save_model
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,18 @@ class ConvertResult:
     cache: Path | None = None
     cache_hit: bool = False
     kept_fp32: tuple[str, ...] = ()
+
+
+def quiet_modelopt(quiet: bool = True) -> None:
+    """Silence modelopt's log (quiet) or show its INFO lines. It logs INFO freely, and an ERROR when
+    it finds no GPU to query, which is expected on a CPU host. Its modules set their loggers'
+    levels when imported, so they are imported first."""
+    import modelopt.onnx.autocast  # noqa: F401
+    import modelopt.onnx.quantization  # noqa: F401
+
+    for name in (MODELOPT_LOGGER, f'{MODELOPT_LOGGER}.autocast'):
+        logging.getLogger(name).setLevel(logging.CRITICAL if quiet else logging.INFO)
+        logging.getLogger(name).propagate = False  # it has its own console handler
 
 
 def default_output(model_path: Path, precision: str) -> Path:

@@ -14,6 +14,8 @@ precision is decided here. Steps:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import re
@@ -81,12 +83,14 @@ def calibrate_amax(network_path: Path, images: np.ndarray, method: str, work_dir
         network_path, [n.name for n in network.graph.node], augmented_model_path=work_dir / 'augmented.onnx',
         calibrate_method=CALIBRATION_METHODS[method],
         extra_options={'symmetric': True, 'execution_providers': ['CPUExecutionProvider']})
-    with tqdm(total=len(images), desc=f'calibrating ({method})', unit='img') as progress:
+    # The calibrator print()s its progress; the bar below says the same on stderr.
+    with tqdm(total=len(images), desc=f'calibrating ({method})', unit='img') as progress, \
+            contextlib.redirect_stdout(io.StringIO()):
         for start in range(0, len(images), CHUNK_SIZE):
             chunk = images[start:start + CHUNK_SIZE]
             calibrator.collect_data(_ChunkReader(chunk))
             progress.update(len(chunk))
-    ranges = calibrator.compute_data()
+        ranges = calibrator.compute_data()
     return {name: max(abs(float(np.max(data.range_value[0]))), abs(float(np.max(data.range_value[1]))))
             for name, data in ranges.data.items()}
 

@@ -1,0 +1,44 @@
+from types import SimpleNamespace
+
+import onnx
+import pytest
+
+import calib.bench_rows
+from calib.bench_rows import precision_rows
+from calib.graph import model_metadata
+from tests.calib.standin import SIZE, raw_export_like, smooth_images
+
+
+@pytest.fixture
+def context(standin, tmp_path):
+    raw = tmp_path / 'standin.raw.onnx'
+    onnx.save(raw_export_like(standin), raw)
+    model = SimpleNamespace(label='standin', raw_onnx=raw, gmac=0.01)
+    images = list(smooth_images(3, size=2 * SIZE))  # bench images are larger than the model input
+    return SimpleNamespace(models=[model], batches=[1, 2], iterations=2, warmup=1, threads=1,
+                           matmul_gflops=10.0, images=images)
+
+
+def test_rows_for_fp16_and_int8_beside_the_raw_export(context):
+    rows, notes = precision_rows(context)
+    assert [(r['precision'], r['batch']) for r in rows] == [('fp16', 1), ('int8', 1), ('fp16', 2), ('int8', 2)]
+    assert all(r['network_p50'] > 0 and 'images_per_s' not in r for r in rows)
+    assert len(notes) == 2 and 'int8' in notes[0] and 'x of fp32' in notes[0]
+    folder = context.models[0].raw_onnx.parent
+    for precision in ('fp16', 'int8'):
+        assert model_metadata(onnx.load(folder / f'standin.raw.{precision}.onnx')).precision == precision
+
+
+def test_converted_networks_are_reused_until_the_export_changes(context, monkeypatch):
+    precision_rows(context)
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError('converted again although the export did not change')
+
+    monkeypatch.setattr(calib.bench_rows, 'convert_fp16', no_conversion)
+    monkeypatch.setattr(calib.bench_rows, 'quantize_int8', no_conversion)
+    precision_rows(context)
+    raw = context.models[0].raw_onnx
+    raw.write_bytes(raw.read_bytes())  # a newer export
+    with pytest.raises(AssertionError, match='converted again'):
+        precision_rows(context)
