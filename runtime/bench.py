@@ -73,15 +73,20 @@ def network_gmac(raw_onnx: str | Path) -> float:
 
     model = onnx.load(str(raw_onnx))
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
-    model = onnx.shape_inference.infer_shapes(model)
+    # data_prop: the Resize sizes are computed from Shape; with the batch fixed they become known.
+    model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in (*model.graph.value_info, *model.graph.output)}
     weights = {t.name: list(t.dims) for t in model.graph.initializer}
     total = 0
     for node in model.graph.node:
         if node.op_type == 'Conv':
+            out_shape = shapes.get(node.output[0], [])
+            if not out_shape or 0 in out_shape:
+                raise ValueError(f'{raw_onnx}: the output shape of Conv {node.name} is not inferable, so the '
+                                 'GMAC count would be short')
             out_channels, in_per_group, *kernel = weights[node.input[1]]
-            total += int(np.prod(shapes[node.output[0]])) * in_per_group * int(np.prod(kernel))
+            total += int(np.prod(out_shape)) * in_per_group * int(np.prod(kernel))
     return total / 1e9
 
 
