@@ -40,7 +40,6 @@ OPSET = 19
 _READABLE_KEYS = ('config', 'precision', 'input_size', 'class_names', 'cross_class', 'max_dets')
 
 
-
 class ExportError(ValueError):
     """The model cannot be exported as asked (bad arguments, unwritable output, failed checks)."""
 
@@ -102,19 +101,20 @@ def read_metadata(model: onnx.ModelProto, source: str = 'ONNX model') -> ModelMe
     return ModelMetadata.from_json(props[METADATA_KEY], source)
 
 
-def check_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Full onnx.checker pass and strict shape inference (with the function bodies); returns the
-    shape-inferred model. ExportError names what failed."""
+def check_model(model: onnx.ModelProto) -> None:
+    """Full onnx.checker pass and strict shape inference (through the function bodies); ExportError
+    names what failed."""
     try:
         onnx.checker.check_model(model, full_check=True)
-        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise ExportError(f'the exported graph does not pass the ONNX checker: {e}') from None
 
 
 def build_onnx(yolact: torch.nn.Module, cfg: YolactConfig, *, postprocess: bool = True,
                cross_class: bool = False, max_dets: int | None = None) -> onnx.ModelProto:
-    """The ONNX model of `yolact` (a model.yolact.Yolact for `cfg`, any weights), checked.
+    """The ONNX model of `yolact` (a model.yolact.Yolact for `cfg`, any weights; put in eval
+    mode), checked.
 
     postprocess: append FastNMS + MaskAssembly (outputs POSTPROCESS_OUTPUTS); False exports the raw
         head (RAW_OUTPUTS). cross_class: Fast NMS across classes instead of per class.
