@@ -86,3 +86,7 @@ train-demo: setup $(SHAPES_DIR)/val.json
 EVAL_MODEL ?= assets/demo/yolact_tiny_shapes.pth
 eval: setup $(if $(filter $(SHAPES_DIR)/%,$(EVAL_DATA)),$(EVAL_DATA))
 	$(PY) -m model.eval --model $(EVAL_MODEL) --data $(EVAL_DATA)
+
+# calib and accuracy read the shapes set when their images / evaluation data are under SHAPES_DIR.
+calib: $(if $(filter $(SHAPES_DIR)/%,$(CALIB_IMAGES)),$(SHAPES_DIR)/val.json)
+accuracy: $(if $(filter $(SHAPES_DIR)/%,$(EVAL_DATA)),$(SHAPES_DIR)/val.json)
