@@ -16,8 +16,7 @@ from calib.quantize import CALIBRATION_METHODS
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog='python -m calib', description=__doc__.split('\n\n')[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        prog='python -m calib', description=__doc__.split('\n\n')[0])
     parser.add_argument('--model', required=True, help='the FP32 ONNX model from `python -m export`')
     parser.add_argument('--precision', required=True, choices=TARGET_PRECISIONS,
                         help='fp16: half-precision network; int8: Q/DQ from calibration')
@@ -29,7 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              f'{DEFAULT_COUNT["int8"]} for int8, {DEFAULT_COUNT["fp16"]} for fp16, or all if fewer)')
     parser.add_argument('--method', choices=tuple(CALIBRATION_METHODS), default='entropy',
                         help='int8 activation range: entropy (KL divergence, as TensorRT), max, or the '
-                             '99.999th percentile')
+                             '99.999th percentile (default: %(default)s)')
     parser.add_argument('--keep-sensitive', action='store_true',
                         help='keep the prototype and mask-coefficient convolutions in FP32 '
                              '(`python -m calib.report` shows what that buys in mask AP)')

@@ -90,17 +90,16 @@ def rows_to_json(rows: list[Row]) -> list[dict]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog='python -m calib.report', description=__doc__.split('\n\n')[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        prog='python -m calib.report', description=__doc__.split('\n\n')[0])
     parser.add_argument('models', nargs='+', type=Path,
                         help='ONNX models to compare; the first is the baseline (the FP32 export)')
     parser.add_argument('--data', required=True, type=Path, help='COCO instances JSON of the evaluation set')
     parser.add_argument('--images', type=Path, default=None, help="image folder (default: the JSON's folder)")
-    parser.add_argument('--batch', type=int, default=8, help='images per inference call')
+    parser.add_argument('--batch', type=int, default=8, help='images per inference call (default: %(default)s)')
     parser.add_argument('--json', type=Path, default=None, help='also write the table as JSON to this file')
     parser.add_argument('--check', action='store_true',
-                        help='exit 1 when an FP16 or INT8 model misses its mask AP target '
-                             f'(drop <= {TARGET_MASK_AP_DROP["fp16"]} / {TARGET_MASK_AP_DROP["int8"]} points)')
+                        help='exit 1 when a model misses its mask AP target: a drop against the baseline of '
+                             f'at most {TARGET_MASK_AP_DROP["fp16"]} points for FP16, {TARGET_MASK_AP_DROP["int8"]} for INT8')
     return parser.parse_args(argv)
 
 

@@ -116,3 +116,21 @@ def test_real_int8_quantizes_every_convolution_and_nothing_after_them(models):
 def test_report_names_a_missing_model(tmp_path, capsys):
     assert main([str(tmp_path / 'nope.onnx'), '--data', str(tmp_path / 'val.json')]) == 1
     assert 'no such model' in capsys.readouterr().err
+
+
+def test_targets_are_judged_on_the_mask_ap_drop():
+    from pathlib import Path
+
+    from calib.report import Row
+
+    def row(precision, box, mask):
+        return Row(Path(f'm.{precision}.onnx'), precision,
+                   {'box': {'AP': box, 'AP50': box, 'AP75': box}, 'mask': {'AP': mask, 'AP50': mask, 'AP75': mask}})
+
+    base = row('fp32', 50.0, 40.0)
+    assert row('fp16', 10.0, 39.85).within_target(base) is True  # the box AP does not count
+    assert row('fp16', 50.0, 39.7).within_target(base) is False
+    assert row('int8', 50.0, 39.1).within_target(base) is True
+    assert row('int8', 50.0, 38.9).within_target(base) is False
+    table = format_table([base, row('fp16', 50.0, 39.7), row('int8', 49.0, 39.5)])
+    assert 'MISSED (<= 0.2 drop)' in table and 'ok (<= 1.0 drop)' in table and '-1.00' in table
