@@ -78,7 +78,7 @@ def random_scores(rng: np.random.Generator, batch: int, priors: int, classes: in
                   tie_levels: int) -> np.ndarray:
     """float32 [B, P, K] in 0..1. Per image a random share of candidates (image 0 of a batch > 1
     has none); scores quantised to `tie_levels` values when > 0 (many exact ties); some scores are
-    exactly conf_thresh (not candidates: the comparison is strict)."""
+    exactly conf_thresh (not candidates: the comparison is strict), some 0.0 and some -0.0."""
     scores = rng.random((batch, priors, classes)) ** 3
     share = rng.random((batch, 1, 1))
     if batch > 1:
@@ -90,11 +90,15 @@ def random_scores(rng: np.random.Generator, batch: int, priors: int, classes: in
     scores = scores.astype(np.float32)
     at_threshold = rng.random(scores.shape) < 0.05
     scores[at_threshold] = np.float32(conf_thresh)
+    zero = rng.random(scores.shape)
+    scores[zero < 0.1] = np.float32(0.0)
+    scores[zero < 0.05] = np.float32(-0.0)  # equal to 0.0, a different bit pattern
     return scores
 
 
 @st.composite
-def nms_cases(draw, max_priors: int = 48, max_classes: int = 5, max_batch: int = 3) -> NMSCase:
+def nms_cases(draw, max_priors: int = 48, max_classes: int = 5, max_batch: int = 3, max_top_k: int | None = None,
+              max_max_dets: int | None = None) -> NMSCase:
     """Hypothesis strategy: small NMS problems (the Triton interpreter is slow) that still reach
     every branch: top_k below, at and above the candidate count, max_dets below and above the kept count."""
     seed = draw(st.integers(0, 2**32 - 1))
@@ -107,8 +111,16 @@ def nms_cases(draw, max_priors: int = 48, max_classes: int = 5, max_batch: int =
         boxes=random_boxes(rng, (batch, priors)),
         scores=random_scores(rng, batch, priors, classes, conf_thresh, draw(st.sampled_from([0, 4, 16]))),
         conf_thresh=conf_thresh, iou_thresh=draw(st.sampled_from([0.3, 0.5, 0.7])),
-        top_k=draw(st.integers(1, max_priors + 4)), max_dets=draw(st.integers(1, 3 * max_priors)),
+        top_k=draw(st.integers(1, max_top_k or max_priors + 4)),
+        max_dets=draw(st.integers(1, max_max_dets or 3 * max_priors)),
         cross_class=draw(st.booleans()))
+
+
+def negative_zero_case(cross_class: bool = False) -> NMSCase:
+    """-0.0 and 0.0 are equal scores: priors 0 (-0.0) and 1 (0.0) tie in class 0 and keep index order."""
+    boxes = np.float32([[[0, 0, 0.1, 0.1], [0.2, 0.2, 0.3, 0.3], [0.5, 0.5, 0.6, 0.6]]])
+    scores = np.float32([[[-0.0, 0.9], [0.0, 0.9], [0.0, 0.01]]])
+    return NMSCase(boxes, scores, 0.05, 0.5, 4, 8, cross_class)
 
 
 def mask_case(rng: np.random.Generator, batch: int, priors: int, grid: tuple[int, int], mask_dim: int,

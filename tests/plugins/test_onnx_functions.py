@@ -19,7 +19,8 @@ from plugins.mask_assembly import onnx_function as mask_function
 from plugins.mask_assembly.reference import assemble_masks
 from plugins.onnx_builder import FunctionOpsetError
 from plugins.onnx_model import IR_VERSION, add_functions, postprocess_model
-from tests.plugins.cases import NMSCase, mask_case, mask_cases, nms_cases, random_boxes, random_scores
+from tests.plugins.cases import (NMSCase, mask_case, mask_cases, negative_zero_case, nms_cases, random_boxes,
+                                 random_scores)
 
 CI_SETTINGS = settings(max_examples=40, derandomize=True, deadline=None)
 NP_TO_ONNX = {np.float32: TensorProto.FLOAT, np.float16: TensorProto.FLOAT16}
@@ -102,6 +103,12 @@ def test_fast_nms_function_more_than_top_k_per_class():
     got = run_nms(case)
     assert got['num_dets'][1] == 100
     assert_nms_equal(got, case)
+
+
+def test_fast_nms_function_negative_zero_ties_zero():
+    case = negative_zero_case()
+    assert_nms_equal(run_nms(case), case)
+    assert fast_nms(case.boxes, case.scores, **case.attributes()).indices[0, 2:4].tolist() == [0, 1]
 
 
 def test_fast_nms_function_dynamic_batch_and_priors():
