@@ -17,3 +17,26 @@ PLUGIN_NAMESPACE = 'yolact'
 PLUGIN_VERSION = '1'
 FAST_NMS_OP = 'FastNMS'
 MASK_ASSEMBLY_OP = 'MaskAssembly'
+
+
+def register_tensorrt_plugins() -> tuple[bool, str]:
+    """Register `yolact::FastNMS` and `yolact::MaskAssembly` (version 1) with TensorRT's plugin
+    registry, so the ONNX parser uses them instead of the nodes' function bodies.
+
+    Returns (True, '') once registered (calling again is harmless), or (False, why not) when this
+    host lacks what they need: TensorRT >= 10.8 with its `tensorrt.plugin` module (TensorRT-RTX has
+    none) and Triton. Their kernels are compiled for the build GPU when an engine is built.
+    """
+    try:
+        import tensorrt.plugin  # noqa: F401
+    except ImportError as e:
+        return False, (f'tensorrt.plugin is not importable ({e}): the yolact plugins need TensorRT >= 10.8 '
+                       f'(pip install -e .[tensorrt]); engines then use the ONNX function bodies')
+    try:
+        import triton  # noqa: F401
+    except ImportError as e:
+        return False, f'triton is not importable ({e}): pip install -e .[plugins]'
+    # Importing the plugin modules registers them (once per process).
+    import plugins.fast_nms.trt_plugin  # noqa: F401
+    import plugins.mask_assembly.trt_plugin  # noqa: F401
+    return True, ''
