@@ -90,3 +90,9 @@ eval: setup $(if $(filter $(SHAPES_DIR)/%,$(EVAL_DATA)),$(EVAL_DATA))
 # calib and accuracy read the shapes set when their images / evaluation data are under SHAPES_DIR.
 calib: $(if $(filter $(SHAPES_DIR)/%,$(CALIB_IMAGES)),$(SHAPES_DIR)/val.json)
 accuracy: $(if $(filter $(SHAPES_DIR)/%,$(EVAL_DATA)),$(SHAPES_DIR)/val.json)
+
+# Times the yolact TensorRT plugins against the standard-op graph and torch's batched_nms (GPU hosts;
+# elsewhere it says what is missing and exits 3).
+.PHONY: bench-plugins
+bench-plugins: setup
+	$(PY) -m plugins.bench
