@@ -249,6 +249,8 @@ def fast_nms(boxes, scores, *, conf_thresh: float, iou_thresh: float, top_k: int
         raise ValueError(f'fast_nms takes float32 or float16 boxes and scores of one dtype; got {boxes.dtype}, '
                          f'{scores.dtype}')
     batch, num_priors, num_classes = scores.shape
+    if num_classes * num_priors >= 2**32:  # class * P + prior must fit a key's low 32 bits
+        raise ValueError(f'fast_nms supports K * P < 2**32; got K={num_classes}, P={num_priors}')
     config = FastNMSKernelConfig(conf_thresh, iou_thresh, top_k, max_dets, cross_class, num_classes)
     device, dtype = boxes.device, boxes.dtype
     if outputs is None:

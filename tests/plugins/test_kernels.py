@@ -133,6 +133,9 @@ def test_kernel_launchers_name_bad_inputs():
                         max_dets=4)
     with pytest.raises(ValueError, match='top_k, max_dets'):
         fast_nms_kernel(boxes, torch.zeros(1, 5, 2), conf_thresh=0.05, iou_thresh=0.5, top_k=0, max_dets=4)
+    with pytest.raises(ValueError, match=r'K \* P < 2\*\*32'):  # meta tensors: shapes without memory
+        fast_nms_kernel(torch.empty(1, 2**22, 4, device='meta'), torch.empty(1, 2**22, 2**10, device='meta'),
+                        conf_thresh=0.05, iou_thresh=0.5, top_k=4, max_dets=4)
     with pytest.raises(ValueError, match='int32'):
         assemble_masks_kernel(torch.zeros(1, 4, 4, 2), torch.zeros(1, 5, 2), torch.zeros(1, 3, dtype=torch.int64),
                               torch.zeros(1, 3, 4), torch.zeros(1, dtype=torch.int32), crop_padding=1)
