@@ -36,6 +36,7 @@ from engines.files import file_sha256, write_atomic
 from engines.trt import TensorRT, choose_compute_capabilities, cuda_device, load_tensorrt, make_logger, \
     make_progress_monitor, rtx_compute_capabilities
 from model.metadata import PRECISIONS
+from plugins import register_tensorrt_plugins
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +50,11 @@ def default_engine_path(onnx_path: str | os.PathLike) -> Path:
 
 
 def register_plugins(trt: TensorRT) -> tuple[bool, str]:
-    """Register the yolact TensorRT plugins. Returns (registered, reason when not)."""
+    """Register the yolact TensorRT plugins (plugins.register_tensorrt_plugins). Returns
+    (registered, why not)."""
     if trt.is_rtx:
+        # Registering would fill the registry of `tensorrt`, which a TensorRT-RTX build never reads.
         return False, 'the yolact plugins are TensorRT Python plugins (tensorrt.plugin), which TensorRT-RTX lacks'
-    try:
-        from plugins import register_tensorrt_plugins
-    except ImportError as e:
-        return False, f'plugins.register_tensorrt_plugins is not available ({e})'
     return register_tensorrt_plugins()
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import onnx
 import pytest
 
-from engines.build import build_engine, main
+from engines.build import build_engine, main, register_plugins
 from engines.errors import EngineBuildError
 from engines.sidecar import check_sidecar, read_sidecar, sidecar_path
-from engines.trt import RTX_NOT_DEFAULT, cuda_device, load_tensorrt, rtx_compute_capabilities
+from engines.trt import RTX_NOT_DEFAULT, TensorRT, cuda_device, load_tensorrt, rtx_compute_capabilities
 from tests.engines.build_log import build_logged
 from tests.engines.toy_models import TOY_FUNCTION, toy_metadata, toy_model
 
@@ -134,6 +134,15 @@ def test_tensorrt_on_a_gpu_builds_for_it_with_a_persistent_timing_cache(write_to
     assert cache.stat().st_size > 0
     _, messages = build_logged(write_toy('int8'), flavour='tensorrt', max_batch=2)
     assert f'timing cache: {cache} (loaded)' in messages
+
+
+def test_plugin_registration_says_why_not(monkeypatch):
+    assert register_plugins(load_tensorrt('tensorrt-rtx')) == (
+        False, 'the yolact plugins are TensorRT Python plugins (tensorrt.plugin), which TensorRT-RTX lacks')
+    # TensorRT proper asks the plugins package, whose answer reaches the build log unchanged.
+    monkeypatch.setattr('engines.build.register_tensorrt_plugins', lambda: (False, 'triton is not importable'))
+    assert register_plugins(TensorRT(module=None, flavour='tensorrt', version='10.13.0.35')) == (
+        False, 'triton is not importable')
 
 
 def test_custom_op_without_a_body(write_toy):
