@@ -20,6 +20,13 @@ $(STAMP): pyproject.toml
 test: setup
 	$(PY) -m pytest -q
 
+# The main job on the embedded default: export the shipped demo model, segment the sample image
+# with onnxruntime (CPU is enough), and say where the outputs went.
+DEMO_ONNX ?= build/yolact_tiny_shapes.onnx
+demo: setup
+	$(PY) -m export --checkpoint assets/demo/yolact_tiny_shapes.pth --output $(DEMO_ONNX)
+	$(PY) -m runtime.infer assets/sample.jpg --model $(DEMO_ONNX) --out out/demo --json out/demo/detections.json
+
 # make export [CHECKPOINT=FILE] [CONFIG=NAME] [EXPORT_FLAGS='--no-postprocess --cross-class --max-dets N']:
 # writes build/<checkpoint name>.onnx (default: the shipped demo model) with Fast NMS and mask assembly inside.
 .PHONY: export bench
@@ -75,7 +82,7 @@ DEMO_RUN ?= build/train-demo
 .PHONY: train-demo eval
 train-demo: setup $(SHAPES_DIR)/val.json
 	$(PY) -m model.train --config yolact_tiny --data $(SHAPES_DIR)/train.json --out $(DEMO_RUN) \
-	  --iters 1600 --batch-size 8 --lr 4e-3 --warmup-iters 100 --lr-steps 0.75,0.92 \
+	  --iters 1900 --batch-size 8 --lr 4e-3 --warmup-iters 100 --lr-steps 0.8,0.92 \
 	  --no-expand --no-crop --threads 1 --save-every 100
 	mkdir -p assets/demo
 	cp $(DEMO_RUN)/yolact_tiny_final.pth assets/demo/yolact_tiny_shapes.pth

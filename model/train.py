@@ -99,8 +99,7 @@ def initialise_from(model: Yolact, path: Path, base_config: str) -> list[str]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog='python -m model.train', description=__doc__.split('\n\n')[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        prog='python -m model.train', description=__doc__.split('\n\n')[0])
     parser.add_argument('--config', required=True, help='named config (architecture, input size, loss weights)')
     parser.add_argument('--data', required=True, type=Path,
                         help='COCO instances JSON, or a folder holding train.json (the shapes layout)')
@@ -108,28 +107,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     length = parser.add_mutually_exclusive_group()
     length.add_argument('--iters', type=int, help='total iterations (default: the config\'s max_iter)')
     length.add_argument('--epochs', type=float, help='total passes over the data')
-    parser.add_argument('--batch-size', type=int, default=8, help='images per iteration, over all processes')
+    parser.add_argument('--batch-size', type=int, default=8, help='images per iteration, over all processes (default: %(default)s)')
     parser.add_argument('--lr', type=float, help='base learning rate (default: the config\'s)')
     parser.add_argument('--lr-steps', type=str,
                         help='comma-separated iterations at which the lr is multiplied by gamma '
                              '(default: the config\'s); fractions < 1 are shares of the total')
     parser.add_argument('--warmup-iters', type=int, help='warm-up length (default: the config\'s)')
     parser.add_argument('--warmup-lr', type=float, help='learning rate at iteration 0 (default: the config\'s)')
-    parser.add_argument('--seed', type=int, default=0, help='seed of data order, augmentation and initialisation')
+    parser.add_argument('--seed', type=int, default=0, help='seed of data order, augmentation and initialisation (default: %(default)s)')
     for stage in ('photometric', 'expand', 'crop', 'mirror'):
         parser.add_argument(f'--no-{stage}', dest=stage, action='store_false',
                             help=f'turn off the {stage} augmentation (on in the original)')
     parser.add_argument('--freeze-bn', choices=('auto', 'on', 'off'), default='auto',
                         help='keep batch norms fixed; auto: on with --init when each process has fewer '
-                             'than 6 images (the original\'s rule), off when training from scratch')
+                             'than 6 images (the original\'s rule), off when training from scratch (default: auto)')
     parser.add_argument('--init', type=Path, help='start from these weights (official or own checkpoint)')
     parser.add_argument('--resume', type=Path,
                         help='continue a run from one of its checkpoints with its settings; --iters/--epochs '
                              'and --lr-steps may extend it')
-    parser.add_argument('--out', type=Path, default=Path('out/train'), help='checkpoint folder')
-    parser.add_argument('--save-every', type=int, default=500, help='checkpoint interval in iterations')
-    parser.add_argument('--workers', type=int, default=1, help='data loading processes per training process')
-    parser.add_argument('--threads', type=int, default=2, help='torch threads per process')
+    parser.add_argument('--out', type=Path, default=Path('out/train'), help='checkpoint folder (default: %(default)s)')
+    parser.add_argument('--save-every', type=int, default=500, help='checkpoint interval in iterations (default: %(default)s)')
+    parser.add_argument('--workers', type=int, default=1, help='data loading processes per training process (default: %(default)s)')
+    parser.add_argument('--threads', type=int, default=2, help='torch threads per process; 1 is faster on a CPU shared with other work (default: %(default)s)')
     return parser.parse_args(argv)
 
 
