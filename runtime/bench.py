@@ -9,7 +9,7 @@ Stages, per batch of B images of 640x480 (B = 1 and 4 by default):
 - paste: the runtime's pasting of those masks into 640x480 images (runtime.pipeline.to_detections).
 Each row gives p50/p90 per stage, images/s from the sum of the stage medians, and the network's
 achieved GFLOP/s (2 x the convolutions' multiply-accumulates / network p50) next to this machine's
-float32 matrix-multiply rate, measured in the same run.
+float32 matrix-multiply rate, measured just before and after that row's network samples.
 
 Rows are data: each is a dict, the table shows the columns some row has. Other row sources (FP16 /
 INT8 exports, TensorRT engines) append a callable to ROW_SOURCES: source(context: BenchContext)
@@ -64,6 +64,14 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
     a, b = rng.random((size, size), np.float32), rng.random((size, size), np.float32)
     best = timed(lambda: a @ b, repeats, warmup=1).min()
     return 2 * size ** 3 / best / 1e9
+
+
+def timed_network(run: Callable[[], object], iterations: int, warmup: int) -> tuple[np.ndarray, float]:
+    """The network's samples (seconds) and the matmul rate measured just before and after them
+    (their mean): on a shared machine the rate moves, and the ratio wants both under the same load."""
+    before = matmul_gflops()
+    samples = timed(run, iterations, warmup)
+    return samples, (before + matmul_gflops()) / 2
 
 
 def network_gmac(raw_onnx: str | Path) -> float:
@@ -193,13 +201,15 @@ def ort_rows(context: BenchContext) -> tuple[list[dict], list[str]]:
             head = synthetic_head(batch, model.num_priors, model.num_classes, model.mask_dim, model.proto_hw)
             feed = dict(zip(('decoded_boxes', 'class_scores', 'coef', 'proto'), head.values()))
             raw = dict(zip([o.name for o in post.get_outputs()], post.run(None, feed)))
+            network_samples, matmul = timed_network(lambda: network.run(None, {INPUT_NAME: images}),
+                                                    context.iterations, context.warmup)
             samples = {
                 'pre': timed(pre, context.iterations, context.warmup),
-                'network': timed(lambda: network.run(None, {INPUT_NAME: images}), context.iterations, context.warmup),
+                'network': network_samples,
                 'post': timed(lambda: post.run(None, feed), context.iterations, context.warmup),
                 'paste': timed(lambda: paste(raw), context.iterations, context.warmup),
             }
-            rows.append(stage_row(samples, batch=batch, gmac=model.gmac, matmul=context.matmul_gflops,
+            rows.append(stage_row(samples, batch=batch, gmac=model.gmac, matmul=matmul,
                                   model=model.label, backend='ort', precision='fp32'))
     return rows, []
 
@@ -219,13 +229,15 @@ def torch_rows(context: BenchContext) -> tuple[list[dict], list[str]]:
             head = synthetic_head(batch, model.num_priors, model.num_classes, model.mask_dim, model.proto_hw)
             raw_head = stages.raw_outputs(head)
             raw = stages.post(raw_head)
+            network_samples, matmul = timed_network(lambda: stages.network(images), context.iterations,
+                                                    context.warmup)
             samples = {
                 'pre': timed(pre, context.iterations, context.warmup),
-                'network': timed(lambda: stages.network(images), context.iterations, context.warmup),
+                'network': network_samples,
                 'post': timed(lambda: stages.post(raw_head), context.iterations, context.warmup),
                 'paste': timed(lambda: paste(raw), context.iterations, context.warmup),
             }
-            rows.append(stage_row(samples, batch=batch, gmac=model.gmac, matmul=context.matmul_gflops,
+            rows.append(stage_row(samples, batch=batch, gmac=model.gmac, matmul=matmul,
                                   model=model.label, backend='torch', precision='fp32'))
     return rows, []
 
@@ -300,6 +312,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--warmup', type=int, default=2, help='untimed runs first (default: 2)')
     parser.add_argument('--threads', type=int, default=os.cpu_count(),
                         help='intra-op threads for torch and onnxruntime (default: every core)')
+    parser.add_argument('--sources', nargs='+', choices=[source.__name__ for source in ROW_SOURCES],
+                        default=[source.__name__ for source in ROW_SOURCES],
+                        help='row sources to run (default: all)')
     parser.add_argument('--folder', type=Path, default=WORK_FOLDER,
                         help='where random-weight checkpoints and exports are kept between runs (default: %(default)s)')
     return parser.parse_args(argv)
@@ -325,7 +340,7 @@ def main(argv=None) -> int:
                            images=[rng.integers(0, 256, (*IMAGE_HW, 3), dtype=np.uint8) for _ in range(4)])
     context.matmul_gflops = matmul_gflops()
     rows = []
-    for source in ROW_SOURCES:
+    for source in (source for source in ROW_SOURCES if source.__name__ in args.sources):
         print(f'measuring {source.__name__} ...', file=sys.stderr)
         source_rows, source_notes = source(context)
         rows += source_rows
