@@ -32,9 +32,9 @@ from engines.errors import EngineBuildError
 from engines.onnx_source import OnnxSource, load_onnx
 from engines.sidecar import EngineInfo, EngineSidecar, SidecarError, plugin_key, read_sidecar, sidecar_path, \
     write_sidecar
-from engines.files import file_sha256, write_atomic
 from engines.trt import TensorRT, choose_compute_capabilities, cuda_device, load_tensorrt, make_logger, \
     make_progress_monitor, rtx_compute_capabilities
+from model.files import file_sha256, write_atomic
 from model.metadata import PRECISIONS
 from plugins import register_tensorrt_plugins
 

@@ -28,7 +28,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from engines.files import file_sha256, write_atomic
+from model.files import file_sha256, write_atomic
 from model.metadata import MetadataError, ModelMetadata
 
 SIDECAR_FORMAT = 'yolact-engine/1'

@@ -31,6 +31,7 @@ from export.graph import DeployNetwork
 from export.postprocess_nodes import DECODED_HEAD_NAMES, append_postprocess
 from model import __version__
 from model.config import YolactConfig
+from model.files import write_atomic
 from model.metadata import ModelMetadata
 
 # Opset 19: what modelopt's INT8 quantiser emits, inside what onnxruntime 1.24 (7..25) and
@@ -154,15 +155,10 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike) -> Path:
     if model.ByteSize() >= 2**31 - 1:
         # Protobuf's limit; no YOLACT config comes close (yolact_base is ~200 MB).
         raise ExportError(f'the model is {model.ByteSize() / 2**30:.1f} GiB, over the 2 GiB ONNX file limit')
-    tmp = output.with_name(f'.{output.name}.{os.getpid()}.tmp')
     try:
-        tmp.write_bytes(model.SerializeToString())
-        os.replace(tmp, output)
+        return write_atomic(output, model.SerializeToString())
     except OSError as e:
         raise ExportError(f'cannot write {output}: {e.strerror} (choose a writable --output)') from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return output
 
 
 def export_onnx(yolact: torch.nn.Module, cfg: YolactConfig, output: str | os.PathLike, **options) -> Path:

@@ -14,13 +14,13 @@ is not a loadable YOLACT checkpoint raises one CheckpointError that says why and
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from model.config import CONFIGS, YolactConfig, config_from_filename, get_config
+from model.files import atomic_output
 from model.yolact import Yolact
 
 FORMAT = 'yolact-deploy/1'
@@ -52,12 +52,8 @@ def save_checkpoint(path, model: torch.nn.Module, cfg: YolactConfig, **extra) ->
         'format': FORMAT, 'config': cfg.name, 'class_names': list(cfg.class_names),
         'category_ids': [int(c) for c in cfg.category_ids], 'model': model.state_dict(), **extra}
     path = Path(path)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
+    with atomic_output(path) as tmp:
         torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from model.files import write_atomic
 from plugins.triton_compile import TEST_ARCHS, AotKernel, KernelCompileError, compile_aot
 
 
@@ -50,13 +49,6 @@ def describe(kernel: AotKernel, name: str, arch: int, float_type: str, seconds: 
         'fma_f32': len(re.findall(r'\bfma\.rn\.f32\b', kernel.ptx)),
         'div_rn_f32': len(re.findall(r'\bdiv\.rn\.f32\b', kernel.ptx)),
         'ptx_chars': len(kernel.ptx), 'seconds': round(seconds, 1)}
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile('w', dir=path.parent, delete=False, suffix='.tmp') as f:
-        f.write(text)
-    os.replace(f.name, path)
 
 
 def main(argv=None) -> int:
@@ -92,7 +84,7 @@ def main(argv=None) -> int:
                     return 1
                 info = describe(kernel, name, arch, float_type, time.perf_counter() - start)
                 if args.out:
-                    write_atomic(args.out / f'{name}.sm_{arch}.{float_type}.ptx', kernel.ptx)
+                    write_atomic(args.out / f'{name}.sm_{arch}.{float_type}.ptx', kernel.ptx.encode())
                 if args.json:
                     print(json.dumps(info), flush=True)
                 else:

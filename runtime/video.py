@@ -3,7 +3,6 @@ runtime.throughput.predict_batches, drawn with runtime.draw and written at the i
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -12,6 +11,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from model.files import atomic_output
 from runtime.backends import BackendError, open_backend
 from runtime.backends.base import Backend
 from runtime.draw import draw_detections
@@ -72,15 +72,11 @@ def annotate_video(backend: Backend, source: str | Path, target: str | Path, *, 
         except OSError as e:
             raise VideoError(f'cannot write {target}: {e.strerror or e} (choose another --out)') from None
         # The temporary name keeps the suffix: OpenCV picks the container by it.
-        tmp = target.with_name(f'.{target.stem}.{os.getpid()}.tmp{target.suffix}')
-        try:
+        with atomic_output(target, suffix=target.suffix) as tmp:
             written = _write_annotated(backend, capture, tmp, target, fps, size, total, batch=batch,
                                        score_threshold=score_threshold, class_names=class_names, progress=progress)
             if written == 0:
                 raise VideoError(f'{source}: no frame could be decoded (empty or corrupt video)')
-            os.replace(tmp, target)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
     finally:
         capture.release()
     return written

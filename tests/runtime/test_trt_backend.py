@@ -11,7 +11,7 @@ import pytest
 
 from engines.sidecar import (EngineInfo, EngineMismatchError, EngineSidecar, SidecarError, sidecar_path,
                              write_sidecar)
-from engines.files import file_sha256
+from model.files import file_sha256
 from engines.trt import TensorRT
 from model.config import get_config
 from model.metadata import ModelMetadata
