@@ -5,7 +5,7 @@
 Images go through the runtime exactly as at deployment (runtime.pipeline: load, resize, backend,
 paste masks), detections become COCO results with Detections.to_coco_json, and pycocotools'
 COCOeval scores them. So a .pth checkpoint, an ONNX model and a TensorRT engine are evaluated the
-same way. This CLI is the one module of `model` that imports `runtime` (accepted in API.md).
+same way. This CLI is the one module of `model` that imports `runtime` (it evaluates any model the runtime can load, by design).
 """
 
 from __future__ import annotations

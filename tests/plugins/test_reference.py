@@ -1,4 +1,4 @@
-"""The numpy references on hand-made cases whose answer is known: the canonical semantics of API.md."""
+"""The numpy references on hand-made cases whose answer is known: the semantics in plugins/README.md."""
 
 from __future__ import annotations
 
