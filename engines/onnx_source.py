@@ -18,10 +18,9 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from engines.errors import EngineBuildError
+from export.contract import metadata_from_props
 from model.metadata import MetadataError, ModelMetadata
 
-# The metadata_props key the exporter writes (export.onnx_export.METADATA_KEY, which imports torch).
-METADATA_KEY = 'yolact.metadata'
 _REEXPORT = 're-create it with `make export` (and `make calib` for fp16/int8)'
 _QDQ_OPS = ('QuantizeLinear', 'DequantizeLinear')
 
@@ -69,13 +68,9 @@ def graph_precision(model: onnx.ModelProto) -> str:
 
 
 def _read_metadata(model: onnx.ModelProto, source: str) -> ModelMetadata:
-    props = {p.key: p.value for p in model.metadata_props}
-    if METADATA_KEY not in props:
-        raise EngineBuildError(f'{source} has no {METADATA_KEY!r} metadata_props entry (the model description '
-                               f'every exported YOLACT ONNX carries); {_REEXPORT}')
     try:
-        return ModelMetadata.from_json(props[METADATA_KEY], source)
-    except MetadataError as e:
+        return metadata_from_props({p.key: p.value for p in model.metadata_props}, source, fix=_REEXPORT)
+    except MetadataError as e:  # the builder's callers catch EngineBuildError
         raise EngineBuildError(str(e)) from None
 
 

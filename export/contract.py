@@ -1,5 +1,12 @@
-"""Names of the exported ONNX model's interface (DESIGN.md, "ONNX model"). Plain constants, free of
-torch and onnx, so the engine builder and the runtime read the same names on deployment hosts."""
+"""Names of the exported ONNX model's interface (DESIGN.md, "ONNX model") and the reader of its
+metadata. Free of torch and onnx, so the engine builder and the runtime read the same names on
+deployment hosts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from model.metadata import MetadataError, ModelMetadata
 
 INPUT_NAME = 'images'
 BATCH_DIM = 'batch'
@@ -11,3 +18,15 @@ POSTPROCESS_OUTPUTS = ('num_dets', 'boxes', 'scores', 'classes', 'masks')
 RAW_OUTPUTS = ('loc', 'conf', 'coef', 'proto', 'priors')
 # metadata_props key holding model.metadata.ModelMetadata.to_json().
 METADATA_KEY = 'yolact.metadata'
+
+
+def metadata_from_props(props: Mapping[str, str], source: str, *,
+                        fix: str = 'export it with python -m export') -> ModelMetadata:
+    """The ModelMetadata an exported model stores under METADATA_KEY, from its metadata_props as a
+    mapping (onnx: {p.key: p.value for p in model.metadata_props}; onnxruntime: the session's
+    custom_metadata_map). MetadataError naming `source` and `fix` when the entry is missing,
+    naming the bad field when it is malformed."""
+    if METADATA_KEY not in props:
+        raise MetadataError(f'{source} has no {METADATA_KEY!r} metadata_props entry (the model description every '
+                            f'ONNX model exported by this toolkit carries): {fix}')
+    return ModelMetadata.from_json(props[METADATA_KEY], source)

@@ -26,7 +26,7 @@ import onnx
 import torch
 
 from export.cleanup import fold_and_clean, strip_trace_metadata
-from export.contract import BATCH_DIM, INPUT_NAME, METADATA_KEY, RAW_OUTPUTS
+from export.contract import BATCH_DIM, INPUT_NAME, METADATA_KEY, RAW_OUTPUTS, metadata_from_props
 from export.graph import DeployNetwork
 from export.postprocess_nodes import DECODED_HEAD_NAMES, append_postprocess
 from model import __version__
@@ -94,12 +94,7 @@ def attach_metadata(model: onnx.ModelProto, meta: ModelMetadata) -> None:
 
 def read_metadata(model: onnx.ModelProto, source: str = 'ONNX model') -> ModelMetadata:
     """The ModelMetadata stored by `attach_metadata`; MetadataError if missing or malformed."""
-    from model.metadata import MetadataError
-
-    props = {p.key: p.value for p in model.metadata_props}
-    if METADATA_KEY not in props:
-        raise MetadataError(f'{source} has no {METADATA_KEY!r} metadata: export it with python -m export')
-    return ModelMetadata.from_json(props[METADATA_KEY], source)
+    return metadata_from_props({p.key: p.value for p in model.metadata_props}, source)
 
 
 def check_model(model: onnx.ModelProto) -> None:

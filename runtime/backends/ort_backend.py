@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.contract import INPUT_NAME, METADATA_KEY, POSTPROCESS_OUTPUTS, RAW_OUTPUTS
+from export.contract import INPUT_NAME, POSTPROCESS_OUTPUTS, RAW_OUTPUTS, metadata_from_props
 from model.metadata import MetadataError, ModelMetadata
 from runtime.backends.base import Backend, BackendError, RawDetections
 
@@ -144,11 +144,8 @@ class OrtBackend(Backend):
 
 def read_session_metadata(session, path: str | os.PathLike) -> ModelMetadata:
     """The ModelMetadata the exporter stored under METADATA_KEY; BackendError if missing or malformed."""
-    props = session.get_modelmeta().custom_metadata_map
-    if METADATA_KEY not in props:
-        raise BackendError(f'{path} has no {METADATA_KEY!r} metadata, so it was not written by this toolkit\'s '
-                           'exporter: export the checkpoint with python -m export')
     try:
-        return ModelMetadata.from_json(props[METADATA_KEY], str(path))
-    except MetadataError as e:
+        return metadata_from_props(session.get_modelmeta().custom_metadata_map, str(path),
+                                   fix='export the checkpoint with python -m export')
+    except MetadataError as e:  # open_backend's callers catch BackendError
         raise BackendError(str(e)) from None

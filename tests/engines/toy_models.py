@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from engines.onnx_source import METADATA_KEY
+from export.contract import METADATA_KEY
 from model.config import get_config
 from model.metadata import ModelMetadata
 
