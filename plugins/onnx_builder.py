@@ -26,7 +26,12 @@ def check_opset(opset: int) -> int:
 
 
 class FunctionBuilder:
-    """Collects nodes with generated, unique value names; `build()` returns the FunctionProto."""
+    """Collects nodes with generated, unique value names; `build()` returns the FunctionProto.
+
+    Internal value names start with the function's name (`FastNMS_min_68`): a parser that inlines
+    several functions into one graph (TensorRT names each node after its first output) then sees no
+    name twice.
+    """
 
     def __init__(self, domain: str, name: str, inputs: list[str], outputs: list[str],
                  attributes: list[str], opset: int, doc: str):
@@ -42,7 +47,7 @@ class FunctionBuilder:
             names = []
             for _ in range(outputs):
                 self._count += 1
-                names.append(f'{op_type.lower()}_{self._count}')
+                names.append(f'{self.name}_{op_type.lower()}_{self._count}')
         else:
             names = list(outputs)
         self.nodes.append(helper.make_node(op_type, list(inputs), names, **attrs))
@@ -57,12 +62,13 @@ class FunctionBuilder:
     def attr_scalar(self, attribute: str, attr_type: int) -> str:
         """The function attribute `attribute` as a 0-d tensor (float32 for FLOAT, int64 for INT)."""
         key = {AttributeProto.FLOAT: 'value_float', AttributeProto.INT: 'value_int'}[attr_type]
-        node = helper.make_node('Constant', [], [f'attr_{attribute}'])
+        name = f'{self.name}_attr_{attribute}'
+        node = helper.make_node('Constant', [], [name])
         ref = helper.make_attribute_ref(key, attr_type)
         ref.ref_attr_name = attribute
         node.attribute.append(ref)
         self.nodes.append(node)
-        return f'attr_{attribute}'
+        return name
 
     def build(self) -> onnx.FunctionProto:
         return helper.make_function(

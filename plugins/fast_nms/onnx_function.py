@@ -35,13 +35,13 @@ def make_function(opset: int = 19) -> onnx.FunctionProto:
     max_dets = f.attr_scalar('max_dets', AttributeProto.INT)
     cross_class = f.op('Cast', f.attr_scalar('cross_class', AttributeProto.INT), to=TensorProto.BOOL)
     zero, one = f.const(0), f.const(1)
-    zero_f, neg_inf = f.const(0.0, TensorProto.FLOAT), f.const(float('-inf'), TensorProto.FLOAT)
+    zero_f = f.const(0.0, TensorProto.FLOAT)
+    neg_inf, pos_inf = f.const(float('-inf'), TensorProto.FLOAT), f.const(float('inf'), TensorProto.FLOAT)
     axis_1, axis_2, axis_3 = f.const([1]), f.const([2]), f.const([3])
 
     # 1. Candidates: priors whose best score is above conf_thresh.
     shape = f.op('Shape', scores)
     batch = f.op('Slice', shape, f.const([0]), f.const([1]))  # [1]
-    num_priors = f.op('Gather', shape, one)
     num_classes = f.op('Gather', shape, f.const(2))
     best = f.op('ReduceMax', scores, axis_2, keepdims=1)  # [B, P, 1]
     is_candidate = f.op('Greater', best, conf_thresh)  # [B, P, 1]
@@ -49,15 +49,21 @@ def make_function(opset: int = 19) -> onnx.FunctionProto:
 
     # 2. The class-score table each class sorts. Cross-class mode ranks every prior by its best score
     # in class column 0 and leaves the other columns empty, so both modes share the steps below.
+    # Max/Min with +-inf instead of Where over [B, P, K] (onnxruntime's Where is several times
+    # slower): max(score, -inf) = score, max(score, best) = best, min(v, +inf) = v, min(v, -inf) = -inf.
     class_range = f.op('Range', zero, num_classes, one)  # [K]
     column_in_use = f.op('Or', f.op('Not', cross_class), f.op('Equal', class_range, zero))  # [K]
-    table = f.op('Where', cross_class, best, scores)  # [B, P, K]
-    in_table = f.op('And', is_candidate, column_in_use)
-    table = f.op('Transpose', f.op('Where', in_table, table, neg_inf), perm=[0, 2, 1])  # [B, K, P]
+    table = f.op('Max', scores, f.op('Where', cross_class, best, neg_inf))  # [B, P, K]
+    table = f.op('Min', table, f.op('Where', is_candidate, pos_inf, neg_inf))  # non-candidates: -inf
+    table = f.op('Min', table, f.op('Where', column_in_use, pos_inf, neg_inf))  # unused columns: -inf
+    table = f.op('Transpose', table, perm=[0, 2, 1])  # [B, K, P]
 
-    # 3. Per class the top T = min(top_k, P) by score; ONNX TopK breaks ties by the lower prior index.
-    # Positions >= the candidate count hold non-candidates (-inf) and are not valid.
-    num_sorted = f.op('Reshape', f.op('Min', top_k, num_priors), f.const([1]))
+    # 3. Per class the top T = max(min(top_k, most candidates of any image), 1) by score (T <= P):
+    # the O(K T^2) IoU step below costs only what the candidates need; T >= 1 keeps every shape
+    # non-empty. ONNX TopK breaks ties by the lower prior index. Positions >= the image's candidate
+    # count hold non-candidates (-inf) and are not valid.
+    most_candidates = f.op('Cast', f.op('ReduceMax', num_candidates, keepdims=0), to=TensorProto.INT64)
+    num_sorted = f.op('Reshape', f.op('Max', f.op('Min', top_k, most_candidates), one), f.const([1]))
     sorted_scores, sorted_priors = f.op('TopK', table, num_sorted, axis=-1, largest=1, sorted=1, outputs=2)
     position = f.op('Cast', f.op('Range', zero, f.op('Squeeze', num_sorted), one), to=TensorProto.FLOAT)  # [T]
     valid = f.op('And', f.op('Less', position, num_candidates),  # [B, 1, T] vs [B, 1, 1]
@@ -75,10 +81,16 @@ def make_function(opset: int = 19) -> onnx.FunctionProto:
     inter = f.op('Mul', width, height)  # [B, K, T(i), T(j)]
     area = f.op('Mul', f.op('Sub', x2, x1), f.op('Sub', y2, y1))
     union = f.op('Sub', f.op('Add', row(area), col(area)), inter)
-    iou = f.op('Where', f.op('Equal', union, zero_f), zero_f, f.op('Div', inter, union))
+    # keep j iff max(0, IoU(i, j) for i < j) <= iou_thresh, i.e. iff 0 <= iou_thresh and no IoU(i, j),
+    # i < j, exceeds it. One Greater against a threshold matrix (iou_thresh above the diagonal, +inf
+    # elsewhere) replaces the reference's two Wheres: where the union is 0 the intersection is 0 too
+    # (each clamped side is at most the box's own, so inter <= both areas; an inverted box has
+    # inter = 0), so inter / union is NaN there and NaN > t is false, the reference's IoU of 0.
     above_diagonal = f.op('Less', f.op('Unsqueeze', position, f.const([1])), position)  # [T(i), T(j)]: i < j
-    iou_max = f.op('ReduceMax', f.op('Where', above_diagonal, iou, zero_f), axis_2, keepdims=0)  # [B, K, T]
-    keep = f.op('And', f.op('LessOrEqual', iou_max, iou_thresh), valid)
+    threshold = f.op('Where', above_diagonal, iou_thresh, pos_inf)
+    exceeds = f.op('Cast', f.op('Greater', f.op('Div', inter, union), threshold), to=TensorProto.UINT8)
+    suppressed = f.op('Cast', f.op('ReduceMax', exceeds, axis_2, keepdims=0), to=TensorProto.BOOL)  # [B, K, T]
+    keep = f.op('And', f.op('And', f.op('Not', suppressed), f.op('LessOrEqual', zero_f, iou_thresh)), valid)
 
     # 5. Global sort of the kept (class, position) pairs, class-major: TopK's lower-index tie break
     # is the reference's stable sort. D columns of -inf make TopK's k = D valid for any K*T.
@@ -95,10 +107,12 @@ def make_function(opset: int = 19) -> onnx.FunctionProto:
 
     priors = f.op('GatherElements', f.op('Reshape', sorted_priors, f.op('Concat', batch, f.const([-1]), axis=0)),
                   top_pairs, axis=1)  # [B, D]
-    best_class = f.op('ArgMax', scores, axis=2, keepdims=0, select_last_index=0)  # [B, P]
-    classes = f.op('Where', cross_class, f.op('GatherElements', best_class, priors, axis=1),
-                   f.op('Div', top_pairs, f.op('Squeeze', num_sorted)))
-    det_boxes = f.op('GatherND', boxes, f.op('Unsqueeze', priors, f.const([2])), batch_dims=1)  # [B, D, 4]
+    det_priors = f.op('Unsqueeze', priors, f.const([2]))  # [B, D, 1]
+    # Cross-class: the best class of the D detections' priors only (lowest index on ties).
+    best_class = f.op('ArgMax', f.op('GatherND', scores, det_priors, batch_dims=1), axis=2, keepdims=0,
+                      select_last_index=0)  # [B, D]
+    classes = f.op('Where', cross_class, best_class, f.op('Div', top_pairs, f.op('Squeeze', num_sorted)))
+    det_boxes = f.op('GatherND', boxes, det_priors, batch_dims=1)  # [B, D, 4]
 
     f.op('Cast', num_dets, to=TensorProto.INT32, outputs=['num_dets'])
     f.op('CastLike', f.op('Where', f.op('Unsqueeze', is_detection, f.const([2])), det_boxes, zero_f), 'boxes',

@@ -53,15 +53,19 @@ def make_function(opset: int = 19) -> onnx.FunctionProto:
         hi = f.op('Min', f.op('Add', f.op('Mul', f.op('Max', first, second), size_f), padding), size_f)
         pixel = f.op('Cast', f.op('Range', zero, size, one), to=TensorProto.FLOAT)
         lo, hi = (f.op('Unsqueeze', v, f.const([2])) for v in (lo, hi))
-        return f.op('And', f.op('GreaterOrEqual', pixel, lo), f.op('Less', pixel, hi))  # [B, D, size]
+        return f.op('And', f.op('GreaterOrEqual', pixel, lo), f.op('Less', pixel, hi))  # [B, D, size] bool
 
     inside_x = inside(0, f.op('Gather', shape, f.const(2)))
     inside_y = inside(1, f.op('Gather', shape, f.const(1)))
     num_rows = f.op('Gather', f.op('Shape', indices), one)
     is_detection = f.op('Less', f.op('Range', zero, num_rows, one), f.op('Unsqueeze', num_dets, f.const([1])))  # [B, D]
-    keep = f.op('And', f.op('And', f.op('Unsqueeze', inside_y, f.const([3])), f.op('Unsqueeze', inside_x, f.const([2]))),
-                f.op('Unsqueeze', is_detection, f.const([2, 3])))
-    f.op('CastLike', f.op('Where', keep, masks, zero_f), 'proto', outputs=['masks'])
+    # Zeroing by two broadcast multiplications with 0/1 factors ([B, D, Hp, 1] and [B, D, 1, Wp])
+    # instead of a Where over [B, D, Hp, Wp] (several times slower in onnxruntime); exact, because a
+    # sigmoid is finite and >= 0, so m * 1 = m and m * 0 = +0.
+    keep_y = f.op('Cast', f.op('And', inside_y, f.op('Unsqueeze', is_detection, f.const([2]))), to=TensorProto.FLOAT)
+    keep_x = f.op('Cast', inside_x, to=TensorProto.FLOAT)
+    masks = f.op('Mul', f.op('Mul', masks, f.op('Unsqueeze', keep_y, f.const([3]))), f.op('Unsqueeze', keep_x, f.const([2])))
+    f.op('CastLike', masks, 'proto', outputs=['masks'])
     return f.build()
 
 
