@@ -32,6 +32,7 @@ import numpy as np
 from calib import bench_rows as calib_bench_rows
 from export.contract import INPUT_NAME, RAW_OUTPUTS
 from model.config import get_config
+from model.files import write_atomic
 from runtime import trt_bench
 from runtime.pipeline import resize_to_input, to_detections
 
@@ -181,6 +182,18 @@ def _common_stages(context: BenchContext, model: BenchModel, batch: int):
     return pre, paste
 
 
+def _stage_samples(context: BenchContext, pre: Callable[[], object], network_samples: np.ndarray,
+                   post: Callable[[], object], paste: Callable[[], object]) -> dict[str, np.ndarray]:
+    """Per-stage samples of one row: pre, post and paste (zero-argument callables) timed here; the
+    network's samples come from the caller's timed_network, which also measures the matmul rate."""
+    return {
+        'pre': timed(pre, context.iterations, context.warmup),
+        'network': network_samples,
+        'post': timed(post, context.iterations, context.warmup),
+        'paste': timed(paste, context.iterations, context.warmup),
+    }
+
+
 def ort_rows(context: BenchContext) -> tuple[list[dict], list[str]]:
     """onnxruntime (CPU) rows: the raw export for the network, the post-processing ops alone."""
     from export.postprocess_nodes import postprocess_model
@@ -193,7 +206,7 @@ def ort_rows(context: BenchContext) -> tuple[list[dict], list[str]]:
         post_model = postprocess_model(cfg, num_priors=model.num_priors, mask_dim=model.mask_dim,
                                        proto_hw=model.proto_hw)
         post_path = model.raw_onnx.with_name(f'{model.raw_onnx.stem}.post_only.onnx')
-        post_path.write_bytes(post_model.SerializeToString())
+        write_atomic(post_path, post_model.SerializeToString())
         post = create_session(post_path, num_threads=context.threads)
         for batch in context.batches:
             pre, paste = _common_stages(context, model, batch)
@@ -203,12 +216,7 @@ def ort_rows(context: BenchContext) -> tuple[list[dict], list[str]]:
             raw = dict(zip([o.name for o in post.get_outputs()], post.run(None, feed)))
             network_samples, matmul = timed_network(lambda: network.run(None, {INPUT_NAME: images}),
                                                     context.iterations, context.warmup)
-            samples = {
-                'pre': timed(pre, context.iterations, context.warmup),
-                'network': network_samples,
-                'post': timed(lambda: post.run(None, feed), context.iterations, context.warmup),
-                'paste': timed(lambda: paste(raw), context.iterations, context.warmup),
-            }
+            samples = _stage_samples(context, pre, network_samples, lambda: post.run(None, feed), lambda: paste(raw))
             rows.append(stage_row(samples, batch=batch, gmac=model.gmac, matmul=matmul,
                                   model=model.label, backend='ort', precision='fp32'))
     return rows, []
@@ -231,12 +239,8 @@ def torch_rows(context: BenchContext) -> tuple[list[dict], list[str]]:
             raw = stages.post(raw_head)
             network_samples, matmul = timed_network(lambda: stages.network(images), context.iterations,
                                                     context.warmup)
-            samples = {
-                'pre': timed(pre, context.iterations, context.warmup),
-                'network': network_samples,
-                'post': timed(lambda: stages.post(raw_head), context.iterations, context.warmup),
-                'paste': timed(lambda: paste(raw), context.iterations, context.warmup),
-            }
+            samples = _stage_samples(context, pre, network_samples, lambda: stages.post(raw_head),
+                                     lambda: paste(raw))
             rows.append(stage_row(samples, batch=batch, gmac=model.gmac, matmul=matmul,
                                   model=model.label, backend='torch', precision='fp32'))
     return rows, []
