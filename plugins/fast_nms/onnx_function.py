@@ -21,6 +21,9 @@ from plugins.onnx_builder import FunctionBuilder
 
 INPUTS = ['boxes', 'scores']
 OUTPUTS = ['num_dets', 'det_boxes', 'det_scores', 'det_classes', 'det_indices']
+# Row blocks of the upper-triangular IoU step (see make_function): 4, 8 and 16 measured alike and
+# about 25% faster than 1 on a 2-core CPU at T = 200, K = 80.
+ROW_BLOCKS = 8
 ATTRIBUTES = ['conf_thresh', 'iou_thresh', 'top_k', 'max_dets', 'cross_class', 'plugin_namespace', 'plugin_version']
 
 
@@ -75,21 +78,34 @@ def make_function(opset: int = 19) -> onnx.FunctionProto:
     sorted_boxes = f.op('Reshape', sorted_boxes, f.op('Concat', batch, f.op('Reshape', num_classes, f.const([1])),
                                                       num_sorted, f.const([4]), axis=0))  # [B, K, T, 4]
     x1, y1, x2, y2 = (f.op('Gather', sorted_boxes, f.const(c), axis=3) for c in range(4))  # [B, K, T]
-    row, col = (lambda v: f.op('Unsqueeze', v, axis_3)), (lambda v: f.op('Unsqueeze', v, axis_2))
-    width = f.op('Max', f.op('Sub', f.op('Min', row(x2), col(x2)), f.op('Max', row(x1), col(x1))), zero_f)
-    height = f.op('Max', f.op('Sub', f.op('Min', row(y2), col(y2)), f.op('Max', row(y1), col(y1))), zero_f)
-    inter = f.op('Mul', width, height)  # [B, K, T(i), T(j)]
     area = f.op('Mul', f.op('Sub', x2, x1), f.op('Sub', y2, y1))
-    union = f.op('Sub', f.op('Add', row(area), col(area)), inter)
     # keep j iff max(0, IoU(i, j) for i < j) <= iou_thresh, i.e. iff 0 <= iou_thresh and no IoU(i, j),
     # i < j, exceeds it. One Greater against a threshold matrix (iou_thresh above the diagonal, +inf
     # elsewhere) replaces the reference's two Wheres: where the union is 0 the intersection is 0 too
     # (each clamped side is at most the box's own, so inter <= both areas; an inverted box has
     # inter = 0), so inter / union is NaN there and NaN > t is false, the reference's IoU of 0.
-    above_diagonal = f.op('Less', f.op('Unsqueeze', position, f.const([1])), position)  # [T(i), T(j)]: i < j
-    threshold = f.op('Where', above_diagonal, iou_thresh, pos_inf)
-    exceeds = f.op('Cast', f.op('Greater', f.op('Div', inter, union), threshold), to=TensorProto.UINT8)
-    suppressed = f.op('Cast', f.op('ReduceMax', exceeds, axis_2, keepdims=0), to=TensorProto.BOOL)  # [B, K, T]
+    # The rows i go in ROW_BLOCKS blocks of c = ceil(T / ROW_BLOCKS), block r against the columns
+    # j >= r c only: about half the [T, T] pairs, and each block's tensors stay in the CPU caches.
+    block = f.op('Div', f.op('Add', num_sorted, f.const([ROW_BLOCKS - 1])), f.const([ROW_BLOCKS]))  # [1]
+    exceeded = []
+    for r in range(ROW_BLOCKS):
+        first = f.op('Mul', block, f.const([r]))
+        rows, cols = (first, f.op('Add', first, block)), (first, num_sorted)
+        row = lambda v: f.op('Unsqueeze', f.op('Slice', v, *rows, axis_2), axis_3)  # [B, K, c, 1]
+        col = lambda v: f.op('Unsqueeze', f.op('Slice', v, *cols, axis_2), axis_2)  # [B, K, 1, T - r c]
+        width = f.op('Max', f.op('Sub', f.op('Min', row(x2), col(x2)), f.op('Max', row(x1), col(x1))), zero_f)
+        height = f.op('Max', f.op('Sub', f.op('Min', row(y2), col(y2)), f.op('Max', row(y1), col(y1))), zero_f)
+        inter = f.op('Mul', width, height)  # [B, K, c, T - r c]
+        union = f.op('Sub', f.op('Add', row(area), col(area)), inter)
+        above_diagonal = f.op('Less', f.op('Unsqueeze', f.op('Slice', position, *rows), f.const([1])),
+                              f.op('Slice', position, *cols))  # [c, T - r c]: i < j
+        threshold = f.op('Where', above_diagonal, iou_thresh, pos_inf)
+        exceeds = f.op('Cast', f.op('Greater', f.op('Div', inter, union), threshold), to=TensorProto.UINT8)
+        exceeds = f.op('ReduceMax', exceeds, axis_2, keepdims=0)  # [B, K, T - r c], for columns r c..T-1
+        # Padded in front to T columns (the pad is 0 = not exceeded; a block past T is empty).
+        front = f.op('Sub', num_sorted, f.op('Slice', f.op('Shape', exceeds), axis_2, f.const([3])))
+        exceeded.append(f.op('Pad', exceeds, f.op('Concat', f.const([0, 0]), front, f.const([0, 0, 0]), axis=0)))
+    suppressed = f.op('Cast', f.op('Max', *exceeded), to=TensorProto.BOOL)  # [B, K, T]
     keep = f.op('And', f.op('And', f.op('Not', suppressed), f.op('LessOrEqual', zero_f, iou_thresh)), valid)
 
     # 5. Global sort of the kept (class, position) pairs, class-major: TopK's lower-index tie break
