@@ -49,6 +49,16 @@ def make_function(opset: int = 19) -> onnx.FunctionProto:
     best = f.op('ReduceMax', scores, axis_2, keepdims=1)  # [B, P, 1]
     is_candidate = f.op('Greater', best, conf_thresh)  # [B, P, 1]
     num_candidates = f.op('ReduceSum', f.op('Cast', is_candidate, to=TensorProto.FLOAT), axis_1, keepdims=1)
+    most_candidates = f.op('Cast', f.op('ReduceMax', num_candidates, keepdims=0), to=TensorProto.INT64)
+    # The candidates first, in ascending prior index, then non-candidates: N = max(most candidates of
+    # any image, 1) rows. Later steps sort [B, K, N] instead of [B, K, P]: a trained model leaves
+    # a few hundred to a few thousand of ~19k priors above conf_thresh.
+    num_rows = f.op('Reshape', f.op('Max', most_candidates, one), f.const([1]))
+    prior_index = f.op('Range', zero, f.op('Gather', shape, one), one)  # [P]
+    row_key = f.op('Where', f.op('Squeeze', is_candidate, axis_2), f.op('Neg', prior_index), f.const(-2**63))
+    _, rows = f.op('TopK', row_key, num_rows, axis=1, largest=1, sorted=1, outputs=2)  # [B, N] prior indices
+    scores_in_rows = f.op('GatherND', scores, f.op('Unsqueeze', rows, axis_2), batch_dims=1)  # [B, N, K]
+    best_in_rows = f.op('ReduceMax', scores_in_rows, axis_2, keepdims=1)  # [B, N, 1]
 
     # 2. The class-score table each class sorts. Cross-class mode ranks every prior by its best score
     # in class column 0 and leaves the other columns empty, so both modes share the steps below.
@@ -56,18 +66,19 @@ def make_function(opset: int = 19) -> onnx.FunctionProto:
     # slower): max(score, -inf) = score, max(score, best) = best, min(v, +inf) = v, min(v, -inf) = -inf.
     class_range = f.op('Range', zero, num_classes, one)  # [K]
     column_in_use = f.op('Or', f.op('Not', cross_class), f.op('Equal', class_range, zero))  # [K]
-    table = f.op('Max', scores, f.op('Where', cross_class, best, neg_inf))  # [B, P, K]
-    table = f.op('Min', table, f.op('Where', is_candidate, pos_inf, neg_inf))  # non-candidates: -inf
+    table = f.op('Max', scores_in_rows, f.op('Where', cross_class, best_in_rows, neg_inf))  # [B, N, K]
+    table = f.op('Min', table, f.op('Where', f.op('Greater', best_in_rows, conf_thresh), pos_inf, neg_inf))
     table = f.op('Min', table, f.op('Where', column_in_use, pos_inf, neg_inf))  # unused columns: -inf
-    table = f.op('Transpose', table, perm=[0, 2, 1])  # [B, K, P]
+    table = f.op('Transpose', table, perm=[0, 2, 1])  # [B, K, N]
 
-    # 3. Per class the top T = max(min(top_k, most candidates of any image), 1) by score (T <= P):
+    # 3. Per class the top T = max(min(top_k, most candidates of any image), 1) by score (T <= N):
     # the O(K T^2) IoU step below costs only what the candidates need; T >= 1 keeps every shape
-    # non-empty. ONNX TopK breaks ties by the lower prior index. Positions >= the image's candidate
-    # count hold non-candidates (-inf) and are not valid.
-    most_candidates = f.op('Cast', f.op('ReduceMax', num_candidates, keepdims=0), to=TensorProto.INT64)
+    # non-empty. ONNX TopK breaks ties by the lower row, which is the lower prior index. Positions
+    # >= the image's candidate count hold non-candidates (-inf) and are not valid.
     num_sorted = f.op('Reshape', f.op('Max', f.op('Min', top_k, most_candidates), one), f.const([1]))
-    sorted_scores, sorted_priors = f.op('TopK', table, num_sorted, axis=-1, largest=1, sorted=1, outputs=2)
+    sorted_scores, sorted_rows = f.op('TopK', table, num_sorted, axis=-1, largest=1, sorted=1, outputs=2)
+    sorted_priors = f.op('Reshape', f.op('GatherElements', rows, f.op('Reshape', sorted_rows, f.op(
+        'Concat', batch, f.const([-1]), axis=0)), axis=1), f.op('Shape', sorted_rows))  # [B, K, T]
     position = f.op('Cast', f.op('Range', zero, f.op('Squeeze', num_sorted), one), to=TensorProto.FLOAT)  # [T]
     valid = f.op('And', f.op('Less', position, num_candidates),  # [B, 1, T] vs [B, 1, 1]
                  f.op('Unsqueeze', column_in_use, axis_1))  # [K, 1]

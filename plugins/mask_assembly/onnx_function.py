@@ -64,8 +64,10 @@ def make_function(opset: int = 19) -> onnx.FunctionProto:
     # sigmoid is finite and >= 0, so m * 1 = m and m * 0 = +0.
     keep_y = f.op('Cast', f.op('And', inside_y, f.op('Unsqueeze', is_detection, f.const([2]))), to=TensorProto.FLOAT)
     keep_x = f.op('Cast', inside_x, to=TensorProto.FLOAT)
-    masks = f.op('Mul', f.op('Mul', masks, f.op('Unsqueeze', keep_y, f.const([3]))), f.op('Unsqueeze', keep_x, f.const([2])))
-    f.op('CastLike', masks, 'proto', outputs=['masks'])
+    # The cast to the output type comes before the last op: a node that writes a graph output cannot
+    # be removed, so a float32 -> float32 cast there would copy [B, D, Hp, Wp] once more.
+    masks = f.op('CastLike', f.op('Mul', masks, f.op('Unsqueeze', keep_y, f.const([3]))), 'proto')
+    f.op('Mul', masks, f.op('CastLike', f.op('Unsqueeze', keep_x, f.const([2])), 'proto'), outputs=['masks'])
     return f.build()
 
 
