@@ -111,7 +111,8 @@ def make_function(opset: int = 19) -> onnx.FunctionProto:
         above_diagonal = f.op('Less', f.op('Unsqueeze', f.op('Slice', position, *rows), f.const([1])),
                               f.op('Slice', position, *cols))  # [c, T - r c]: i < j
         threshold = f.op('Where', above_diagonal, iou_thresh, pos_inf)
-        exceeds = f.op('Cast', f.op('Greater', f.op('Div', inter, union), threshold), to=TensorProto.UINT8)
+        # float 0/1, not uint8: TensorRT takes no UINT8 intermediate tensors; the max of 0/1 is exact.
+        exceeds = f.op('Cast', f.op('Greater', f.op('Div', inter, union), threshold), to=TensorProto.FLOAT)
         exceeds = f.op('ReduceMax', exceeds, axis_2, keepdims=0)  # [B, K, T - r c], for columns r c..T-1
         # Padded in front to T columns (the pad is 0 = not exceeded; a block past T is empty).
         front = f.op('Sub', num_sorted, f.op('Slice', f.op('Shape', exceeds), axis_2, f.const([3])))
