@@ -15,11 +15,12 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
+
+from model.files import write_atomic
 
 CACHE_HEADER = 'TRT-8501-EntropyCalibration2'
 INT8_MAX = 127
@@ -51,13 +52,5 @@ def write_cache(path: Path, amax: dict[str, float]) -> None:
     for name, value in sorted(amax.items()):
         scale = max(float(value), MIN_AMAX) / INT8_MAX
         lines.append(f'{name}: {struct.pack("!f", scale).hex()}')
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'w') as f:
-            f.write('\n'.join(lines) + '\n')
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, ('\n'.join(lines) + '\n').encode())
 

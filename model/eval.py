@@ -15,7 +15,6 @@ import contextlib
 import copy
 import io
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from model.data.coco import CocoDataset
+from model.files import write_atomic
 from runtime.backends import BACKENDS, Backend, open_backend
 from runtime.infer import DEFAULT_MODEL
 from runtime.pipeline import ImageLoadError, batches, load_image, predict
@@ -120,10 +120,7 @@ def format_metrics(metrics: dict) -> str:
 
 def write_metrics(path: Path, metrics: dict) -> None:
     """The metrics as JSON, written to a temporary name and renamed (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    tmp.write_text(json.dumps(metrics, indent=2) + '\n')
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(metrics, indent=2) + '\n').encode())
 
 
 def main(argv: list[str] | None = None) -> int:

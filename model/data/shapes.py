@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from model.config import SHAPES_CLASSES, get_config
+from model.files import write_atomic
 
 SPLITS = ('train', 'val')
 JPEG_QUALITY = 92
@@ -195,9 +195,7 @@ def write_split(out_dir: Path, split: str, count: int, seed: int, spec: ShapesSp
         ok, encoded = cv2.imencode('.jpg', image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             raise OSError(f'could not encode {file_name} as JPEG')
-        tmp = out_dir / f'{file_name}.tmp'
-        tmp.write_bytes(encoded.tobytes())
-        os.replace(tmp, out_dir / file_name)
+        write_atomic(out_dir / file_name, encoded.tobytes())
         image_id = index + 1
         images.append({'id': image_id, 'file_name': file_name, 'height': image.shape[0], 'width': image.shape[1]})
         for class_index, mask in instances:
@@ -211,9 +209,7 @@ def write_split(out_dir: Path, split: str, count: int, seed: int, spec: ShapesSp
                        for i, name in enumerate(SHAPES_CLASSES)],
     }
     json_path = out_dir / f'{split}.json'
-    tmp = json_path.with_name(json_path.name + '.tmp')
-    tmp.write_text(json.dumps(coco))
-    os.replace(tmp, json_path)
+    write_atomic(json_path, json.dumps(coco).encode())
     return json_path
 
 
