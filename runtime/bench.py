@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from calib import bench_rows as calib_bench_rows
+from runtime import bench_precision
 from export.contract import INPUT_NAME, RAW_OUTPUTS
 from model.config import get_config
 from model.files import write_atomic
@@ -247,7 +247,7 @@ def torch_rows(context: BenchContext) -> tuple[list[dict], list[str]]:
 
 
 # Row sources run in this order; others append theirs (FP16/INT8 exports, TensorRT engines).
-ROW_SOURCES: list[RowSource] = [torch_rows, ort_rows, trt_bench.bench_rows, calib_bench_rows.precision_rows]
+ROW_SOURCES: list[RowSource] = [torch_rows, ort_rows, trt_bench.bench_rows, bench_precision.precision_rows]
 
 
 # --- the table ----------------------------------------------------------------------------------

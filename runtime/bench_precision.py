@@ -17,7 +17,7 @@ from calib.graph import model_metadata
 from calib.quantize import quantize_int8
 from export.contract import INPUT_NAME
 from export.onnx_export import save_model
-from runtime.pipeline import resize_to_input
+from model.images import resize_to_input
 
 ROUNDS = 3  # alternations of fp32 / fp16 / int8 timing
 

@@ -3,14 +3,15 @@ from types import SimpleNamespace
 import onnx
 import pytest
 
-import calib.bench_rows
-from calib.bench_rows import precision_rows
+import runtime.bench_precision
 from calib.graph import model_metadata
-from tests.calib.standin import SIZE, raw_export_like, smooth_images
+from runtime.bench_precision import precision_rows
+from tests.calib.standin import SIZE, build_standin, raw_export_like, smooth_images
 
 
 @pytest.fixture
-def context(standin, tmp_path):
+def context(tmp_path):
+    standin = build_standin()
     raw = tmp_path / 'standin.raw.onnx'
     onnx.save(raw_export_like(standin), raw)
     model = SimpleNamespace(label='standin', raw_onnx=raw, gmac=0.01)
@@ -35,8 +36,8 @@ def test_converted_networks_are_reused_until_the_export_changes(context, monkeyp
     def no_conversion(*args, **kwargs):
         raise AssertionError('converted again although the export did not change')
 
-    monkeypatch.setattr(calib.bench_rows, 'convert_fp16', no_conversion)
-    monkeypatch.setattr(calib.bench_rows, 'quantize_int8', no_conversion)
+    monkeypatch.setattr(runtime.bench_precision, 'convert_fp16', no_conversion)
+    monkeypatch.setattr(runtime.bench_precision, 'quantize_int8', no_conversion)
     precision_rows(context)
     raw = context.models[0].raw_onnx
     raw.write_bytes(raw.read_bytes())  # a newer export
