@@ -6,6 +6,7 @@ is the TensorRT backend's test (tests/runtime)."""
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -197,9 +198,11 @@ def test_cli_without_tensorrt(write_toy):
 
 
 def test_make_engine_picks_the_model_of_the_precision():
-    result = subprocess.run(['make', '-n', '-o', '.venv/.installed', 'engine', 'PRECISION=int8',
-                             'MODEL=build/demo.onnx', 'MAX_BATCH=4'], cwd=ROOT, capture_output=True, text=True,
-                            check=True)
+    # Under `make test` the parent make's MAKEFLAGS/MAKELEVEL would make this one print directory lines.
+    env = {k: v for k, v in os.environ.items() if k not in ('MAKEFLAGS', 'MFLAGS', 'MAKELEVEL')}
+    result = subprocess.run(['make', '-n', '--no-print-directory', '-o', '.venv/.installed', 'engine',
+                             'PRECISION=int8', 'MODEL=build/demo.onnx', 'MAX_BATCH=4'], cwd=ROOT, env=env,
+                            capture_output=True, text=True, check=True)
     command = result.stdout.strip().splitlines()[-1].split()
     assert command[1:] == ['-m', 'engines.build', '--model', 'build/demo.int8.onnx', '--precision', 'int8',
                            '--max-batch', '4']
