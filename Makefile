@@ -23,8 +23,11 @@ test: setup
 # The main job on the embedded default: export the shipped demo model, segment the sample image
 # with onnxruntime (CPU is enough), and say where the outputs went.
 DEMO_ONNX ?= build/yolact_tiny_shapes.onnx
-demo: setup
+# The export is a file target: re-running the demo reuses it until the checkpoint changes.
+$(DEMO_ONNX): assets/demo/yolact_tiny_shapes.pth | setup
 	$(PY) -m export --checkpoint assets/demo/yolact_tiny_shapes.pth --output $(DEMO_ONNX)
+
+demo: setup $(DEMO_ONNX)
 	$(PY) -m runtime.infer assets/sample.jpg --model $(DEMO_ONNX) --out out/demo --json out/demo/detections.json
 
 # make export [CHECKPOINT=FILE] [CONFIG=NAME] [EXPORT_FLAGS='--no-postprocess --cross-class --max-dets N']:
