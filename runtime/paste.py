@@ -15,7 +15,7 @@ DEFAULT_MEMORY_BUDGET = 64 * 1024 * 1024
 _SCRATCH_ARRAYS = 2  # float32 [rows, columns] arrays alive at once per band of rows
 
 
-def _box_pixel_ranges(lo: np.ndarray, hi: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def box_pixel_ranges(lo: np.ndarray, hi: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Relative coordinates of one axis, float32 [N] each -> integer pixel ranges [first, stop) [N].
 
     The crop rule of model.postprocess.box_region (no padding): x inside iff lo * size <= x < hi * size
@@ -27,7 +27,7 @@ def _box_pixel_ranges(lo: np.ndarray, hi: np.ndarray, size: int) -> tuple[np.nda
     return np.ceil(low).astype(np.int64), np.ceil(high).astype(np.int64)
 
 
-def _source_taps(out_size: int, in_size: int):
+def source_taps(out_size: int, in_size: int):
     """Bilinear taps (align_corners=False) of every output pixel of an axis resized from in_size to
     out_size: (index0 int64 [out_size], index1 int64, weight0 float32, weight1 float32).
 
@@ -65,11 +65,11 @@ def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_hw: tuple[int, int],
     proto_h, proto_w = masks.shape[1:]
     threshold = np.float32(threshold)
     # The taps of an output pixel do not depend on the box: compute them once per axis.
-    x0, x1, wx0, wx1 = _source_taps(width, proto_w)
-    y0, y1, wy0, wy1 = _source_taps(height, proto_h)
+    x0, x1, wx0, wx1 = source_taps(width, proto_w)
+    y0, y1, wy0, wy1 = source_taps(height, proto_h)
     wy0, wy1 = wy0[:, None], wy1[:, None]
-    x_first, x_stop = _box_pixel_ranges(boxes[:, 0], boxes[:, 2], width)
-    y_first, y_stop = _box_pixel_ranges(boxes[:, 1], boxes[:, 3], height)
+    x_first, x_stop = box_pixel_ranges(boxes[:, 0], boxes[:, 2], width)
+    y_first, y_stop = box_pixel_ranges(boxes[:, 1], boxes[:, 3], height)
     for i in np.flatnonzero((x_stop > x_first) & (y_stop > y_first)):
         columns = slice(x_first[i], x_stop[i])
         # Horizontal pass on the prototype rows the box needs, then a vertical blend per output
