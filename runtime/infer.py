@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--streams', type=int, default=1, metavar='N',
                         help='trt backend: execution contexts on their own CUDA streams, so consecutive batches '
                              'overlap upload, inference and download (video and benchmarks use them; default: 1)')
+    parser.add_argument('--no-gpu-paste', dest='gpu_paste', action='store_false',
+                        help='trt backend: paste masks into the images on the CPU instead of on the GPU before '
+                             'download (the GPU is used by default when triton is installed)')
     return parser
 
 
@@ -124,6 +127,8 @@ def backend_options(args: argparse.Namespace) -> dict:
         options['cross_class'] = True
     if args.streams != 1:
         options['streams'] = args.streams
+    if not args.gpu_paste:
+        options['gpu_paste'] = False
     return options
 
 

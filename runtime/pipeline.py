@@ -28,6 +28,27 @@ def batches(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
+def kept_detections(raw: RawDetections, image: int, score_threshold: float) -> np.ndarray:
+    """Indices (int64 [n]) of image `image`'s detections with score >= score_threshold (0 keeps
+    all), among its first num_dets rows, in the model's order (score descending)."""
+    scores = raw['scores'][image, :int(raw['num_dets'][image])].astype(np.float32)
+    return np.flatnonzero(scores >= np.float32(score_threshold))
+
+
+def make_detections(raw: RawDetections, image: int, keep: np.ndarray, image_hw: tuple[int, int],
+                    masks: np.ndarray) -> Detections:
+    """Detections of image `image` from its kept rows `keep` (kept_detections) and their pasted
+    masks (bool [n, H, W]): boxes scaled to image pixels, ordered and clipped to the image (as the
+    original's sanitize_coordinates)."""
+    height, width = image_hw
+    scale = np.array([width, height, width, height], np.float32)
+    pixels = raw['boxes'][image, keep].astype(np.float32) * scale
+    pixels = np.concatenate([np.minimum(pixels[:, :2], pixels[:, 2:]), np.maximum(pixels[:, :2], pixels[:, 2:])], 1)
+    pixels = np.clip(pixels, 0, scale)
+    return Detections(pixels, raw['scores'][image, keep].astype(np.float32),
+                      raw['classes'][image, keep].astype(np.int64), masks, (int(height), int(width)))
+
+
 def to_detections(raw: RawDetections, image_sizes: Sequence[tuple[int, int]], *, score_threshold: float,
                   mask_threshold: float) -> list[Detections]:
     """The model's padded outputs for a batch -> one Detections per image.
@@ -35,28 +56,21 @@ def to_detections(raw: RawDetections, image_sizes: Sequence[tuple[int, int]], *,
     raw: the RAW_OUTPUT_NAMES arrays of B images; image_sizes: (H, W) of each original image.
     Keeps detections with score >= score_threshold (0 keeps all), scales boxes to image pixels
     (ordered, clipped to the image, as the original's sanitize_coordinates) and pastes each mask
-    into its image (value > mask_threshold, only inside its box).
+    into its image on the host (value > mask_threshold, only inside its box).
     """
     results = []
-    for b, (height, width) in enumerate(image_sizes):
-        n = int(raw['num_dets'][b])
-        scores = raw['scores'][b, :n].astype(np.float32)
-        keep = np.flatnonzero(scores >= np.float32(score_threshold))
-        boxes = raw['boxes'][b, keep].astype(np.float32)
-        scale = np.array([width, height, width, height], np.float32)
-        pixels = boxes * scale
-        pixels = np.concatenate([np.minimum(pixels[:, :2], pixels[:, 2:]), np.maximum(pixels[:, :2], pixels[:, 2:])], 1)
-        pixels = np.clip(pixels, 0, scale)
-        masks = paste_masks(raw['masks'][b, keep], boxes, (height, width), mask_threshold)
-        results.append(Detections(pixels, scores[keep], raw['classes'][b, keep].astype(np.int64), masks,
-                                  (int(height), int(width))))
+    for b, image_hw in enumerate(image_sizes):
+        keep = kept_detections(raw, b, score_threshold)
+        masks = paste_masks(raw['masks'][b, keep], raw['boxes'][b, keep], image_hw, mask_threshold)
+        results.append(make_detections(raw, b, keep, image_hw, masks))
     return results
 
 
 def predict(backend: Backend, images: Sequence[np.ndarray], *, score_threshold: float) -> list[Detections]:
     """Detections for one batch of images of any size (uint8 [H, W, 3] BGR each): resized to the
-    model input, run in one `backend.infer` call, masks pasted with the model's mask_threshold."""
+    model input and run in one `backend.detect` call (masks pasted with the model's mask_threshold,
+    on the GPU where the backend can)."""
     meta = backend.metadata
-    raw = backend.infer(np.stack([resize_to_input(image, meta.input_size) for image in images]))
-    return to_detections(raw, [image.shape[:2] for image in images], score_threshold=score_threshold,
-                         mask_threshold=meta.mask_threshold)
+    return backend.detect(np.stack([resize_to_input(image, meta.input_size) for image in images]),
+                          [image.shape[:2] for image in images], score_threshold=score_threshold,
+                          mask_threshold=meta.mask_threshold)

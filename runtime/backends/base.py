@@ -9,11 +9,16 @@ the public methods check state and inputs so every backend fails the same way.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from model.metadata import ModelMetadata
+
+if TYPE_CHECKING:
+    from runtime.detections import Detections
 
 # The model's outputs with post-processing (the ONNX contract), by name:
 #   num_dets int32 [B]; boxes float32 [B, D, 4] xyxy relative; scores float32 [B, D];
@@ -71,6 +76,33 @@ class Backend(abc.ABC):
         shapes and dtypes, as numpy arrays the caller owns. Batches larger than max_batch run in
         chunks of max_batch.
         """
+        images = self._checked_images(images)
+        step = len(images) if self.max_batch is None else self.max_batch
+        if len(images) <= step:
+            return self._infer_impl(images)
+        # Larger batches than the model takes run in chunks; the outputs are joined along B.
+        chunks = [self._infer_impl(images[i:i + step]) for i in range(0, len(images), step)]
+        return {name: np.concatenate([c[name] for c in chunks]) for name in RAW_OUTPUT_NAMES}
+
+    def detect(self, images: np.ndarray, image_sizes: Sequence[tuple[int, int]], *, score_threshold: float,
+               mask_threshold: float) -> list[Detections]:
+        """Detections for a batch: images as `infer` takes them (uint8 [B, H, W, 3] BGR at
+        metadata.input_size), image_sizes the (H, W) of each original image. Keeps detections with
+        score >= score_threshold, boxes in image pixels, masks pasted into the original images
+        (value > mask_threshold, inside the box).
+
+        Here: `infer`, then runtime.pipeline.to_detections (masks pasted on the host). A backend
+        that pastes faster elsewhere (TensorRT, on the GPU) overrides it with the same result.
+        """
+        from runtime.pipeline import to_detections  # runtime.pipeline imports this module
+
+        self._check_image_sizes(images, image_sizes)
+        return to_detections(self.infer(images), image_sizes, score_threshold=score_threshold,
+                             mask_threshold=mask_threshold)
+
+    def _checked_images(self, images: np.ndarray) -> np.ndarray:
+        """`images` contiguous, or BackendError when the backend is not loaded or they are not a
+        non-empty uint8 [B, H, W, 3] batch at the model's input size."""
         if not self.is_loaded:
             raise BackendError(f'{type(self).__name__} for {self.path} is not loaded: call load() or use it '
                                'in a with-statement')
@@ -82,13 +114,13 @@ class Backend(abc.ABC):
                                f'got {got}: resize with runtime.pipeline.resize_to_input')
         if len(images) == 0:
             raise BackendError('infer got an empty batch: pass at least one image')
-        images = np.ascontiguousarray(images)
-        step = len(images) if self.max_batch is None else self.max_batch
-        if len(images) <= step:
-            return self._infer_impl(images)
-        # Larger batches than the model takes run in chunks; the outputs are joined along B.
-        chunks = [self._infer_impl(images[i:i + step]) for i in range(0, len(images), step)]
-        return {name: np.concatenate([c[name] for c in chunks]) for name in RAW_OUTPUT_NAMES}
+        return np.ascontiguousarray(images)
+
+    @staticmethod
+    def _check_image_sizes(images, image_sizes: Sequence[tuple[int, int]]) -> None:
+        if len(image_sizes) != len(images):
+            raise BackendError(f'detect got {len(images)} images but {len(image_sizes)} image sizes: pass the '
+                               f'(H, W) of each original image')
 
     # -- hooks ----------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -28,9 +28,15 @@ from engines.sidecar import EngineSidecar, check_sidecar, plugin_key, read_sidec
 from engines.trt import TensorRTUnavailable, cuda_device, load_tensorrt, make_logger
 from runtime import cuda_mem
 from runtime.backends.base import Backend, BackendError, RawDetections
+from runtime.detections import Detections
+from runtime.gpu_paste import ImagePaste, PasteKernelUnavailable, PasteWorkspace, load_paste_kernel, paste_on_gpu
+from runtime.paste import paste_masks
+from runtime.pipeline import kept_detections, make_detections
 from runtime.throughput import CAPTURE, EAGER, REPLAY, GraphPolicy, pipelined
 from runtime.trt_io import (DETECTION_OUTPUTS, INPUT_NAME, REBUILD_HINT, EngineIO, EngineIOError, TensorSpec,
                             check_num_dets, download_segments, gather_detections, validate_engine_io)
+
+log = logging.getLogger(__name__)
 
 
 class TensorRTUnavailableError(BackendError):
@@ -147,6 +153,7 @@ class _Lane:
         self.capacity = 0
         self.device: dict[str, cuda_mem.DeviceBuffer] = {}
         self.host: dict[str, cuda_mem.PinnedBuffer] = {}
+        self.paste: PasteWorkspace | None = None  # set when masks are pasted on the GPU
 
     def _ensure_capacity(self, batch: int) -> None:
         if batch <= self.capacity:
@@ -198,17 +205,50 @@ class _Lane:
                 self.graph.launch()
         return batch
 
+    def _download(self, names, counts: np.ndarray) -> None:
+        """Copy the first counts[i] rows of image i of each named output to its pinned buffer and wait."""
+        for name in names:
+            host, device = self.host[name].ptr, self.device[name].ptr
+            for offset, nbytes in download_segments(counts, self.io.max_dets, self.io[name].row_nbytes):
+                self.stream.copy_to_host(host + offset, device + offset, nbytes)
+        self.stream.synchronize()
+
     def collect(self, batch: int) -> dict[str, np.ndarray]:
         """Wait for a submitted batch and return its RawDetections (fresh arrays)."""
         self.stream.synchronize()
-        max_dets = self.io.max_dets
-        counts = check_num_dets(self._host_view('num_dets', batch), max_dets)
-        for name in DETECTION_OUTPUTS:
-            host, device = self.host[name].ptr, self.device[name].ptr
-            for offset, nbytes in download_segments(counts, max_dets, self.io[name].row_nbytes):
-                self.stream.copy_to_host(host + offset, device + offset, nbytes)
-        self.stream.synchronize()
+        counts = check_num_dets(self._host_view('num_dets', batch), self.io.max_dets)
+        self._download(DETECTION_OUTPUTS, counts)
         return gather_detections({name: self._host_view(name, batch) for name in DETECTION_OUTPUTS}, counts)
+
+    def collect_detections(self, batch: int, image_sizes, *, score_threshold: float,
+                           mask_threshold: float) -> list[Detections]:
+        """Wait for a submitted batch and return its Detections (runtime.pipeline.to_detections'
+        result), pasting on the GPU (self.paste) every image runtime.gpu_paste.paste_on_gpu picks:
+        their float masks stay on the device and only their kept detections' box pixels come back.
+        The other images' masks rows are downloaded and pasted on the host."""
+        self.stream.synchronize()
+        counts = check_num_dets(self._host_view('num_dets', batch), self.io.max_dets)
+        self._download(('boxes', 'scores', 'classes'), counts)
+        # Pinned views: valid rows are read (copied) before this lane's next batch overwrites them.
+        raw = {name: self._host_view(name, batch) for name in ('boxes', 'scores', 'classes')}
+        raw['num_dets'] = counts
+        keeps = [kept_detections(raw, b, score_threshold) for b in range(batch)]
+        proto_hw = tuple(self.io['masks'].shape[2:])
+        on_device = [paste_on_gpu(tuple(image_hw), proto_hw) for image_hw in image_sizes]
+        self._download(('masks',), np.where(on_device, 0, counts))
+        device_images = [b for b in range(batch) if on_device[b]]
+        pasted = dict(zip(device_images, self.paste.paste(
+            self.stream, self.device['masks'].ptr, proto_hw,
+            [ImagePaste(tuple(image_sizes[b]), b * self.io.max_dets + keeps[b], raw['boxes'][b, keeps[b]])
+             for b in device_images], mask_threshold)))
+        masks_host = self._host_view('masks', batch)
+        results = []
+        for b, image_hw in enumerate(image_sizes):
+            masks = pasted.get(b)
+            if masks is None:
+                masks = paste_masks(masks_host[b, keeps[b]], raw['boxes'][b, keeps[b]], image_hw, mask_threshold)
+            results.append(make_detections(raw, b, keeps[b], image_hw, masks))
+        return results
 
     def _free_graph(self) -> None:
         if self.graph is not None:
@@ -223,6 +263,9 @@ class _Lane:
 
     def free(self) -> None:
         self._free_buffers()
+        if self.paste is not None:
+            self.paste.free()
+            self.paste = None
         if self.stream is not None:
             self.stream.free()
             self.stream = None
@@ -236,13 +279,16 @@ class TrtBackend(Backend):
     streams: execution contexts (lanes) that `infer_batches` spreads batches over (1 = sequential).
     cuda_graphs: capture a CUDA graph per lane and batch size (replayed for repeated sizes).
     max_batch: cap on images per call (default: the engine profile's maximum).
+    gpu_paste: paste masks on the GPU in `detect` (runtime/gpu_paste.py), for images at least the
+    size of the prototype grid; needs triton at load (the kernel is compiled for this GPU then)
+    and falls back to the host, with one log line, without it. False: always on the host.
     The engine runs on CUDA device 0 (choose the GPU with CUDA_VISIBLE_DEVICES).
     """
 
     name = 'trt'
 
     def __init__(self, path: str | os.PathLike, *, streams: int = 1, cuda_graphs: bool = True,
-                 max_batch: int | None = None):
+                 max_batch: int | None = None, gpu_paste: bool = True):
         super().__init__(path)
         if streams < 1:
             raise BackendError(f'streams must be >= 1, got {streams}')
@@ -252,6 +298,8 @@ class TrtBackend(Backend):
         self.io: EngineIO | None = None
         self._engine = self._runtime = self._logger = None
         self._lanes: list[_Lane] = []
+        self.gpu_paste = bool(gpu_paste)
+        self._paste_kernel = None
 
     def _load_impl(self) -> None:
         """Check the sidecar, deserialise the engine and set up `streams` lanes."""
@@ -284,14 +332,31 @@ class TrtBackend(Backend):
         try:
             for _ in range(self.streams):
                 self._lanes.append(_Lane(self._engine, self.io, self.cuda_graphs))
+            self._set_up_gpu_paste()
         except BaseException:
             self._close_impl()
             raise
+
+    def _set_up_gpu_paste(self) -> None:
+        """Give every lane a paste workspace when masks are pasted on the GPU; else say once why not."""
+        if not self.gpu_paste:
+            log.info('%s: masks are pasted on the CPU (GPU pasting is turned off)', self.path)
+            return
+        try:
+            self._paste_kernel, block_hw = load_paste_kernel(self.io['masks'].dtype)
+        except PasteKernelUnavailable as e:
+            log.warning('%s: masks are pasted on the CPU: %s', self.path, e)
+            return
+        for lane in self._lanes:
+            lane.paste = PasteWorkspace(self._paste_kernel, block_hw)
 
     def _close_impl(self) -> None:
         for lane in self._lanes:
             lane.free()
         self._lanes = []
+        if self._paste_kernel is not None:
+            self._paste_kernel.free()
+            self._paste_kernel = None
         self._engine = self._runtime = None
 
     def _infer_impl(self, images: np.ndarray) -> RawDetections:
@@ -301,6 +366,22 @@ class TrtBackend(Backend):
         self.io.check_batch(len(images))
         lane = self._lanes[0]
         return lane.collect(lane.submit(images))
+
+    def detect(self, images: np.ndarray, image_sizes, *, score_threshold: float,
+               mask_threshold: float) -> list[Detections]:
+        """Backend.detect, with masks pasted on the GPU before download when a paste kernel is
+        loaded (see gpu_paste); the same Detections as the host path, bit for bit."""
+        if not self._lanes or self._lanes[0].paste is None:
+            return super().detect(images, image_sizes, score_threshold=score_threshold, mask_threshold=mask_threshold)
+        images = self._checked_images(images)
+        self._check_image_sizes(images, image_sizes)
+        lane, results = self._lanes[0], []
+        for first in range(0, len(images), self.max_batch):
+            chunk = images[first:first + self.max_batch]
+            self.io.check_batch(len(chunk))
+            results += lane.collect_detections(lane.submit(chunk), image_sizes[first:first + len(chunk)],
+                                               score_threshold=score_threshold, mask_threshold=mask_threshold)
+        return results
 
     def infer_batches(self, batches: Iterable[np.ndarray]) -> Iterator[RawDetections]:
         """RawDetections for each batch (as `infer` takes it), in order, with up to `streams`
