@@ -65,22 +65,27 @@ def pipelined(items: Iterable[Item], lanes: Sequence[Lane],
 def predict_batches(backend: Backend, image_batches: Iterable[Sequence[np.ndarray]], *,
                     score_threshold: float) -> Iterator[tuple[Sequence[np.ndarray], list[Detections]]]:
     """(images, their Detections) for each batch of images (uint8 [H, W, 3] BGR, any size), in order:
-    runtime.pipeline.predict batch after batch, except that a backend with `infer_batches` (the
-    TensorRT backend with --streams N) gets the batches as a stream, so it overlaps them."""
+    runtime.pipeline.predict batch after batch, except that a backend with `detect_batches` (the
+    TensorRT backend: --streams N, masks pasted on its GPU) gets the batches as a stream, so it
+    overlaps them."""
     meta = backend.metadata
     taken: deque = deque()
 
-    def model_inputs() -> Iterator[np.ndarray]:
+    def model_inputs() -> Iterator[tuple[np.ndarray, list[tuple[int, int]]]]:
         for images in image_batches:
             taken.append(images)
-            yield np.stack([resize_to_input(image, meta.input_size) for image in images])
+            yield np.stack([resize_to_input(image, meta.input_size) for image in images]), \
+                [image.shape[:2] for image in images]
 
-    infer_batches = getattr(backend, 'infer_batches', None)
-    results = infer_batches(model_inputs()) if infer_batches is not None else map(backend.infer, model_inputs())
-    for raw in results:
-        images = taken.popleft()
-        yield images, to_detections(raw, [image.shape[:2] for image in images], score_threshold=score_threshold,
-                                    mask_threshold=meta.mask_threshold)
+    detect_batches = getattr(backend, 'detect_batches', None)
+    if detect_batches is not None:
+        for detections in detect_batches(model_inputs(), score_threshold=score_threshold,
+                                         mask_threshold=meta.mask_threshold):
+            yield taken.popleft(), detections
+        return
+    for inputs, image_sizes in model_inputs():
+        yield taken.popleft(), to_detections(backend.infer(inputs), image_sizes, score_threshold=score_threshold,
+                                             mask_threshold=meta.mask_threshold)
 
 
 EAGER = 'eager'      # enqueue normally (set the input shape first if `reshape`)

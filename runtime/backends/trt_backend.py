@@ -5,6 +5,11 @@ streams from cuda-python (runtime/cuda_mem.py), pinned host buffers, uint8 uploa
 the normalisation), and a two-step download: `num_dets` first, then only the first num_dets rows of
 boxes/scores/classes/masks per image (the padding rows are never copied).
 
+Masks: `detect` (what runtime.pipeline.predict calls) pastes them into the original images on the
+GPU before download when triton is installed (runtime/gpu_paste.py; off with gpu_paste=False), so
+the float prototype-grid masks stay on the device and only the kept detections' box pixels come
+back; `infer` returns the raw outputs as every backend does.
+
 Throughput: `streams` lanes (execution context + stream + buffers each) run consecutive batches of
 `infer_batches` in turn, so upload, inference and download of different batches overlap; each lane
 captures a CUDA graph per batch size once that size has run (runtime/throughput.py).
@@ -19,8 +24,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from collections import deque
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -223,9 +229,10 @@ class _Lane:
     def collect_detections(self, batch: int, image_sizes, *, score_threshold: float,
                            mask_threshold: float) -> list[Detections]:
         """Wait for a submitted batch and return its Detections (runtime.pipeline.to_detections'
-        result), pasting on the GPU (self.paste) every image runtime.gpu_paste.paste_on_gpu picks:
-        their float masks stay on the device and only their kept detections' box pixels come back.
-        The other images' masks rows are downloaded and pasted on the host."""
+        result for image_sizes, the (H, W) of each original image). With a paste workspace
+        (self.paste), every image runtime.gpu_paste.paste_on_gpu picks is pasted on the GPU: its
+        float masks stay on the device and only its kept detections' box pixels come back. The
+        other images' masks rows are downloaded and pasted on the host."""
         self.stream.synchronize()
         counts = check_num_dets(self._host_view('num_dets', batch), self.io.max_dets)
         self._download(('boxes', 'scores', 'classes'), counts)
@@ -234,13 +241,15 @@ class _Lane:
         raw['num_dets'] = counts
         keeps = [kept_detections(raw, b, score_threshold) for b in range(batch)]
         proto_hw = tuple(self.io['masks'].shape[2:])
-        on_device = [paste_on_gpu(tuple(image_hw), proto_hw) for image_hw in image_sizes]
+        on_device = [self.paste is not None and paste_on_gpu(tuple(image_hw), proto_hw) for image_hw in image_sizes]
         self._download(('masks',), np.where(on_device, 0, counts))
         device_images = [b for b in range(batch) if on_device[b]]
-        pasted = dict(zip(device_images, self.paste.paste(
-            self.stream, self.device['masks'].ptr, proto_hw,
-            [ImagePaste(tuple(image_sizes[b]), b * self.io.max_dets + keeps[b], raw['boxes'][b, keeps[b]])
-             for b in device_images], mask_threshold)))
+        pasted = {}
+        if device_images:
+            pasted = dict(zip(device_images, self.paste.paste(
+                self.stream, self.device['masks'].ptr, proto_hw,
+                [ImagePaste(tuple(image_sizes[b]), b * self.io.max_dets + keeps[b], raw['boxes'][b, keeps[b]])
+                 for b in device_images], mask_threshold)))
         masks_host = self._host_view('masks', batch)
         results = []
         for b, image_hw in enumerate(image_sizes):
@@ -371,8 +380,6 @@ class TrtBackend(Backend):
                mask_threshold: float) -> list[Detections]:
         """Backend.detect, with masks pasted on the GPU before download when a paste kernel is
         loaded (see gpu_paste); the same Detections as the host path, bit for bit."""
-        if not self._lanes or self._lanes[0].paste is None:
-            return super().detect(images, image_sizes, score_threshold=score_threshold, mask_threshold=mask_threshold)
         images = self._checked_images(images)
         self._check_image_sizes(images, image_sizes)
         lane, results = self._lanes[0], []
@@ -386,7 +393,31 @@ class TrtBackend(Backend):
     def infer_batches(self, batches: Iterable[np.ndarray]) -> Iterator[RawDetections]:
         """RawDetections for each batch (as `infer` takes it), in order, with up to `streams`
         batches in flight so uploads, inference and downloads overlap: the throughput path that
-        video and the benchmark use."""
+        the benchmark uses."""
+        return pipelined(self._checked_batches(batches), self._lanes, _Lane.submit, _Lane.collect)
+
+    def detect_batches(self, batches: Iterable[tuple[np.ndarray, Sequence[tuple[int, int]]]], *,
+                       score_threshold: float, mask_threshold: float) -> Iterator[list[Detections]]:
+        """`detect` for each (images, image_sizes) pair, in order, overlapped as in infer_batches:
+        the throughput path video uses (runtime.throughput.predict_batches)."""
+        pending_sizes: deque = deque()
+
+        def images_only():
+            for images, image_sizes in batches:
+                self._check_image_sizes(images, image_sizes)
+                pending_sizes.append(image_sizes)
+                yield images
+
+        def collect(lane: _Lane, batch: int) -> list[Detections]:
+            # pipelined collects in submission order, so the sizes come off in the same order
+            return lane.collect_detections(batch, pending_sizes.popleft(), score_threshold=score_threshold,
+                                           mask_threshold=mask_threshold)
+
+        return pipelined(self._checked_batches(images_only()), self._lanes, _Lane.submit, collect)
+
+    def _checked_batches(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Each batch contiguous, after Backend.infer's checks and the engine profile's batch range
+        (the backend must be loaded now; the batches are checked as they are taken)."""
         if not self.is_loaded:
             raise BackendError(f'TrtBackend for {self.path} is not loaded: call load() or use it in a with-statement')
 
@@ -402,4 +433,4 @@ class TrtBackend(Backend):
                 self.io.check_batch(len(images))
                 yield np.ascontiguousarray(images)
 
-        return pipelined(checked(), self._lanes, _Lane.submit, _Lane.collect)
+        return checked()

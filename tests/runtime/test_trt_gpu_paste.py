@@ -142,6 +142,34 @@ def test_detect_splits_batches_larger_than_max_batch(sim, monkeypatch):
     backend.close()
 
 
+def test_video_path_pastes_on_the_device_on_every_lane(sim, monkeypatch):
+    """runtime.throughput.predict_batches (video) goes through detect_batches: 3 lanes, each with
+    its own paste workspace, the Detections of predict batch by batch, in order."""
+    from runtime.pipeline import predict
+    from runtime.throughput import predict_batches
+
+    pytest.importorskip('torch')
+    pytest.importorskip('triton')
+    monkeypatch.setattr(lanes, 'expected_outputs', realistic_outputs)
+    backend = make_backend(sim, streams=3, graphs=False, max_batch=2)
+    kernel = InterpretedPasteKernel(sim)
+    rng = np.random.default_rng(14)
+    frames = [rng.integers(0, 256, (12, 10, 3), dtype=np.uint8) for _ in range(7)]
+    for frame in frames:
+        frame[:, :, :] = rng.integers(D - 1, D + 1)  # the resized first pixel gives D - 1 or D detections
+    frame_batches = [frames[i:i + 2] for i in range(0, len(frames), 2)]
+    expected = [predict(backend, batch, score_threshold=0.2) for batch in frame_batches]  # host pasting
+    for lane in backend._lanes:
+        lane.paste = PasteWorkspace(kernel, (4, 128))
+    results = list(predict_batches(backend, iter(frame_batches), score_threshold=0.2))
+    assert kernel.launches == len(frames)  # one launch per frame (12 x 10 >= 5 x 5: all on the device)
+    assert [images for images, _ in results] == frame_batches
+    for (_, got), want in zip(results, expected):
+        assert_same_detections(got, want)
+    backend.close()
+    assert not sim.live
+
+
 @pytest.mark.parametrize('gpu_paste, level, message', [
     (True, logging.WARNING, 'masks are pasted on the CPU: triton is not installed'),
     (False, logging.INFO, 'masks are pasted on the CPU (GPU pasting is turned off)'),
