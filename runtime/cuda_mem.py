@@ -1,5 +1,5 @@
 """Device memory, pinned host memory, streams, events and CUDA graphs through cuda-python
-(`cuda.bindings.runtime`), for the TensorRT backend.
+(`cuda.bindings.runtime`), for the TensorRT backend; `check` unpacks runtime- and driver-API results.
 
 Every object frees what it allocated (`free()`, idempotent, also called by `__del__` as a last
 resort), so a backend that is closed leaves nothing behind on the device. cuda-python is imported
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import importlib
 
 import numpy as np
 
@@ -23,22 +24,28 @@ class CudaUnavailableError(CudaError):
 
 
 @functools.lru_cache(maxsize=None)
-def _cudart():
+def bindings(api: str):
+    """cuda-python's `cuda.bindings.<api>` module, 'runtime' or 'driver', imported on first use."""
     try:
-        from cuda.bindings import runtime as cudart
+        return importlib.import_module(f'cuda.bindings.{api}')
     except ImportError:
         raise CudaUnavailableError(
             'cuda-python is not installed; on a GPU host run: pip install -e .[tensorrt]') from None
-    return cudart
+
+
+def _cudart():
+    return bindings('runtime')
 
 
 def check(call_name: str, result):
-    """Unpack a cuda-python result tuple `(err, *values)`: raise CudaError unless err is
-    cudaSuccess, else return None, the single value, or the tuple of values."""
-    cudart = _cudart()
+    """Unpack a cuda-python result tuple `(err, *values)` of the runtime API (cudaError_t) or the
+    driver API (CUresult): raise CudaError unless err is success (0 in both), else return None,
+    the single value, or the tuple of values."""
     err, values = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
-    if err != cudart.cudaError_t.cudaSuccess:
-        _, text = cudart.cudaGetErrorString(err)
+    if int(err) != 0:
+        driver = bindings('driver')
+        _, text = (driver.cuGetErrorString(err) if isinstance(err, driver.CUresult)
+                   else _cudart().cudaGetErrorString(err))
         name = getattr(err, 'name', str(err))
         raise CudaError(f'{call_name} failed: {name} ({text.decode() if isinstance(text, bytes) else text})')
     if not values:

@@ -9,35 +9,11 @@ which live in that same context. cuda-python is imported on first use.
 from __future__ import annotations
 
 import ctypes
-import functools
 
-from runtime.cuda_mem import CudaError, CudaUnavailableError, _Resource
+from runtime.cuda_mem import _Resource, bindings, check
 
 # Kernel parameter kinds -> the ctypes type cuLaunchKernel copies each value as.
 _PARAM_TYPES = {'ptr': ctypes.c_void_p, 'i32': ctypes.c_int32, 'f32': ctypes.c_float}
-
-
-@functools.lru_cache(maxsize=None)
-def _driver():
-    try:
-        from cuda.bindings import driver
-    except ImportError:
-        raise CudaUnavailableError(
-            'cuda-python is not installed; on a GPU host run: pip install -e .[tensorrt]') from None
-    return driver
-
-
-def check_driver(call_name: str, result):
-    """Unpack a driver-API result tuple `(err, *values)` like runtime.cuda_mem.check."""
-    driver = _driver()
-    err, values = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
-    if err != driver.CUresult.CUDA_SUCCESS:
-        _, text = driver.cuGetErrorString(err)
-        name = getattr(err, 'name', str(err))
-        raise CudaError(f'{call_name} failed: {name} ({text.decode() if isinstance(text, bytes) else text})')
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else values
 
 
 class PtxKernel(_Resource):
@@ -50,31 +26,31 @@ class PtxKernel(_Resource):
     """
 
     def __init__(self, ptx: str, name: str, param_kinds: tuple[str, ...], *, threads: int, shared_bytes: int):
-        driver = _driver()
+        driver = bindings('driver')
         unknown = sorted(set(param_kinds) - set(_PARAM_TYPES))
         if unknown:
             raise ValueError(f'unknown kernel parameter kinds {unknown}; use {", ".join(_PARAM_TYPES)}')
         self.name, self.threads, self.shared_bytes = name, int(threads), int(shared_bytes)
         self._types = tuple(_PARAM_TYPES[kind] for kind in param_kinds)
-        self._context = check_driver('cuCtxGetCurrent', driver.cuCtxGetCurrent())
+        self._context = check('cuCtxGetCurrent', driver.cuCtxGetCurrent())
         self._module = None
-        self._module = check_driver('cuModuleLoadData', driver.cuModuleLoadData(ptx.encode() + b'\0'))
-        self._function = check_driver('cuModuleGetFunction', driver.cuModuleGetFunction(self._module, name.encode()))
+        self._module = check('cuModuleLoadData', driver.cuModuleLoadData(ptx.encode() + b'\0'))
+        self._function = check('cuModuleGetFunction', driver.cuModuleGetFunction(self._module, name.encode()))
 
     def launch(self, stream_ptr: int, grid: tuple[int, int, int], args: tuple) -> None:
         """Enqueue the kernel on the stream `stream_ptr` (runtime.cuda_mem.Stream.ptr) over `grid`
         blocks, with `args` in parameter order (ints for 'ptr'/'i32', floats for 'f32')."""
         if len(args) != len(self._types):
             raise ValueError(f'{self.name} takes {len(self._types)} arguments, got {len(args)}')
-        driver = _driver()
+        driver = bindings('driver')
         # The caller's thread may have no current context (a thread other than the one that
         # loaded the module): make the module's context current, as the runtime API would.
-        check_driver('cuCtxSetCurrent', driver.cuCtxSetCurrent(self._context))
-        check_driver(f'cuLaunchKernel ({self.name})', driver.cuLaunchKernel(
+        check('cuCtxSetCurrent', driver.cuCtxSetCurrent(self._context))
+        check(f'cuLaunchKernel ({self.name})', driver.cuLaunchKernel(
             self._function, *(int(g) for g in grid), self.threads, 1, 1, self.shared_bytes,
             driver.CUstream(int(stream_ptr)), (tuple(args), self._types), 0))
 
     def free(self) -> None:
         if self._module is not None:
             module, self._module = self._module, None
-            check_driver('cuModuleUnload', _driver().cuModuleUnload(module))
+            check('cuModuleUnload', bindings('driver').cuModuleUnload(module))

@@ -54,8 +54,9 @@ class InterpretedPasteKernel:
         from triton.runtime.interpreter import InterpretedFunction
 
         from runtime.paste_kernel import PasteKernelConfig, paste_masks_kernel
-        self.dev, self.launches = dev, 0
-        self.kernel, self.constexprs = InterpretedFunction(paste_masks_kernel.fn), PasteKernelConfig().constexprs()
+        config = PasteKernelConfig()
+        self.dev, self.launches, self.block_hw = dev, 0, (config.block_y, config.block_x)
+        self.kernel, self.constexprs = InterpretedFunction(paste_masks_kernel.fn), config.constexprs()
 
     def tensor_at(self, ptr, dtype):
         import torch
@@ -73,14 +74,19 @@ class InterpretedPasteKernel:
 
 @pytest.fixture
 def paste_backend(sim, monkeypatch):
+    """(make, kernel): make(**make_backend options) gives a simulated TrtBackend with realistic
+    outputs whose lanes paste with `kernel`; make(paste=False) one that pastes on the host."""
     pytest.importorskip('torch')
     pytest.importorskip('triton')
     monkeypatch.setattr(lanes, 'expected_outputs', realistic_outputs)
-    backend = make_backend(sim, graphs=False)
     kernel = InterpretedPasteKernel(sim)
-    for lane in backend._lanes:
-        lane.paste = PasteWorkspace(kernel, (4, 128))
-    return backend, kernel
+
+    def make(paste: bool = True, **options):
+        backend = make_backend(sim, graphs=False, **options)
+        for lane in backend._lanes:
+            lane.paste = PasteWorkspace(kernel, kernel.block_hw) if paste else None
+        return backend
+    return make, kernel
 
 
 def assert_same_detections(got, expected):
@@ -94,7 +100,8 @@ def assert_same_detections(got, expected):
 
 
 def test_detect_pastes_on_the_device_and_downloads_only_kept_box_pixels(paste_backend, sim):
-    backend, kernel = paste_backend
+    make, kernel = paste_backend
+    backend = make()
     images = random_images(np.random.default_rng(11), 4)
     images[:, 0, 0, 0] = [D, 3, 0, D]
     # at least the prototype grid (HP x HP) -> device; smaller -> host
@@ -126,12 +133,9 @@ def kept_box_pixels(raw, b, image_hw) -> int:
     return int(((x_stop - x_first).clip(0) * (y_stop - y_first).clip(0)).sum())
 
 
-def test_detect_splits_batches_larger_than_max_batch(sim, monkeypatch):
-    pytest.importorskip('torch')
-    pytest.importorskip('triton')
-    monkeypatch.setattr(lanes, 'expected_outputs', realistic_outputs)
-    backend = make_backend(sim, graphs=False, max_batch=2)
-    backend._lanes[0].paste = PasteWorkspace(InterpretedPasteKernel(sim), (4, 128))
+def test_detect_splits_batches_larger_than_max_batch(paste_backend):
+    make, _ = paste_backend
+    backend = make(max_batch=2)
     images = random_images(np.random.default_rng(12), 3)
     images[:, 0, 0, 0] = [D, D - 1, D]
     sizes = [(7, 6), (12, 5), (6, 9)]
@@ -142,25 +146,22 @@ def test_detect_splits_batches_larger_than_max_batch(sim, monkeypatch):
     backend.close()
 
 
-def test_video_path_pastes_on_the_device_on_every_lane(sim, monkeypatch):
+def test_video_path_pastes_on_the_device_on_every_lane(paste_backend, sim):
     """runtime.throughput.predict_batches (video) goes through detect_batches: 3 lanes, each with
-    its own paste workspace, the Detections of predict batch by batch, in order."""
+    its own paste workspace, the Detections of predict on a host-pasting backend, in order."""
     from runtime.pipeline import predict
     from runtime.throughput import predict_batches
 
-    pytest.importorskip('torch')
-    pytest.importorskip('triton')
-    monkeypatch.setattr(lanes, 'expected_outputs', realistic_outputs)
-    backend = make_backend(sim, streams=3, graphs=False, max_batch=2)
-    kernel = InterpretedPasteKernel(sim)
+    make, kernel = paste_backend
     rng = np.random.default_rng(14)
     frames = [rng.integers(0, 256, (12, 10, 3), dtype=np.uint8) for _ in range(7)]
     for frame in frames:
         frame[:, :, :] = rng.integers(D - 1, D + 1)  # the resized first pixel gives D - 1 or D detections
     frame_batches = [frames[i:i + 2] for i in range(0, len(frames), 2)]
-    expected = [predict(backend, batch, score_threshold=0.2) for batch in frame_batches]  # host pasting
-    for lane in backend._lanes:
-        lane.paste = PasteWorkspace(kernel, (4, 128))
+    on_host = make(paste=False)
+    expected = [predict(on_host, batch, score_threshold=0.2) for batch in frame_batches]
+    on_host.close()
+    backend = make(streams=3, max_batch=2)
     results = list(predict_batches(backend, iter(frame_batches), score_threshold=0.2))
     assert kernel.launches == len(frames)  # one launch per frame (12 x 10 >= 5 x 5: all on the device)
     assert [images for images, _ in results] == frame_batches
