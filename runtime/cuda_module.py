@@ -32,8 +32,8 @@ class PtxKernel(_Resource):
             raise ValueError(f'unknown kernel parameter kinds {unknown}; use {", ".join(_PARAM_TYPES)}')
         self.name, self.threads, self.shared_bytes = name, int(threads), int(shared_bytes)
         self._types = tuple(_PARAM_TYPES[kind] for kind in param_kinds)
-        self._context = check('cuCtxGetCurrent', driver.cuCtxGetCurrent())
         self._module = None
+        self._context = check('cuCtxGetCurrent', driver.cuCtxGetCurrent())
         self._module = check('cuModuleLoadData', driver.cuModuleLoadData(ptx.encode() + b'\0'))
         self._function = check('cuModuleGetFunction', driver.cuModuleGetFunction(self._module, name.encode()))
 

@@ -13,16 +13,17 @@ uint8 box regions come back (no torch, no Triton launcher: PTX through cuda-pyth
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
 
 from runtime import cuda_mem
 from runtime.paste import DEFAULT_MEMORY_BUDGET, box_pixel_ranges, source_taps
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from plugins.triton_compile import AotKernel
+
 
 # Columns of the int32 regions table [N, 5]: x_first, x_stop, y_first, y_stop (image pixels,
 # [first, stop)) and the byte offset of the detection's packed region in the round's output.
@@ -33,13 +34,14 @@ _TRITON_FLOAT_TYPES = {np.dtype(np.float32): 'fp32', np.dtype(np.float16): 'fp16
 # The packed output of one round is addressed with int32 offsets in the kernel.
 _MAX_ROUND_BYTES = 2 ** 31 - 1
 
-# Where pasting is faster (not measured: no GPU here, so an estimate to check with a benchmark on
-# a GPU host). The host path downloads Hp * Wp float masks per detection and interpolates every
-# box pixel in numpy (~10 ns or more per pixel); the device path downloads only the box pixels as
-# bytes and adds one kernel launch and one table upload per image (tens of microseconds). So the
-# device wins once boxes cover a few thousand pixels, i.e. for any image at least the size of the
-# prototype grid (yolact_base: 138 x 138); smaller images, where either way costs microseconds,
-# stay on the host.
+# Where pasting on the device is faster: not measured (this was written without a GPU), an
+# estimate for a benchmark on a GPU host to confirm. Per detection the host path downloads the
+# Hp x Wp float mask (76 KB at yolact_base's 138 x 138) and interpolates every box pixel in numpy
+# (of the order of 10 ns a pixel); the device path downloads one byte per box pixel and costs one
+# kernel launch and one small table upload per image (of the order of 10-50 us). It saves the
+# numpy work always and moves fewer bytes until a box exceeds 4 * Hp * Wp pixels, so only the fixed
+# per-image cost can lose: images smaller than the prototype grid (each box at most Hp * Wp
+# pixels, microseconds on the host) stay on the host, every larger image goes to the device.
 GPU_PASTE_MIN_PIXELS_PER_PROTO_PIXEL = 1
 
 
@@ -171,7 +173,7 @@ class PasteKernelUnavailable(RuntimeError):
     """The paste kernel cannot run on this host; the message says why (for the fallback log line)."""
 
 
-def compile_paste_kernel(arch: int, masks_dtype) -> 'AotKernel':  # noqa: F821 (plugins.triton_compile)
+def compile_paste_kernel(arch: int, masks_dtype) -> AotKernel:
     """The paste kernel as launchable PTX for CUDA compute capability `arch` (e.g. 80, 90) and
     masks of `masks_dtype` (float32 or float16). Needs triton (not a GPU, not torch)."""
     from plugins.triton_compile import compile_aot
