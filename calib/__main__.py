@@ -11,7 +11,7 @@ import logging
 import sys
 
 from calib.convert import CACHE_FOLDER, DEFAULT_COUNT, TARGET_PRECISIONS, convert_model, quiet_modelopt
-from calib.quantize import CALIBRATION_METHODS
+from calib.quantize import CALIBRATION_METHODS, LAYOUTS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -32,6 +32,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--keep-sensitive', action='store_true',
                         help='keep the prototype and mask-coefficient convolutions in FP32 '
                              '(`python -m calib.report` shows what that buys in mask AP)')
+    parser.add_argument('--layout', choices=LAYOUTS, default=None,
+                        help='int8 only: where the Q/DQ go. tensorrt (default): for `make engine`, placed by '
+                             'modelopt for TensorRT; onnxruntime: for onnxruntime on a CPU (uint8 activations; its '
+                             'convolutions run as integer QLinearConv, the ones producing the outputs in FP32), '
+                             'written as <name>.int8-ort.onnx; TensorRT cannot build it')
     parser.add_argument('--output', default=None, help='output file (default: <name>.<precision>.onnx beside the model)')
     parser.add_argument('--cache-dir', default=None,
                         help=f'int8 calibration cache folder (default: {CACHE_FOLDER} beside the output); '
@@ -47,7 +52,7 @@ def main(argv=None) -> int:
     try:
         result = convert_model(
             args.model, args.precision, args.images, count=args.count, method=args.method,
-            keep_sensitive=args.keep_sensitive, output=args.output, cache_dir=args.cache_dir)
+            keep_sensitive=args.keep_sensitive, output=args.output, cache_dir=args.cache_dir, layout=args.layout)
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
         return 1

@@ -54,3 +54,11 @@ def write_cache(path: Path, amax: dict[str, float]) -> None:
         lines.append(f'{name}: {struct.pack("!f", scale).hex()}')
     write_atomic(path, ('\n'.join(lines) + '\n').encode())
 
+
+
+def read_amax(path: Path) -> dict[str, float]:
+    """The ranges `write_cache` wrote (tensor name -> amax), for placements that take ranges rather
+    than this file."""
+    lines = Path(path).read_text().splitlines()[1:]
+    return {name: struct.unpack('!f', bytes.fromhex(scale.strip()))[0] * INT8_MAX
+            for name, scale in (line.rsplit(':', 1) for line in lines if line.strip())}

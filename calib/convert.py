@@ -12,7 +12,7 @@ import onnx
 from calib.fp16 import convert_fp16
 from calib.graph import CalibrationError, model_metadata
 from calib.images import image_paths, load_calibration_images
-from calib.quantize import CALIBRATION_METHODS, MODELOPT_LOGGER, quantize_int8
+from calib.quantize import CALIBRATION_METHODS, LAYOUTS, MODELOPT_LOGGER, quantize_int8
 from export.onnx_export import ExportError, check_model, save_model
 
 log = logging.getLogger(__name__)
@@ -47,10 +47,12 @@ def quiet_modelopt(quiet: bool = True) -> None:
         logging.getLogger(name).propagate = False  # it has its own console handler
 
 
-def default_output(model_path: Path, precision: str) -> Path:
-    """<folder>/<name>.<precision>.onnx beside the FP32 model (a trailing .fp32 in the name is dropped)."""
+def default_output(model_path: Path, precision: str, layout: str = 'tensorrt') -> Path:
+    """<folder>/<name>.<precision>.onnx beside the FP32 model (a trailing .fp32 in the name is dropped);
+    <name>.int8-ort.onnx for the onnxruntime INT8 layout."""
     stem = model_path.name.removesuffix('.onnx').removesuffix('.fp32')
-    return model_path.with_name(f'{stem}.{precision}.onnx')
+    suffix = '-ort' if layout == 'onnxruntime' else ''
+    return model_path.with_name(f'{stem}.{precision}{suffix}.onnx')
 
 
 def load_fp32_model(model_path: Path) -> onnx.ModelProto:
@@ -69,21 +71,28 @@ def load_fp32_model(model_path: Path) -> onnx.ModelProto:
 
 def convert_model(model_path: str | os.PathLike, precision: str, images: str | os.PathLike, *,
                   count: int | None = None, method: str = 'entropy', keep_sensitive: bool = False,
-                  output: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None) -> ConvertResult:
+                  output: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+                  layout: str | None = None) -> ConvertResult:
     """Write the `precision` version of the FP32 model at `model_path`.
 
     images: folder or COCO JSON of calibration images; count: how many (default DEFAULT_COUNT,
     or all if fewer); method: INT8 calibration method (CALIBRATION_METHODS); keep_sensitive: keep
     the prototype and mask-coefficient convolutions FP32; output: default `default_output`;
-    cache_dir: INT8 calibration cache folder (default .calib_cache beside the output).
+    cache_dir: INT8 calibration cache folder (default .calib_cache beside the output); layout:
+    INT8 Q/DQ layout (calib.quantize.LAYOUTS; default tensorrt).
     """
     if precision not in TARGET_PRECISIONS:
         raise CalibrationError(f'unknown precision {precision!r}: choose one of {", ".join(TARGET_PRECISIONS)} '
                                '(the exported model is the FP32 one)')
     if method not in CALIBRATION_METHODS:
         raise CalibrationError(f'unknown calibration method {method!r}: choose one of {", ".join(CALIBRATION_METHODS)}')
+    if layout is not None and precision != 'int8':
+        raise CalibrationError(f'--layout chooses where INT8 Q/DQ go; {precision} has none: leave it out')
+    layout = layout or 'tensorrt'
+    if layout not in LAYOUTS:
+        raise CalibrationError(f'unknown INT8 layout {layout!r}: choose one of {", ".join(LAYOUTS)}')
     model_path = Path(model_path)
-    output = Path(output) if output is not None else default_output(model_path, precision)
+    output = Path(output) if output is not None else default_output(model_path, precision, layout)
     if output.resolve() == model_path.resolve():
         raise CalibrationError(f'--output {output} is the input model: choose another file name')
     if not output.parent.is_dir():
@@ -100,7 +109,7 @@ def convert_model(model_path: str | os.PathLike, precision: str, images: str | o
     else:
         int8 = quantize_int8(model, pixels, method=method, keep_sensitive=keep_sensitive,
                              cache_dir=cache_dir if cache_dir is not None else output.parent / CACHE_FOLDER,
-                             model_name=model_path.name.removesuffix('.onnx'))
+                             model_name=model_path.name.removesuffix('.onnx'), layout=layout)
         converted = int8.model
         result = dict(cache=int8.cache, cache_hit=int8.cache_hit, kept_fp32=int8.kept_fp32)
     try:

@@ -7,8 +7,15 @@ precision is decided here. Steps:
 2. calibrate the network's activation ranges with onnxruntime's calibrator over the images, in
    chunks (a progress bar, and memory bounded by one chunk); the ranges go to the cache
    (calib/cache.py), and a later run with the same network, images and method reads them back;
-3. modelopt's INT8 PTQ places Q/DQ by TensorRT's fusion rules (Conv inputs and weights, residual
-   Adds, ...) and takes the activation scales from that cache;
+3. place Q/DQ with the activation ranges from that cache, in one of two layouts (LAYOUTS):
+   - tensorrt (the default, for engines): modelopt's INT8 PTQ by TensorRT's fusion rules (Conv
+     inputs and weights, residual Adds, ...), symmetric int8, convolution outputs left in float
+     for TensorRT to fuse;
+   - onnxruntime (for onnxruntime on a CPU): onnxruntime's own QDQ placement, uint8 activations
+     (0-based after a Relu) and per-channel int8 weights, a Q/DQ pair on each convolution's
+     output too, which is what lets onnxruntime's CPU provider fuse the convolution into an
+     integer QLinearConv; the convolutions producing the network's outputs stay FP32. TensorRT
+     takes no uint8 Q/DQ, so this layout is for onnxruntime only;
 4. re-attach the post-processing.
 """
 
@@ -29,7 +36,7 @@ from onnxruntime.quantization import calibrate
 from onnxruntime.quantization.calibrate import CalibrationDataReader, CalibrationMethod
 from tqdm import tqdm
 
-from calib.cache import cache_file, calibration_key, write_cache
+from calib.cache import cache_file, calibration_key, read_amax, write_cache
 from calib.graph import (CalibrationError, after_last_convolutions, join_postprocess, producing_convs,
                          split_postprocess)
 
@@ -43,6 +50,10 @@ CALIBRATION_METHODS = {
 CHUNK_SIZE = 4
 INPUT_NAME = 'images'
 MODELOPT_LOGGER = 'modelopt.onnx'
+LAYOUTS = ('tensorrt', 'onnxruntime')
+# Ops the onnxruntime layout quantises: the network's convolutions and what joins them, so that
+# consecutive integer convolutions need no float round trip between them.
+ORT_QUANTIZED_OPS = ['Conv', 'Add', 'Relu', 'MaxPool', 'Resize']
 
 
 @dataclass(frozen=True)
@@ -96,16 +107,20 @@ def calibrate_amax(network_path: Path, images: np.ndarray, method: str, work_dir
 
 
 def quantize_int8(model: onnx.ModelProto, images: np.ndarray, *, method: str = 'entropy',
-                  keep_sensitive: bool = False, cache_dir: str | os.PathLike, model_name: str) -> Int8Result:
+                  keep_sensitive: bool = False, cache_dir: str | os.PathLike, model_name: str,
+                  layout: str = 'tensorrt') -> Int8Result:
     """The INT8 (Q/DQ) version of `model`, an exported YOLACT ONNX model.
 
     images: uint8 [N, H, W, 3] BGR calibration images at the model's input size.
+    layout: 'tensorrt' or 'onnxruntime' (see the module's notes); both use the same cached ranges.
     keep_sensitive: leave the convolutions producing the prototypes and the mask coefficients
-        unquantised (FP32).
+        unquantised (FP32). The result's kept_fp32 lists every convolution left in FP32.
     cache_dir / model_name: where the calibration cache lives and the name it is filed under.
     """
     if method not in CALIBRATION_METHODS:
         raise CalibrationError(f'unknown calibration method {method!r}: choose one of {", ".join(CALIBRATION_METHODS)}')
+    if layout not in LAYOUTS:
+        raise CalibrationError(f'unknown INT8 layout {layout!r}: choose one of {", ".join(LAYOUTS)}')
     if len(images) == 0:
         raise CalibrationError('no calibration images: give at least one')
     split = split_postprocess(model)
@@ -120,8 +135,17 @@ def quantize_int8(model: onnx.ModelProto, images: np.ndarray, *, method: str = '
         onnx.save(split.network, network_path)
         if not cache_hit:
             write_cache(cache, calibrate_amax(network_path, images, method, work))
-        excluded = (*kept, *after_last_convolutions(split.network))
-        quantized = _place_qdq(network_path, images[:1], cache, excluded, work)
+        if layout == 'tensorrt':
+            excluded = (*kept, *after_last_convolutions(split.network))
+            quantized = _place_qdq(network_path, images[:1], cache, excluded, work)
+        else:
+            # This layout quantises each convolution's output too; the last ones (box offsets, class
+            # logits, coefficients, prototypes) would be rounded to 8 bits, which TensorRT's layout
+            # leaves in float. They stay FP32: a few percent of the network's multiply-adds.
+            outputs = [o.name for o in split.network.graph.output]
+            kept += tuple(c for c in producing_convs(split.network, outputs) if c not in kept)
+            excluded = (*kept, *after_last_convolutions(split.network))
+            quantized = _place_qdq_onnxruntime(network_path, read_amax(cache), excluded)
     return Int8Result(join_postprocess(quantized, split, 'int8'), cache, cache_hit, kept)
 
 
@@ -146,3 +170,29 @@ def _place_qdq(network_path: Path, sample: np.ndarray, cache: Path, excluded: tu
     if not output.is_file():
         raise CalibrationError('modelopt wrote no INT8 model; run with --verbose to see its log')
     return onnx.load(output)
+
+
+def _place_qdq_onnxruntime(network_path: Path, amax: dict[str, float], excluded: tuple[str, ...]) -> onnx.ModelProto:
+    """onnxruntime's QDQ placement with the ranges `amax`; nodes named in `excluded` stay FP32.
+
+    onnxruntime's quantize_static would calibrate again, and its calibrator is the one modelopt
+    patches process-wide (it then selects no tensors), so its quantizer is given the ranges
+    directly. The cached ranges are symmetric; a Relu's output is known to be >= 0, so its range
+    starts at 0 and keeps all 8 bits of the uint8 activation.
+    """
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
+
+    network = load_model_with_shape_infer(network_path)
+    non_negative = {o for n in network.graph.node if n.op_type == 'Relu' for o in n.output}
+    ranges = TensorsData(CalibrationMethod.MinMax, {
+        name: TensorData(lowest=np.float32(0 if name in non_negative else -value), highest=np.float32(value))
+        for name, value in amax.items()})
+    quantizer = QDQQuantizer(network, per_channel=True, reduce_range=False, weight_qType=QuantType.QInt8,
+                             activation_qType=QuantType.QUInt8, tensors_range=ranges, nodes_to_quantize=None,
+                             nodes_to_exclude=list(excluded), op_types_to_quantize=ORT_QUANTIZED_OPS, extra_options={})
+    quantizer.quantize_model()
+    quantizer.model.topological_sort()  # the Q/DQ nodes were appended; what save_model_to_file does
+    return quantizer.model.model

@@ -67,6 +67,13 @@ def graph_precision(model: onnx.ModelProto) -> str:
     return 'fp32'
 
 
+def _uint8_activations(model: onnx.ModelProto) -> bool:
+    """Whether a QuantizeLinear quantises to uint8 (its zero point's type): calib's onnxruntime layout."""
+    zero_points = {t.name: t.data_type for t in model.graph.initializer}
+    return any(n.op_type == 'QuantizeLinear' and len(n.input) > 2 and zero_points.get(n.input[2]) == onnx.TensorProto.UINT8
+               for n in model.graph.node)
+
+
 def _read_metadata(model: onnx.ModelProto, source: str) -> ModelMetadata:
     try:
         return metadata_from_props({p.key: p.value for p in model.metadata_props}, source, fix=_REEXPORT)
@@ -124,6 +131,10 @@ def load_onnx(path: str | os.PathLike) -> OnnxSource:
     if precision != metadata.precision:
         raise EngineBuildError(f'{source}: its metadata says {metadata.precision} but its graph is {precision} '
                                f'(TensorRT builds what the graph says); re-create it with `make calib` / `make export`')
+    if precision == 'int8' and _uint8_activations(model):
+        raise EngineBuildError(f'{source} is an INT8 model laid out for onnxruntime (uint8 activations), which '
+                               f'TensorRT does not take: build from the TensorRT layout, `python -m calib --precision '
+                               f'int8` without --layout onnxruntime (`make calib`)')
     local = {(f.domain, f.name) for f in model.functions}
     function_ops = tuple(dict.fromkeys(f'{n.domain}::{n.op_type}' for n in model.graph.node
                                        if (n.domain, n.op_type) in local))

@@ -59,6 +59,25 @@ def test_cli_writes_a_model_that_runs(standin_path, image_folder, precision, cap
     assert num_dets.dtype == np.int32 and masks.dtype == np.float32
 
 
+def test_cli_writes_the_onnxruntime_int8_layout_beside_the_model(standin_path, image_folder, capsys):
+    assert main(['--model', str(standin_path), '--precision', 'int8', '--layout', 'onnxruntime',
+                 '--images', str(image_folder), '--count', '4']) == 0
+    output = default_output(standin_path, 'int8', 'onnxruntime')
+    assert output.name == 'standin.int8-ort.onnx' and f'wrote {output}' in capsys.readouterr().out
+    model = onnx.load(output)
+    assert model_metadata(model).precision == 'int8'
+    assert any(n.op_type == 'QuantizeLinear' for n in model.graph.node)
+    session = ort.InferenceSession(str(output), providers=['CPUExecutionProvider'])
+    num_dets, masks = session.run(None, {'images': smooth_images(2)})
+    assert num_dets.dtype == np.int32 and masks.dtype == np.float32
+
+
+def test_a_layout_for_fp16_is_a_clear_error(standin_path, image_folder, capsys):
+    assert main(['--model', str(standin_path), '--precision', 'fp16', '--layout', 'onnxruntime',
+                 '--images', str(image_folder)]) == 1
+    assert '--layout chooses where INT8 Q/DQ go; fp16 has none' in capsys.readouterr().err
+
+
 def test_cli_reuses_the_calibration_cache(standin_path, image_folder, tmp_path, capsys):
     args = ['--model', str(standin_path), '--precision', 'int8', '--images', str(image_folder), '--count', '3',
             '--output', str(tmp_path / 'a.int8.onnx')]

@@ -5,7 +5,7 @@ import pytest
 from modelopt.onnx.quantization.calib_utils import import_scales_from_calib_cache
 
 import calib.quantize
-from calib.graph import CalibrationError, model_metadata, split_postprocess
+from calib.graph import CalibrationError, model_metadata, producing_convs, split_postprocess
 from calib.quantize import CALIBRATION_METHODS, quantize_int8
 from tests.calib.standin import COEF_CONV, PROTO_CONV, raw_export_like, smooth_images
 
@@ -130,3 +130,66 @@ def test_int8_of_a_model_without_postprocessing(standin, calibration_pixels, tmp
     expected, actual = run(raw, calibration_pixels), run(int8.model, calibration_pixels)
     assert list(actual) == list(expected)
     np.testing.assert_array_equal(actual['priors'], expected['priors'])
+
+
+@pytest.fixture(scope='module')
+def int8_ort(standin, calibration_pixels, int8):
+    return quantize_int8(standin, calibration_pixels, cache_dir=int8.cache.parent, model_name='standin',
+                         layout='onnxruntime')
+
+
+def output_convs(model: onnx.ModelProto) -> set[str]:
+    """The convolutions producing the network's outputs (the onnxruntime layout keeps them FP32)."""
+    network = split_postprocess(model).network
+    return set(producing_convs(network, [o.name for o in network.graph.output]))
+
+
+def consumed_by(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    users = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    return users
+
+
+def test_the_onnxruntime_layout_takes_the_cached_ranges_and_quantises_conv_outputs_to_uint8(standin, int8, int8_ort):
+    assert int8_ort.cache_hit and int8_ort.cache == int8.cache
+    onnx.checker.check_model(int8_ort.model, full_check=True)
+    assert model_metadata(int8_ort.model).precision == 'int8'
+    last = output_convs(standin)
+    assert set(int8_ort.kept_fp32) == last
+    assert last and all(quantized == (name not in last) for name, quantized in dequantized_convs(int8_ort.model).items())
+    users = consumed_by(int8_ort.model)
+    for conv in (n for n in int8_ort.model.graph.node if n.op_type == 'Conv'):
+        output_quantized = [u.op_type for u in users[conv.output[0]]] == ['QuantizeLinear']
+        assert output_quantized == (conv.name not in last), conv.name
+    zero_points = {t.name: t.data_type for t in int8_ort.model.graph.initializer}
+    activation_qs = [n for n in int8_ort.model.graph.node if n.op_type == 'QuantizeLinear' and n.input[0] not in zero_points]
+    assert activation_qs and all(zero_points[n.input[2]] == onnx.TensorProto.UINT8 for n in activation_qs)
+    for function in int8_ort.model.functions:
+        assert not {n.op_type for n in function.node} & QDQ, function.name
+
+
+def test_onnxruntime_runs_every_convolution_of_its_layout_in_integers(standin, int8, int8_ort, tmp_path):
+    def fused(model, name):
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f'{name}.onnx')
+        ort.InferenceSession(model.SerializeToString(), options, providers=['CPUExecutionProvider'])
+        return [n.op_type for n in onnx.load(tmp_path / f'{name}.onnx').graph.node]
+
+    convs = sum(n.op_type == 'Conv' for n in standin.graph.node)
+    assert fused(int8_ort.model, 'ort').count('QLinearConv') == convs - len(output_convs(standin)) > 0
+    assert fused(int8.model, 'tensorrt').count('QLinearConv') == 0  # why the layouts differ
+
+
+def test_the_onnxruntime_layout_stays_close_to_fp32(standin, int8_ort):
+    images = smooth_images(4, seed=7)
+    expected = run(split_postprocess(standin).network, images)
+    actual = run(split_postprocess(int8_ort.model).network, images)
+    for name in ('boxes', 'scores', 'proto', 'coef'):
+        assert np.abs(actual[name] - expected[name]).mean() < 0.03 * np.abs(expected[name]).max(), name
+
+
+def test_an_unknown_layout_is_refused(standin, calibration_pixels, tmp_path):
+    with pytest.raises(CalibrationError, match='tensorrt, onnxruntime'):
+        quantize_int8(standin, calibration_pixels, cache_dir=tmp_path, model_name='standin', layout='openvino')

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -62,6 +63,17 @@ def test_metadata_precision_must_match_the_graph(write_toy):
     path = write_toy('fp32', metadata=toy_metadata('fp16'))
     with pytest.raises(EngineBuildError, match='its metadata says fp16 but its graph is fp32'):
         load_onnx(path)
+
+
+def test_the_onnxruntime_int8_layout_is_refused_with_the_fix(tmp_path):
+    model = toy_model('int8')
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(128, np.uint8), 'zero_u8'))
+    for node in model.graph.node:
+        if node.op_type in ('QuantizeLinear', 'DequantizeLinear') and node.input[0] in ('x', 'x_q'):
+            node.input[2] = 'zero_u8'
+    onnx.save_model(model, tmp_path / 'ort.int8.onnx')
+    with pytest.raises(EngineBuildError, match=r'laid out for onnxruntime \(uint8 activations\).*without --layout onnxruntime'):
+        load_onnx(tmp_path / 'ort.int8.onnx')
 
 
 def test_input_must_follow_the_contract(tmp_path):
