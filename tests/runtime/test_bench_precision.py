@@ -20,14 +20,20 @@ def context(tmp_path):
                            matmul_gflops=10.0, images=images)
 
 
-def test_rows_for_fp16_and_int8_beside_the_raw_export(context):
+def test_rows_for_fp16_and_both_int8_layouts_beside_the_raw_export(context):
     rows, notes = precision_rows(context)
-    assert [(r['precision'], r['batch']) for r in rows] == [('fp16', 1), ('int8', 1), ('fp16', 2), ('int8', 2)]
+    variants = ['fp16', 'int8', 'int8-ort']
+    assert [(r['precision'], r['batch']) for r in rows] == [(v, b) for b in (1, 2) for v in variants]
     assert all(r['network_p50'] > 0 and 'images_per_s' not in r for r in rows)
-    assert len(notes) == 2 and 'int8' in notes[0] and 'x of fp32' in notes[0]
+    assert len(notes) == 2 and 'int8-ort' in notes[0] and 'x of fp32' in notes[0]
     folder = context.models[0].raw_onnx.parent
-    for precision in ('fp16', 'int8'):
-        assert model_metadata(onnx.load(folder / f'standin.raw.{precision}.onnx')).precision == precision
+    for variant in variants:
+        model = onnx.load(folder / f'standin.raw.{variant}.onnx')
+        assert model_metadata(model).precision == variant.removesuffix('-ort')
+    ort_layout = onnx.load(folder / 'standin.raw.int8-ort.onnx')
+    zero_points = {t.name: t.data_type for t in ort_layout.graph.initializer}
+    assert any(n.op_type == 'QuantizeLinear' and zero_points.get(n.input[2]) == onnx.TensorProto.UINT8
+               for n in ort_layout.graph.node)
 
 
 def test_converted_networks_are_reused_until_the_export_changes(context, monkeypatch):
