@@ -65,13 +65,16 @@ calib: setup
 	  $(PY) -m calib --model $(MODEL) --precision $$precision --images $(CALIB_IMAGES) $(CALIB_FLAGS) || exit 1; \
 	done
 
-# make accuracy [MODEL=build/NAME.onnx] [EVAL_DATA=build/shapes/val.json]: FP16, INT8, and INT8 with the
-# prototype/coefficient layers kept FP32, each evaluated with onnxruntime against the FP32 export.
+# make accuracy [MODEL=build/NAME.onnx] [EVAL_DATA=build/shapes/val.json]: FP16, INT8, INT8 with the
+# prototype/coefficient layers kept FP32, and INT8 in onnxruntime's layout (same calibration), each
+# evaluated with onnxruntime against the FP32 export.
 EVAL_DATA ?= build/shapes/val.json
 SENSITIVE_INT8 = $(basename $(MODEL)).int8-sensitive-fp32.onnx
 accuracy: calib
 	$(PY) -m calib --model $(MODEL) --precision int8 --images $(CALIB_IMAGES) --keep-sensitive --output $(SENSITIVE_INT8) $(CALIB_FLAGS)
-	$(PY) -m calib.report $(MODEL) $(basename $(MODEL)).fp16.onnx $(basename $(MODEL)).int8.onnx $(SENSITIVE_INT8) --data $(EVAL_DATA)
+	$(PY) -m calib --model $(MODEL) --precision int8 --layout onnxruntime --images $(CALIB_IMAGES) $(CALIB_FLAGS)
+	$(PY) -m calib.report $(MODEL) $(basename $(MODEL)).fp16.onnx $(basename $(MODEL)).int8.onnx $(SENSITIVE_INT8) \
+	  $(basename $(MODEL)).int8-ort.onnx --data $(EVAL_DATA)
 
 # The synthetic shapes set (no download): build/shapes/{train,val}.json with images beside them.
 SHAPES_DIR ?= build/shapes
