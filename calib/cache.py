@@ -55,7 +55,6 @@ def write_cache(path: Path, amax: dict[str, float]) -> None:
     write_atomic(path, ('\n'.join(lines) + '\n').encode())
 
 
-
 def read_amax(path: Path) -> dict[str, float]:
     """The ranges `write_cache` wrote (tensor name -> amax), for placements that take ranges rather
     than this file."""

@@ -47,7 +47,7 @@ def quiet_modelopt(quiet: bool = True) -> None:
         logging.getLogger(name).propagate = False  # it has its own console handler
 
 
-def default_output(model_path: Path, precision: str, layout: str = 'tensorrt') -> Path:
+def default_output(model_path: Path, precision: str, layout: str | None = None) -> Path:
     """<folder>/<name>.<precision>.onnx beside the FP32 model (a trailing .fp32 in the name is dropped);
     <name>.int8-ort.onnx for the onnxruntime INT8 layout."""
     stem = model_path.name.removesuffix('.onnx').removesuffix('.fp32')

@@ -125,6 +125,12 @@ def quantize_int8(model: onnx.ModelProto, images: np.ndarray, *, method: str = '
         raise CalibrationError('no calibration images: give at least one')
     split = split_postprocess(model)
     kept = tuple(producing_convs(split.network, split.mask_inputs)) if keep_sensitive else ()
+    if layout == 'onnxruntime':
+        # This layout quantises each convolution's output too; the last ones (box offsets, class
+        # logits, coefficients, prototypes) would be rounded to 8 bits, which TensorRT's layout
+        # leaves in float. They stay FP32: a few percent of the network's multiply-adds.
+        outputs = [o.name for o in split.network.graph.output]
+        kept += tuple(c for c in producing_convs(split.network, outputs) if c not in kept)
     key = calibration_key(split.network, images, method)
     cache = cache_file(cache_dir, model_name, method, key)
     cache_hit = cache.is_file()
@@ -135,16 +141,11 @@ def quantize_int8(model: onnx.ModelProto, images: np.ndarray, *, method: str = '
         onnx.save(split.network, network_path)
         if not cache_hit:
             write_cache(cache, calibrate_amax(network_path, images, method, work))
+        excluded = (*kept, *after_last_convolutions(split.network))
         if layout == 'tensorrt':
-            excluded = (*kept, *after_last_convolutions(split.network))
             quantized = _place_qdq(network_path, images[:1], cache, excluded, work)
         else:
-            # This layout quantises each convolution's output too; the last ones (box offsets, class
-            # logits, coefficients, prototypes) would be rounded to 8 bits, which TensorRT's layout
-            # leaves in float. They stay FP32: a few percent of the network's multiply-adds.
-            outputs = [o.name for o in split.network.graph.output]
-            kept += tuple(c for c in producing_convs(split.network, outputs) if c not in kept)
-            excluded = (*kept, *after_last_convolutions(split.network))
+            # Read back even when just written, so a cache hit and a miss give the same model.
             quantized = _place_qdq_onnxruntime(network_path, read_amax(cache), excluded)
     return Int8Result(join_postprocess(quantized, split, 'int8'), cache, cache_hit, kept)
 

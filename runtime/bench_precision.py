@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from calib.convert import CACHE_FOLDER, quiet_modelopt
+from calib.convert import CACHE_FOLDER, default_output, quiet_modelopt
 from calib.fp16 import convert_fp16
 from calib.graph import model_metadata
 from calib.quantize import quantize_int8
@@ -31,7 +31,8 @@ def converted_network(raw_onnx, precision: str, calibration: np.ndarray):
 
     calibration: uint8 [N, H, W, 3] BGR images at the model's input size.
     """
-    output = raw_onnx.with_name(f'{raw_onnx.name.removesuffix(".onnx")}.{precision}.onnx')
+    layout = VARIANTS[precision]
+    output = default_output(raw_onnx, 'fp16' if layout is None else 'int8', layout)
     if output.is_file() and output.stat().st_mtime >= raw_onnx.stat().st_mtime:
         return output
     quiet_modelopt()
@@ -40,7 +41,7 @@ def converted_network(raw_onnx, precision: str, calibration: np.ndarray):
         converted = convert_fp16(model, calibration)
     else:
         converted = quantize_int8(model, calibration, cache_dir=raw_onnx.parent / CACHE_FOLDER,
-                                  model_name=raw_onnx.stem, layout=VARIANTS[precision]).model
+                                  model_name=raw_onnx.stem, layout=layout).model
     save_model(converted, output)
     return output
 
