@@ -61,7 +61,7 @@ def to_detections(raw: RawDetections, image_sizes: Sequence[tuple[int, int]], *,
     results = []
     for b, image_hw in enumerate(image_sizes):
         keep = kept_detections(raw, b, score_threshold)
-        masks = paste_masks(raw['masks'][b, keep], raw['boxes'][b, keep], image_hw, mask_threshold)
+        masks = paste_masks(raw['masks'][b], raw['boxes'][b, keep], image_hw, mask_threshold, rows=keep)
         results.append(make_detections(raw, b, keep, image_hw, masks))
     return results
 

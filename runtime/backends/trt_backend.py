@@ -255,7 +255,8 @@ class _Lane:
         for b, image_hw in enumerate(image_sizes):
             masks = pasted.get(b)
             if masks is None:
-                masks = paste_masks(masks_host[b, keeps[b]], raw['boxes'][b, keeps[b]], image_hw, mask_threshold)
+                masks = paste_masks(masks_host[b], raw['boxes'][b, keeps[b]], image_hw, mask_threshold,
+                                    rows=keeps[b])
             results.append(make_detections(raw, b, keeps[b], image_hw, masks))
         return results
 

@@ -34,13 +34,36 @@ def test_paste_equals_the_torch_reference(image_hw):
     assert got[1].any() and not got[2].any()
 
 
-def test_memory_budget_bands_give_the_same_masks():
+def test_rows_select_masks_without_copying_them_out():
+    """A batch's kept detections: rows of the [D, Hp, Wp] output, pasted as if gathered first."""
     rng = np.random.default_rng(1)
     masks, boxes = random_case(rng, 6, (40, 30))
-    whole = paste_masks(masks, boxes, (200, 300), 0.4)
-    banded = paste_masks(masks, boxes, (200, 300), 0.4, memory_budget=1)  # one row at a time
-    np.testing.assert_array_equal(whole, banded)
-    assert whole.any()
+    rows = np.array([4, 0, 4, 2])
+    got = paste_masks(masks, boxes[rows], (200, 300), 0.4, rows=rows)
+    np.testing.assert_array_equal(got, paste_masks(masks[rows], boxes[rows], (200, 300), 0.4))
+    assert got.any()
+
+
+def test_float16_masks_are_widened_exactly():
+    """FP16 models' masks: every float16 is a float32, so pasting them equals pasting the widened copy."""
+    rng = np.random.default_rng(2)
+    masks, boxes = random_case(rng, 5, (17, 23))
+    half = masks.astype(np.float16)
+    got = paste_masks(half, boxes[[3, 1]], (61, 47), 0.5, rows=[3, 1])
+    np.testing.assert_array_equal(got, paste_masks(half.astype(np.float32)[[3, 1]], boxes[[3, 1]], (61, 47), 0.5))
+
+
+def test_masks_are_writable_zeroed_arrays_of_their_own():
+    """The fresh mapping behind the stack reads as zeros outside the boxes, and each call's is new."""
+    masks = np.full((2, 8, 8), 0.9, np.float32)
+    boxes = np.array([[0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1]], np.float32)
+    first = paste_masks(masks, boxes, (480, 640), 0.5)
+    assert first.flags.c_contiguous and first.flags.writeable
+    assert first[0, :240, :320].all() and first[0].sum() == 240 * 320
+    assert first[1, 240:, 320:].all() and first[1].sum() == 240 * 320
+    first[:] = True
+    second = paste_masks(masks, boxes, (480, 640), 0.5)
+    assert second[0].sum() == 240 * 320
 
 
 def test_threshold_is_strict_and_from_the_caller():
@@ -58,3 +81,5 @@ def test_no_detections_give_an_empty_stack_of_image_size():
 def test_mismatched_inputs_are_refused():
     with pytest.raises(ValueError, match='masks \\[N, Hp, Wp\\] and boxes \\[N, 4\\]'):
         paste_masks(np.zeros((2, 5, 5), np.float32), np.zeros((3, 4), np.float32), (10, 10), 0.5)
+    with pytest.raises(ValueError, match='rows \\(1,\\)'):  # a row past the masks
+        paste_masks(np.zeros((2, 5, 5), np.float32), np.zeros((1, 4), np.float32), (10, 10), 0.5, rows=[2])
