@@ -24,5 +24,8 @@ class Normalize(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         if images.dim() != 4 or images.shape[-1] != 3:
             raise ValueError(f'expected images [B, H, W, 3] (BGR, channels last), got shape {list(images.shape)}')
-        x = (images.to(torch.float32) - self.mean_bgr) / self.std_bgr
-        return x.flip(-1).permute(0, 3, 1, 2).contiguous()
+        # Channels first, then RGB, then normalised: the same (x - mean) / std per element, but in an
+        # exported graph the per-channel constants broadcast over whole planes (over an innermost
+        # axis of 3, onnxruntime took 1.5 ms of a 9 ms network). Cast first: TensorRT transposes no uint8.
+        x = images.to(torch.float32).permute(0, 3, 1, 2).flip(1)
+        return ((x - self.mean_bgr.flip(0)[:, None, None]) / self.std_bgr.flip(0)[:, None, None]).contiguous()
