@@ -42,14 +42,26 @@ DETECTIONS = 100  # per image, as the post-processing target is stated for
 DEFAULT_MODELS = ('yolact_resnet50', 'demo')
 DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / 'assets' / 'demo' / 'yolact_tiny_shapes.pth'
 WORK_FOLDER = Path('build/bench')
+# numpy's BLAS threads keep spinning on the cores for ~0.1 s after a matrix product; a network timed
+# in that window ran at half speed (the demo model's first 10 runs: 11-16 ms instead of 6.7).
+BLAS_IDLE_S = 0.3
+# Calls of a few milliseconds run slower for ~0.2 s after the cores were idle or busy with another
+# stage (thread pools waking, caches refilling): the demo network's first five runs after a pause
+# took 7-8 ms against 6.7 after. By default warm-up lasts at least this long, so p50 is the
+# steady state.
+WARMUP_S = 0.5
 
 
 # --- measurements -------------------------------------------------------------------------------
 
-def timed(fn: Callable[[], object], iterations: int, warmup: int) -> np.ndarray:
-    """Seconds per call of fn over `iterations` calls after `warmup` unmeasured ones."""
-    for _ in range(warmup):
+def timed(fn: Callable[[], object], iterations: int, warmup: int, warmup_s: float = 0.0) -> np.ndarray:
+    """Seconds per call of fn over `iterations` calls after the unmeasured warm-up: at least
+    `warmup` calls, going on until they have taken `warmup_s` seconds (WARMUP_S says why)."""
+    warm_until = time.perf_counter() + warmup_s
+    done = 0
+    while done < warmup or time.perf_counter() < warm_until:
         fn()
+        done += 1
     samples = []
     for _ in range(iterations):
         start = time.perf_counter()
@@ -67,11 +79,13 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
     return 2 * size ** 3 / best / 1e9
 
 
-def timed_network(run: Callable[[], object], iterations: int, warmup: int) -> tuple[np.ndarray, float]:
+def timed_network(run: Callable[[], object], iterations: int, warmup: int,
+                  warmup_s: float = 0.0) -> tuple[np.ndarray, float]:
     """The network's samples (seconds) and the matmul rate measured just before and after them
     (their mean): on a shared machine the rate moves, and the ratio wants both under the same load."""
     before = matmul_gflops()
-    samples = timed(run, iterations, warmup)
+    time.sleep(BLAS_IDLE_S)
+    samples = timed(run, iterations, warmup, warmup_s)
     return samples, (before + matmul_gflops()) / 2
 
 
@@ -145,6 +159,7 @@ class BenchContext:
     iterations: int
     warmup: int
     threads: int
+    warmup_s: float
     matmul_gflops: float
     images: list[np.ndarray] = field(default_factory=list)  # uint8 [480, 640, 3] BGR
 
@@ -187,10 +202,10 @@ def _stage_samples(context: BenchContext, pre: Callable[[], object], network_sam
     """Per-stage samples of one row: pre, post and paste (zero-argument callables) timed here; the
     network's samples come from the caller's timed_network, which also measures the matmul rate."""
     return {
-        'pre': timed(pre, context.iterations, context.warmup),
+        'pre': timed(pre, context.iterations, context.warmup, context.warmup_s),
         'network': network_samples,
-        'post': timed(post, context.iterations, context.warmup),
-        'paste': timed(paste, context.iterations, context.warmup),
+        'post': timed(post, context.iterations, context.warmup, context.warmup_s),
+        'paste': timed(paste, context.iterations, context.warmup, context.warmup_s),
     }
 
 
@@ -215,7 +230,7 @@ def ort_rows(context: BenchContext) -> tuple[list[dict], list[str]]:
             feed = dict(zip(('decoded_boxes', 'class_scores', 'coef', 'proto'), head.values()))
             raw = dict(zip([o.name for o in post.get_outputs()], post.run(None, feed)))
             network_samples, matmul = timed_network(lambda: network.run(None, {INPUT_NAME: images}),
-                                                    context.iterations, context.warmup)
+                                                    context.iterations, context.warmup, context.warmup_s)
             samples = _stage_samples(context, pre, network_samples, lambda: post.run(None, feed), lambda: paste(raw))
             rows.append(stage_row(samples, batch=batch, gmac=model.gmac, matmul=matmul,
                                   model=model.label, backend='ort', precision='fp32'))
@@ -238,7 +253,7 @@ def torch_rows(context: BenchContext) -> tuple[list[dict], list[str]]:
             raw_head = stages.raw_outputs(head)
             raw = stages.post(raw_head)
             network_samples, matmul = timed_network(lambda: stages.network(images), context.iterations,
-                                                    context.warmup)
+                                                    context.warmup, context.warmup_s)
             samples = _stage_samples(context, pre, network_samples, lambda: stages.post(raw_head),
                                      lambda: paste(raw))
             rows.append(stage_row(samples, batch=batch, gmac=model.gmac, matmul=matmul,
@@ -314,6 +329,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--batches', nargs='+', type=int, default=[1, 4], help='batch sizes (default: 1 4)')
     parser.add_argument('--iterations', type=int, default=10, help='timed runs per stage (default: 10)')
     parser.add_argument('--warmup', type=int, default=2, help='untimed runs first (default: 2)')
+    parser.add_argument('--warmup-seconds', type=float, default=WARMUP_S,
+                        help='untimed runs go on until they have taken this long, so that short stages are '
+                             'timed warm (default: %(default)s)')
     parser.add_argument('--threads', type=int, default=os.cpu_count(),
                         help='intra-op threads for torch and onnxruntime (default: every core)')
     parser.add_argument('--sources', nargs='+', choices=[source.__name__ for source in ROW_SOURCES],
@@ -326,8 +344,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if min(args.batches) < 1 or args.iterations < 1 or args.warmup < 0:
-        print('error: batches and --iterations must be at least 1, --warmup at least 0', file=sys.stderr)
+    if min(args.batches) < 1 or args.iterations < 1 or args.warmup < 0 or args.warmup_seconds < 0:
+        print('error: batches and --iterations must be at least 1, --warmup and --warmup-seconds at least 0',
+              file=sys.stderr)
         return 2
     notes, models = [], []
     for spec in args.models:
@@ -340,7 +359,8 @@ def main(argv=None) -> int:
         print('error: no model to benchmark: ' + '; '.join(notes), file=sys.stderr)
         return 1
     rng = np.random.default_rng(0)
-    context = BenchContext(models, args.batches, args.iterations, args.warmup, args.threads, matmul_gflops=0.0,
+    context = BenchContext(models, args.batches, args.iterations, args.warmup, args.threads, args.warmup_seconds,
+                           matmul_gflops=0.0,
                            images=[rng.integers(0, 256, (*IMAGE_HW, 3), dtype=np.uint8) for _ in range(4)])
     context.matmul_gflops = matmul_gflops()
     rows = []

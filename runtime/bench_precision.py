@@ -67,7 +67,7 @@ def precision_rows(context) -> tuple[list[dict], list[str]]:
             for _ in range(ROUNDS):
                 for precision, session in sessions.items():
                     samples[precision].append(timed(lambda: session.run(None, {INPUT_NAME: images}),
-                                                    context.iterations, context.warmup))
+                                                    context.iterations, context.warmup, context.warmup_s))
             p50 = {p: float(np.median(np.concatenate(s))) for p, s in samples.items()}
             for precision in VARIANTS:
                 row = stage_row({'network': np.concatenate(samples[precision])}, batch=batch, gmac=model.gmac,

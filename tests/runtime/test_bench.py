@@ -1,5 +1,8 @@
 """The benchmark's own arithmetic and premises (it is run by `make bench`, not timed here): the
-MAC count, the synthetic head really giving DETECTIONS detections, and the data-driven table."""
+MAC count, the synthetic head really giving DETECTIONS detections, the warm-up, and the data-driven
+table."""
+
+import time
 
 import numpy as np
 import onnx
@@ -8,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.postprocess_nodes import DECODED_HEAD_NAMES, postprocess_model
 from model.config import yolact_tiny
-from runtime.bench import DETECTIONS, format_table, network_gmac, stage_row, synthetic_head
+from runtime.bench import DETECTIONS, format_table, network_gmac, stage_row, synthetic_head, timed
 
 
 def test_network_gmac_counts_every_conv(tmp_path):
@@ -25,6 +28,21 @@ def test_network_gmac_counts_every_conv(tmp_path):
     path = tmp_path / 'convs.onnx'
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid('', 19)]), path)
     assert network_gmac(path) * 1e9 == 16 * 16 * 8 * 27 + 16 * 16 * 8 * 4
+
+
+def test_warm_up_lasts_its_calls_and_its_seconds():
+    starts = []
+
+    def call():
+        starts.append(time.perf_counter())
+        time.sleep(0.005)
+
+    samples = timed(call, iterations=3, warmup=1, warmup_s=0.05)
+    assert len(samples) == 3 and (samples >= 0.005).all()
+    assert len(starts) >= 3 + 2 and starts[-3] - starts[0] >= 0.05  # warm-up ran on past its one call
+    starts.clear()
+    timed(call, iterations=2, warmup=4, warmup_s=0.0)
+    assert len(starts) == 6
 
 
 def test_synthetic_head_gives_the_stated_detections():

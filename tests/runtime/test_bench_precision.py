@@ -16,7 +16,7 @@ def context(tmp_path):
     onnx.save(raw_export_like(standin), raw)
     model = SimpleNamespace(label='standin', raw_onnx=raw, gmac=0.01)
     images = list(smooth_images(3, size=2 * SIZE))  # bench images are larger than the model input
-    return SimpleNamespace(models=[model], batches=[1, 2], iterations=2, warmup=1, threads=1,
+    return SimpleNamespace(models=[model], batches=[1, 2], iterations=2, warmup=1, warmup_s=0.0, threads=1,
                            matmul_gflops=10.0, images=images)
 
 
