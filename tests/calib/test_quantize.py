@@ -170,6 +170,16 @@ def test_the_onnxruntime_layout_takes_the_cached_ranges_and_quantises_conv_outpu
         assert not {n.op_type for n in function.node} & QDQ, function.name
 
 
+def test_the_onnxruntime_layout_folds_relus_into_the_conv_ranges_after_modelopt_ran(standin, int8, int8_ort):
+    """int8_ort is placed after modelopt's run for `int8`, which edits onnxruntime's QDQ registry
+    process-wide: a Relu after a quantised convolution must still fold into its uint8 range."""
+    made_by = producers(int8_ort.model)
+    relus = [n for n in int8_ort.model.graph.node if n.op_type == 'Relu']
+    assert sum(n.op_type == 'Relu' for n in standin.graph.node) > len(relus)
+    assert all(made_by[n.input[0]].name in int8_ort.kept_fp32 for n in relus)
+    assert 'Relu' not in calib.quantize.QDQRegistry  # modelopt's edits are back for its next run
+
+
 def test_onnxruntime_runs_every_convolution_of_its_layout_in_integers(standin, int8, int8_ort, tmp_path):
     def fused(model, name):
         options = ort.SessionOptions()
