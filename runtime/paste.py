@@ -58,10 +58,19 @@ def zeroed_masks(count: int, height: int, width: int) -> np.ndarray:
     return np.frombuffer(buffer, dtype=bool).reshape(count, height, width)
 
 
-# Compiled once per machine (cache=True keeps the machine code beside this module, or in
-# NUMBA_CACHE_DIR); nogil lets the throughput mode's lanes paste at the same time. No fastmath:
-# products and sums must round one at a time, as numpy's and torch's do.
-@numba.njit(cache=True, nogil=True)
+def _compiled(function):
+    """`function` compiled by numba on its first call (~0.4 s). The machine code is cached beside
+    this module, in NUMBA_CACHE_DIR or in the user's cache folder, whichever is writable; with none
+    (a read-only container) each process compiles afresh rather than failing at import. nogil lets
+    the throughput mode's lanes paste at the same time. No fastmath: products and sums must round
+    one at a time, as numpy's and torch's do."""
+    try:
+        return numba.njit(cache=True, nogil=True)(function)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True)(function)
+
+
+@_compiled
 def _paste_boxes(masks, rows, x_first, x_stop, y_first, y_stop, x0, x1, wx0, wx1, y0, y1, wy0, wy1,
                  threshold, out):
     # Horizontal pass over the prototype rows a box needs, then a vertical blend per output row.

@@ -1,5 +1,10 @@
 """runtime.paste (numpy, box region only) against the torch reference model.postprocess.paste_masks."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -83,3 +88,14 @@ def test_mismatched_inputs_are_refused():
         paste_masks(np.zeros((2, 5, 5), np.float32), np.zeros((3, 4), np.float32), (10, 10), 0.5)
     with pytest.raises(ValueError, match='rows \\(1,\\)'):  # a row past the masks
         paste_masks(np.zeros((2, 5, 5), np.float32), np.zeros((1, 4), np.float32), (10, 10), 0.5, rows=[2])
+
+
+def test_pasting_works_where_no_cache_folder_is_writable():
+    """A read-only container: numba finds nowhere to keep the machine code, so it compiles per process."""
+    env = dict(os.environ, NUMBA_CACHE_LOCATOR_CLASSES='UserProvidedCacheLocator', NUMBA_CACHE_DIR='/dev/null/numba')
+    code = ('import numpy as np; from runtime.paste import paste_masks; '
+            'print(int(paste_masks(np.ones((1, 4, 4), np.float32), np.array([[0, 0, 0.5, 1]], np.float32), (8, 8)).sum()))')
+    result = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[2], timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == '32'
