@@ -98,6 +98,7 @@ def _paste_boxes(masks, rows, x_first, x_stop, y_first, y_stop, x0, x1, wx0, wx1
             for c in range(columns):
                 line[c] = top[c] * top_weight + bottom[c] * bottom_weight > threshold
 
+
 def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_hw: tuple[int, int], threshold: float = 0.5,
                 *, rows: np.ndarray | None = None) -> np.ndarray:
     """Paste prototype-grid masks into the image, each only inside its box.
@@ -113,7 +114,8 @@ def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_hw: tuple[int, int],
     masks = np.asarray(masks)
     boxes = np.asarray(boxes, np.float32)
     rows = np.arange(len(boxes)) if rows is None else np.asarray(rows, np.int64).reshape(-1)
-    if masks.ndim != 3 or boxes.shape != (len(rows), 4) or (len(rows) and not 0 <= rows.min() <= rows.max() < len(masks)):
+    rows_inside = len(rows) == 0 or 0 <= rows.min() <= rows.max() < len(masks)
+    if masks.ndim != 3 or boxes.shape != (len(rows), 4) or not rows_inside:
         raise ValueError(f'paste_masks takes masks [N, Hp, Wp] and boxes [N, 4] (or rows [N] of masks); got masks '
                          f'{masks.shape}, boxes {boxes.shape} and rows {rows.shape}')
     out = zeroed_masks(len(rows), height, width)
