@@ -12,7 +12,7 @@ import onnx
 from calib.fp16 import convert_fp16
 from calib.graph import CalibrationError, model_metadata
 from calib.images import image_paths, load_calibration_images
-from calib.quantize import CALIBRATION_METHODS, LAYOUTS, MODELOPT_LOGGER, quantize_int8
+from calib.quantize import MODELOPT_LOGGER, check_int8_options, quantize_int8
 from export.onnx_export import ExportError, check_model, save_model
 
 log = logging.getLogger(__name__)
@@ -76,21 +76,19 @@ def convert_model(model_path: str | os.PathLike, precision: str, images: str | o
     """Write the `precision` version of the FP32 model at `model_path`.
 
     images: folder or COCO JSON of calibration images; count: how many (default DEFAULT_COUNT,
-    or all if fewer); method: INT8 calibration method (CALIBRATION_METHODS); keep_sensitive: keep
-    the prototype and mask-coefficient convolutions FP32; output: default `default_output`;
+    or all if fewer); method: INT8 calibration method (calib.quantize.CALIBRATION_METHODS);
+    keep_sensitive: keep the prototype and mask-coefficient convolutions FP32; output: default
+    `default_output`;
     cache_dir: INT8 calibration cache folder (default .calib_cache beside the output); layout:
     INT8 Q/DQ layout (calib.quantize.LAYOUTS; default tensorrt).
     """
     if precision not in TARGET_PRECISIONS:
         raise CalibrationError(f'unknown precision {precision!r}: choose one of {", ".join(TARGET_PRECISIONS)} '
                                '(the exported model is the FP32 one)')
-    if method not in CALIBRATION_METHODS:
-        raise CalibrationError(f'unknown calibration method {method!r}: choose one of {", ".join(CALIBRATION_METHODS)}')
     if layout is not None and precision != 'int8':
         raise CalibrationError(f'--layout chooses where INT8 Q/DQ go; {precision} has none: leave it out')
     layout = layout or 'tensorrt'
-    if layout not in LAYOUTS:
-        raise CalibrationError(f'unknown INT8 layout {layout!r}: choose one of {", ".join(LAYOUTS)}')
+    check_int8_options(method, layout)  # before the images are loaded
     model_path = Path(model_path)
     output = Path(output) if output is not None else default_output(model_path, precision, layout)
     if output.resolve() == model_path.resolve():

@@ -113,6 +113,14 @@ def calibrate_amax(network_path: Path, images: np.ndarray, method: str, work_dir
             for name, data in ranges.data.items()}
 
 
+def check_int8_options(method: str, layout: str) -> None:
+    """CalibrationError naming the choices unless `method` is in CALIBRATION_METHODS and `layout` in LAYOUTS."""
+    if method not in CALIBRATION_METHODS:
+        raise CalibrationError(f'unknown calibration method {method!r}: choose one of {", ".join(CALIBRATION_METHODS)}')
+    if layout not in LAYOUTS:
+        raise CalibrationError(f'unknown INT8 layout {layout!r}: choose one of {", ".join(LAYOUTS)}')
+
+
 def quantize_int8(model: onnx.ModelProto, images: np.ndarray, *, method: str = 'entropy',
                   keep_sensitive: bool = False, cache_dir: str | os.PathLike, model_name: str,
                   layout: str = 'tensorrt') -> Int8Result:
@@ -124,10 +132,7 @@ def quantize_int8(model: onnx.ModelProto, images: np.ndarray, *, method: str = '
         unquantised (FP32). The result's kept_fp32 lists every convolution left in FP32.
     cache_dir / model_name: where the calibration cache lives and the name it is filed under.
     """
-    if method not in CALIBRATION_METHODS:
-        raise CalibrationError(f'unknown calibration method {method!r}: choose one of {", ".join(CALIBRATION_METHODS)}')
-    if layout not in LAYOUTS:
-        raise CalibrationError(f'unknown INT8 layout {layout!r}: choose one of {", ".join(LAYOUTS)}')
+    check_int8_options(method, layout)
     if len(images) == 0:
         raise CalibrationError('no calibration images: give at least one')
     split = split_postprocess(model)
