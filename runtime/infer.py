@@ -147,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:  # BackendError, CheckpointError, MetadataError: each names the fix
         print(f'error: {e}', file=sys.stderr)
         return 1
+    print(f'{args.model}: {backend.description}', file=sys.stderr)
     results, processed, skipped = [], 0, len(problems)
     with backend, tqdm(total=len(inputs), unit='image', desc='infer') as progress:
         meta = backend.metadata

@@ -47,6 +47,11 @@ class Backend(abc.ABC):
         self.max_batch: int | None = None
         self.is_loaded = False
 
+    @property
+    def description(self) -> str:
+        """What runs the model, in words, for the CLIs to print once the model is loaded."""
+        return f'{self.name} backend'
+
     # -- lifetime -------------------------------------------------------------------------------
     def load(self) -> 'Backend':
         """Load the model (idempotent); returns self."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,48 @@ def cuda_device_count() -> int:
     if libcuda.cuInit(0) != 0 or libcuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
         return 0
     return count.value
+
+
+# onnxruntime's x86 u8s8 integer kernels (QLinearConv, MatMulInteger, ...) on a CPU without VNNI add
+# each pair of u8 x s8 products into 16 bits with saturation (vpmaddubsw): 255 x 127 x 2 overflows, so an
+# INT8 model in onnxruntime's layout (uint8 activations, int8 weights) loses accuracy there, and only
+# there (measured on an AVX2 EPYC: 4.6x the coefficient error of the same model's exact integer result).
+# This session option rewrites the int8 weights to uint8 (w + 128, zero point moved with them), so the
+# u8u8 kernels, which do not saturate, compute the exact sums; slower, so it is set only where needed.
+# VNNI's vpdpbusd sums u8 x s8 in 32 bits: exact, and the fast path stays.
+EXACT_INT8_OPTION = 'session.x64quantprecision'
+VNNI_FLAGS = ('avx512_vnni', 'avx_vnni')
+X86_MACHINES = ('x86_64', 'amd64', 'i386', 'i686')
+CPUINFO = Path('/proc/cpuinfo')
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_vnni() -> bool | None:
+    """Whether this x86 CPU has VNNI (AVX512-VNNI or AVX-VNNI); None off x86 or where the CPU's flags
+    cannot be read (not Linux)."""
+    if platform.machine().lower() not in X86_MACHINES:
+        return None
+    try:
+        cpuinfo = CPUINFO.read_text()
+    except OSError:
+        return None
+    flags = next((line.split(':', 1)[1].split() for line in cpuinfo.splitlines() if line.startswith('flags')), None)
+    return None if flags is None else any(flag in flags for flag in VNNI_FLAGS)
+
+
+def exact_int8_kernels_needed() -> bool:
+    """True where onnxruntime's u8s8 kernels can saturate: x86 without VNNI, or an x86 CPU whose
+    flags could not be read (the exact kernels cost speed, never accuracy)."""
+    return platform.machine().lower() in X86_MACHINES and not cpu_has_vnni()
+
+
+def int8_kernels() -> str:
+    """Which integer kernels onnxruntime's CPU provider runs for an INT8 model on this CPU, in words."""
+    if exact_int8_kernels_needed():
+        return 'u8u8 (exact: this CPU has no VNNI, on which the faster u8s8 kernels saturate)'
+    if cpu_has_vnni():
+        return 'u8s8 (VNNI: exact and fast)'
+    return "onnxruntime's default (not an x86 CPU)"
 
 
 def default_providers(ort) -> list[str]:
@@ -58,6 +101,8 @@ def create_session(path: str | os.PathLike, *, providers: list[str] | None = Non
         options.intra_op_num_threads = int(num_threads)
     # Only the provider fallback warning would be logged below ERROR; it is reported by `providers`.
     options.log_severity_level = 3
+    if exact_int8_kernels_needed():  # changes nothing in a float model
+        options.add_session_config_entry(EXACT_INT8_OPTION, '1')
     try:
         return ort.InferenceSession(str(path), options, providers=providers or default_providers(ort))
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types per failure
@@ -92,6 +137,13 @@ class OrtBackend(Backend):
     def providers(self) -> list[str]:
         """The execution providers the session actually uses (after any fallback)."""
         return self.session.get_providers() if self.session is not None else []
+
+    @property
+    def description(self) -> str:
+        text = f'onnxruntime on {", ".join(self.providers)}'
+        if self.metadata.precision == 'int8' and self.providers[0] == 'CPUExecutionProvider':
+            text += f'; INT8 kernels: {int8_kernels()}'
+        return text
 
     def _load_impl(self) -> None:
         session = create_session(self.path, providers=self.requested_providers, num_threads=self.num_threads)

@@ -1,3 +1,6 @@
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -7,6 +10,7 @@ from modelopt.onnx.quantization.calib_utils import import_scales_from_calib_cach
 import calib.quantize
 from calib.graph import CalibrationError, model_metadata, producing_convs, split_postprocess
 from calib.quantize import CALIBRATION_METHODS, quantize_int8
+from runtime.backends.ort_backend import create_session
 from tests.calib.standin import COEF_CONV, PROTO_CONV, raw_export_like, smooth_images
 
 QDQ = {'QuantizeLinear', 'DequantizeLinear'}
@@ -17,8 +21,11 @@ def read_cache(path) -> dict[str, float]:
     return {name.removesuffix('_scale'): scale for name, scale in import_scales_from_calib_cache(str(path)).items()}
 
 
-def run(model: onnx.ModelProto, images: np.ndarray) -> dict[str, np.ndarray]:
-    session = ort.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])
+def run(model: onnx.ModelProto, images: np.ndarray, tmp_path) -> dict[str, np.ndarray]:
+    """Outputs of `model` in the session the runtime makes (its integer kernels are chosen per CPU)."""
+    path = Path(tempfile.mkstemp(suffix='.onnx', dir=tmp_path)[1])
+    onnx.save(model, path)
+    session = create_session(path, providers=['CPUExecutionProvider'])
     return dict(zip([o.name for o in session.get_outputs()], session.run(None, {'images': images})))
 
 
@@ -38,10 +45,10 @@ def int8(standin, calibration_pixels, tmp_path_factory):
     return quantize_int8(standin, calibration_pixels, cache_dir=tmp_path_factory.mktemp('cache'), model_name='standin')
 
 
-def test_int8_passes_the_checker_and_runs(standin, int8, calibration_pixels):
+def test_int8_passes_the_checker_and_runs(standin, int8, calibration_pixels, tmp_path):
     onnx.checker.check_model(int8.model, full_check=True)
     assert model_metadata(int8.model).precision == 'int8'
-    expected, actual = run(standin, calibration_pixels), run(int8.model, calibration_pixels)
+    expected, actual = run(standin, calibration_pixels, tmp_path), run(int8.model, calibration_pixels, tmp_path)
     assert {k: (v.dtype, v.shape) for k, v in actual.items()} == {k: (v.dtype, v.shape) for k, v in expected.items()}
 
 
@@ -61,10 +68,10 @@ def test_int8_leaves_the_postprocessing_in_fp32(standin, int8):
             assert all(made_by[i].op_type not in QDQ for i in node.input), node.name
 
 
-def test_int8_network_stays_close_to_fp32(standin, int8):
+def test_int8_network_stays_close_to_fp32(standin, int8, tmp_path):
     images = smooth_images(4, seed=7)  # not the calibration images
-    expected = run(split_postprocess(standin).network, images)
-    actual = run(split_postprocess(int8.model).network, images)
+    expected = run(split_postprocess(standin).network, images, tmp_path)
+    actual = run(split_postprocess(int8.model).network, images, tmp_path)
     for name in ('boxes', 'scores', 'proto', 'coef'):
         # Entropy calibration clips outliers on purpose: compare the typical error, not the worst.
         assert np.abs(actual[name] - expected[name]).mean() < 0.03 * np.abs(expected[name]).max(), name
@@ -127,7 +134,7 @@ def test_int8_of_a_model_without_postprocessing(standin, calibration_pixels, tmp
     int8 = quantize_int8(raw, calibration_pixels, cache_dir=tmp_path, model_name='raw')
     onnx.checker.check_model(int8.model, full_check=True)
     assert all(dequantized_convs(int8.model).values())
-    expected, actual = run(raw, calibration_pixels), run(int8.model, calibration_pixels)
+    expected, actual = run(raw, calibration_pixels, tmp_path), run(int8.model, calibration_pixels, tmp_path)
     assert list(actual) == list(expected)
     np.testing.assert_array_equal(actual['priors'], expected['priors'])
 
@@ -192,14 +199,18 @@ def test_onnxruntime_runs_every_convolution_of_its_layout_in_integers(standin, i
     assert fused(int8.model, 'tensorrt').count('QLinearConv') == 0  # why the layouts differ
 
 
-def test_the_onnxruntime_layout_stays_close_to_fp32(standin, int8_ort):
+def test_the_onnxruntime_layout_stays_close_to_fp32(standin, int8_ort, tmp_path):
     images = smooth_images(4, seed=7)
-    expected = run(split_postprocess(standin).network, images)
-    actual = run(split_postprocess(int8_ort.model).network, images)
+    expected = run(split_postprocess(standin).network, images, tmp_path)
+    actual = run(split_postprocess(int8_ort.model).network, images, tmp_path)
     for name in ('boxes', 'scores', 'proto', 'coef'):
-        assert np.abs(actual[name] - expected[name]).mean() < 0.03 * np.abs(expected[name]).max(), name
+        # Exact integer sums (VNNI's kernels, or the u8u8 ones the runtime picks elsewhere) are the
+        # quantised model's own value: 0.008 at most (coef) on an AVX2 EPYC. The u8s8 kernels'
+        # saturation on that CPU, which the runtime avoids, gave 0.035.
+        assert np.abs(actual[name] - expected[name]).mean() < 0.015 * np.abs(expected[name]).max(), name
 
 
 def test_an_unknown_layout_is_refused(standin, calibration_pixels, tmp_path):
     with pytest.raises(CalibrationError, match='tensorrt, onnxruntime'):
         quantize_int8(standin, calibration_pixels, cache_dir=tmp_path, model_name='standin', layout='openvino')
+
