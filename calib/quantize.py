@@ -215,4 +215,44 @@ def _place_qdq_onnxruntime(network_path: Path, amax: dict[str, float], excluded:
         QDQRegistry.clear()
         QDQRegistry.update(modelopts_registry)
     quantizer.model.topological_sort()  # the Q/DQ nodes were appended; what save_model_to_file does
-    return quantizer.model.model
+    return _one_weight_per_convolution(quantizer.model.model)
+
+
+def _one_weight_per_convolution(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with each shared quantised weight copied per consumer: its int8 initializer, scale,
+    zero point and DequantizeLinear node.
+
+    YOLACT's prediction head is one module applied to every FPN level, so the quantiser gives its
+    weight one DequantizeLinear feeding a convolution per level. onnxruntime fuses each into a
+    QLinearConv on the same int8 initializer, and its exact u8u8 kernels (the runtime's choice on x86
+    CPUs without VNNI) rewrite every QLinearConv's weight to uint8 by name: the second rewrite of a
+    shared one fails the session ('Attempt to replace the existing tensor'). A copy per level costs
+    the head's int8 weights once per extra level.
+    """
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        consumers = users.get(node.output[0], []) if node.op_type == 'DequantizeLinear' else []
+        if len(consumers) < 2 or not all(name in initializers for name in node.input):
+            continue
+        for copy, consumer in enumerate(consumers[1:], start=1):
+            inputs = []
+            for name in node.input:
+                duplicate = onnx.TensorProto()
+                duplicate.CopyFrom(initializers[name])
+                duplicate.name = f'{name}_{copy}'
+                graph.initializer.append(duplicate)
+                inputs.append(duplicate.name)
+            output = f'{node.output[0]}_{copy}'
+            nodes.append(onnx.helper.make_node('DequantizeLinear', inputs, [output], name=f'{node.name}_{copy}',
+                                               axis=next((a.i for a in node.attribute if a.name == 'axis'), 1)))
+            consumer.input[:] = [output if name == node.output[0] else name for name in consumer.input]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model

@@ -42,6 +42,9 @@ EXACT_INT8_OPTION = 'session.x64quantprecision'
 VNNI_FLAGS = ('avx512_vnni', 'avx_vnni')
 X86_MACHINES = ('x86_64', 'amd64', 'i386', 'i686')
 CPUINFO = Path('/proc/cpuinfo')
+# onnxruntime's message when the option meets two fused convolutions on one int8 weight (calib gives
+# each convolution its own since the runtime chose these kernels).
+SHARED_WEIGHT_FAILURE = 'Attempt to replace the existing tensor'
 
 
 @functools.lru_cache(maxsize=None)
@@ -106,6 +109,11 @@ def create_session(path: str | os.PathLike, *, providers: list[str] | None = Non
     try:
         return ort.InferenceSession(str(path), options, providers=providers or default_providers(ort))
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types per failure
+        if exact_int8_kernels_needed() and SHARED_WEIGHT_FAILURE in str(e):
+            raise BackendError(
+                f"{path}: onnxruntime's exact INT8 kernels, which this CPU needs (no VNNI), cannot load it: its "
+                'convolutions share quantised weights (an INT8 model from an older calib). Convert it again: '
+                'python -m calib --precision int8 --layout onnxruntime') from None
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise BackendError(f'{path} is not a loadable ONNX model ({first_line[:300]}); the file may be '
                            'truncated or not ONNX: re-export it with python -m export') from None

@@ -82,9 +82,10 @@ def build_standin(seed: int = 0) -> onnx.ModelProto:
     ]
     features, channels = 'x', 3
     for i in range(3):
-        nodes.append(h.make_node(
-            'Conv', [features, weight(f'conv{i}.weight', CHANNELS, channels, 3, 3, scale=0.2),
-                     weight(f'conv{i}.bias', CHANNELS, scale=0.05)], [f'conv{i}'], pads=[1] * 4, name=f'backbone.conv{i}'))
+        # conv2 applies conv1's weights again, as YOLACT's prediction head serves every FPN level.
+        params = ['conv1.weight', 'conv1.bias'] if i == 2 else [
+            weight(f'conv{i}.weight', CHANNELS, channels, 3, 3, scale=0.2), weight(f'conv{i}.bias', CHANNELS, scale=0.05)]
+        nodes.append(h.make_node('Conv', [features, *params], [f'conv{i}'], pads=[1] * 4, name=f'backbone.conv{i}'))
         nodes.append(h.make_node('Relu', [f'conv{i}'], [f'relu{i}'], name=f'backbone.relu{i}'))
         features, channels = f'relu{i}', CHANNELS
     nodes += [

@@ -10,6 +10,7 @@ from modelopt.onnx.quantization.calib_utils import import_scales_from_calib_cach
 import calib.quantize
 from calib.graph import CalibrationError, model_metadata, producing_convs, split_postprocess
 from calib.quantize import CALIBRATION_METHODS, quantize_int8
+from runtime.backends import ort_backend
 from runtime.backends.ort_backend import create_session
 from tests.calib.standin import COEF_CONV, PROTO_CONV, raw_export_like, smooth_images
 
@@ -214,3 +215,18 @@ def test_an_unknown_layout_is_refused(standin, calibration_pixels, tmp_path):
     with pytest.raises(CalibrationError, match='tensorrt, onnxruntime'):
         quantize_int8(standin, calibration_pixels, cache_dir=tmp_path, model_name='standin', layout='openvino')
 
+
+
+def test_the_onnxruntime_layout_gives_each_convolution_its_own_weight(standin, int8_ort, tmp_path, monkeypatch):
+    """The stand-in's conv1 and conv2 share weights (as YOLACT's head shares them across FPN levels);
+    onnxruntime's exact u8u8 kernels, which the runtime picks on x86 without VNNI, refuse a session
+    whose fused convolutions share one int8 weight. Forced here, so every CPU checks it."""
+    users = consumed_by(int8_ort.model)
+    weights = [n for n in int8_ort.model.graph.node if n.op_type == 'DequantizeLinear'
+               and n.input[0] in {t.name for t in int8_ort.model.graph.initializer}]
+    assert weights and all(len(users[n.output[0]]) == 1 for n in weights)
+    monkeypatch.setattr(ort_backend, 'exact_int8_kernels_needed', lambda: True)
+    images = smooth_images(2, seed=7)
+    fp32 = run(split_postprocess(standin).network, images, tmp_path)
+    exact = run(split_postprocess(int8_ort.model).network, images, tmp_path)
+    assert np.abs(exact['coef'] - fp32['coef']).mean() < 0.015 * np.abs(fp32['coef']).max()

@@ -4,6 +4,7 @@ exact u8u8 kernels there by itself (runtime/backends/ort_backend.py). These test
 checks on every machine; the CPU's kind is simulated where the choice itself is tested."""
 
 import dataclasses
+import platform
 
 import cv2
 import numpy as np
@@ -14,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from export.contract import METADATA_KEY, metadata_from_props
 from export.onnx_export import export_onnx
 from model.checkpoint import load_model
-from runtime.backends import ort_backend
+from runtime.backends import BackendError, ort_backend
 from runtime.backends.ort_backend import EXACT_INT8_OPTION, create_session, int8_kernels
 from runtime.infer import main as infer_main
 
@@ -111,3 +112,38 @@ def test_infer_says_which_integer_kernels_an_int8_model_runs_on(tiny_checkpoint,
     for path, kernels in ((fp32, ''), (tmp_path / 'tiny.int8.onnx', f'; INT8 kernels: {int8_kernels()}')):
         assert infer_main([str(image), '--model', str(path), '--out', str(tmp_path / 'out')]) == 0
         assert f'{path}: onnxruntime on CPUExecutionProvider{kernels}\n' in capsys.readouterr().err
+
+
+def shared_weight_convs(path) -> None:
+    """Two Q/DQ 1x1 convolutions on one dequantised int8 weight, as calib wrote YOLACT's shared
+    prediction head before it gave each convolution its own copy. The weights are 127: onnxruntime
+    rewrites only weights whose pairs of products can overflow."""
+    constants = {'scale': np.array(1 / 255, np.float32), 'zero': np.array(0, np.uint8),
+                 'w_q': np.full((CHANNELS, CHANNELS, 1, 1), 127, np.int8), 'w_scale': np.array(1 / 127, np.float32),
+                 'w_zero': np.array(0, np.int8)}
+    nodes = [helper.make_node('DequantizeLinear', ['w_q', 'w_scale', 'w_zero'], ['w_dq'])]
+    previous = 'x'
+    for i in range(2):
+        nodes += [helper.make_node('QuantizeLinear', [previous, 'scale', 'zero'], [f'q{i}']),
+                  helper.make_node('DequantizeLinear', [f'q{i}', 'scale', 'zero'], [f'dq{i}']),
+                  helper.make_node('Conv', [f'dq{i}', 'w_dq'], [f'conv{i}'])]
+        previous = f'conv{i}'
+    nodes += [helper.make_node('QuantizeLinear', [previous, 'scale', 'zero'], ['q_out']),
+              helper.make_node('DequantizeLinear', ['q_out', 'scale', 'zero'], ['out'])]
+    shape = [1, CHANNELS, 5, 5]
+    graph = helper.make_graph(nodes, 'shared', [helper.make_tensor_value_info('x', TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info('out', TensorProto.FLOAT, shape)],
+                              [numpy_helper.from_array(v, k) for k, v in constants.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid('', 19)]), path)
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ort_backend.X86_MACHINES,
+                    reason='onnxruntime has the exact-kernel option on x86 only')
+def test_an_int8_model_the_exact_kernels_cannot_load_is_refused_with_the_fix(monkeypatch, tmp_path):
+    shared_weight_convs(tmp_path / 'shared.onnx')
+    monkeypatch.setattr(ort_backend, 'exact_int8_kernels_needed', lambda: True)
+    with pytest.raises(BackendError, match=r'share quantised weights .* python -m calib --precision int8 '
+                                           r'--layout onnxruntime'):
+        create_session(tmp_path / 'shared.onnx')
+    monkeypatch.setattr(ort_backend, 'exact_int8_kernels_needed', lambda: False)
+    create_session(tmp_path / 'shared.onnx')  # the default kernels take it
