@@ -17,6 +17,9 @@ PLUGIN_NAMESPACE = 'yolact'
 PLUGIN_VERSION = '1'
 FAST_NMS_OP = 'FastNMS'
 MASK_ASSEMBLY_OP = 'MaskAssembly'
+# DCNv2's modulated deformable convolution (YOLACT++'s backbone). A name of its own, not ONNX's
+# standard DeformConv (opset 19), which onnxruntime 1.24 has no kernel for.
+DEFORM_CONV_OP = 'DeformConv2d'
 
 
 def register_tensorrt_plugins() -> tuple[bool, str]:
