@@ -49,6 +49,10 @@ def make_function(opset: int = 19) -> onnx.FunctionProto:
     out_h, out_w = f.op('Gather', offset_shape, f.const(2)), f.op('Gather', offset_shape, f.const(3))
     groups = attr['deformable_groups']
 
+    def vec(scalar: str) -> str:
+        """A 0-d int64 as a 1-element shape piece for Concat."""
+        return f.op('Reshape', scalar, f.const([1]))
+
     # Sampling positions, integer part: tap * dilation + out * stride - pad, as [kh, 1, Ho, 1] (rows)
     # and [1, kw, 1, Wo] (columns), i.e. broadcastable to (tap row i, tap column j, y, x).
     def base(kernel: str, out: str, axis: str, taps_shape: list[int], out_shape: list[int]) -> str:
@@ -61,9 +65,9 @@ def make_function(opset: int = 19) -> onnx.FunctionProto:
     base_w = base(kernel_w, out_w, 'w', [1, -1, 1, 1], [1, 1, 1, -1])  # [1, kw, 1, Wo]
 
     # offset [B, 2GK, Ho, Wo] -> [B, G, kh, kw, 2, Ho, Wo]: channel g*2K + 2k is dy, + 1 is dx.
-    pairs = f.op('Reshape', offset, f.op('Concat', f.const([0]), f.op('Reshape', groups, f.const([1])),
-                                         f.op('Reshape', kernel_h, f.const([1])), f.op('Reshape', kernel_w, f.const([1])),
-                                         f.const([2]), f.op('Slice', offset_shape, f.const([2]), f.const([4])), axis=0))
+    out_hw = f.op('Slice', offset_shape, f.const([2]), f.const([4]))
+    pairs = f.op('Reshape', offset, f.op('Concat', f.const([0]), vec(groups), vec(kernel_h), vec(kernel_w),
+                                         f.const([2]), out_hw, axis=0))
     h = f.op('Add', base_h, f.op('Gather', pairs, zero, axis=4))  # [B, G, kh, kw, Ho, Wo]
     w = f.op('Add', base_w, f.op('Gather', pairs, one, axis=4))
 
@@ -74,30 +78,29 @@ def make_function(opset: int = 19) -> onnx.FunctionProto:
     last = f.const([-1])
     grid = f.op('Concat', f.op('Unsqueeze', normalised(w, width), last), f.op('Unsqueeze', normalised(h, height), last),
                 axis=-1)  # [B, G, kh, kw, Ho, Wo, 2] as (x, y)
-    taps = f.op('Mul', kernel_h, kernel_w)
-    taps_1 = f.op('Reshape', taps, f.const([1]))
-    grid = f.op('Reshape', grid, f.op('Concat', last, f.op('Reshape', f.op('Mul', taps, out_h), f.const([1])),
-                                      f.op('Reshape', out_w, f.const([1])), f.const([2]), axis=0))  # [B*G, K*Ho, Wo, 2]
+    num_taps = f.op('Mul', kernel_h, kernel_w)
+    taps = vec(num_taps)
+    grid = f.op('Reshape', grid, f.op('Concat', last, vec(f.op('Mul', num_taps, out_h)), vec(out_w), f.const([2]),
+                                      axis=0))  # [B*G, K*Ho, Wo, 2]
 
     # Sample each deformable group's channels at its grid: [B*G, C/G, H, W] -> [B*G, C/G, K*Ho, Wo].
-    group_channels = f.op('Reshape', f.op('Div', f.op('Gather', x_shape, one), groups), f.const([1]))
+    group_channels = vec(f.op('Div', f.op('Gather', x_shape, one), groups))
     images = f.op('Reshape', x, f.op('Concat', last, group_channels, f.op('Slice', x_shape, f.const([2]), f.const([4])),
                                      axis=0))
     mode = 'bilinear' if opset < 20 else 'linear'  # GridSample-20 renamed the mode
     samples = f.op('GridSample', images, grid, mode=mode, padding_mode='zeros', align_corners=0)
 
     # Modulate: samples [B, G, C/G, K, Ho*Wo] * mask [B, G, 1, K, Ho*Wo].
-    pixels = f.op('Reshape', f.op('Mul', out_h, out_w), f.const([1]))
-    groups_1 = f.op('Reshape', groups, f.const([1]))
-    samples = f.op('Reshape', samples, f.op('Concat', f.const([-1]), groups_1, group_channels, taps_1, pixels, axis=0))
-    mask = f.op('Reshape', mask, f.op('Concat', f.const([0]), groups_1, f.const([1]), taps_1, pixels, axis=0))
-    columns = f.op('Reshape', f.op('Mul', samples, mask), f.op('Concat', f.const([0, -1]), pixels, axis=0))  # [B, C*K, L]
+    pixels = vec(f.op('Mul', out_h, out_w))
+    samples = f.op('Reshape', samples, f.op('Concat', last, vec(groups), group_channels, taps, pixels, axis=0))
+    mask = f.op('Reshape', mask, f.op('Concat', f.const([0]), vec(groups), f.const([1]), taps, pixels, axis=0))
+    columns = f.op('Reshape', f.op('Mul', samples, mask), f.op('Concat', f.const([0, -1]), pixels, axis=0))
+    # columns [B, C*K, Ho*Wo], row c*K + k: the order of weight's [C, kh, kw] flattened
 
     # The convolution proper: weight [Cout, C*K] @ columns [B, C*K, Ho*Wo], plus bias.
     product = f.op('MatMul', f.op('Reshape', weight, f.const([0, -1])), columns)  # [B, Cout, Ho*Wo]
     y = f.op('CastLike', f.op('Add', product, f.op('Unsqueeze', bias, f.const([1]))), 'x')
-    f.op('Reshape', y, f.op('Concat', f.const([0, 0]), f.op('Slice', offset_shape, f.const([2]), f.const([4])), axis=0),
-         outputs=['y'])
+    f.op('Reshape', y, f.op('Concat', f.const([0, 0]), out_hw, axis=0), outputs=['y'])
     return f.build()
 
 
