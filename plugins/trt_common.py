@@ -1,5 +1,5 @@
-"""What the two TensorRT plugin definitions share: reading constant dimensions, the float type of a
-tensor, and the GPU the kernels are compiled for. Imported only by plugins/*/trt_plugin.py, which
+"""What the TensorRT plugin definitions share: reading constant dimensions, the float type of a
+tensor, the GPU the kernels are compiled for, and a compiled kernel's launch parameters. Imported only by plugins/*/trt_plugin.py, which
 need TensorRT >= 10.8 (`tensorrt.plugin`)."""
 
 from __future__ import annotations
@@ -34,3 +34,15 @@ def build_arch() -> int:
     import triton
 
     return int(triton.runtime.driver.active.get_current_target().arch)
+
+
+def launch_params(kernel, grid_x, grid_y=1, grid_z=1):
+    """tensorrt.plugin.KernelLaunchParams for `kernel` (a plugins.triton_compile.AotKernel) over the
+    grid (each an int or a symbolic expression): its thread count and shared memory."""
+    import tensorrt.plugin as trtp
+
+    launch = trtp.KernelLaunchParams()
+    launch.grid_x, launch.grid_y, launch.grid_z = grid_x, grid_y, grid_z
+    launch.block_x = kernel.threads
+    launch.shared_mem = kernel.shared_bytes
+    return launch

@@ -18,7 +18,7 @@ import triton
 
 from plugins import DEFORM_CONV_OP, DOMAIN
 from plugins.deform_conv.kernels import DeformConvKernelConfig, deform_conv_kernel, signature
-from plugins.trt_common import build_arch, constant_dim, float_type
+from plugins.trt_common import build_arch, constant_dim, float_type, launch_params
 from plugins.triton_compile import compile_aot
 
 PLUGIN_ID = f'{DOMAIN}::{DEFORM_CONV_OP}'
@@ -56,12 +56,8 @@ def deform_conv_kernel_for_engine(
     kernel = compile_aot(deform_conv_kernel, signature(float_type(x)), config.constexprs(), arch=build_arch(),
                          num_warps=config.num_warps)
     out_h, out_w = offset.shape_expr[2], offset.shape_expr[3]
-    launch = trtp.KernelLaunchParams()
-    launch.grid_x = x.shape_expr[0]
-    launch.grid_y = triton.cdiv(config.out_channels, config.block_co)
-    launch.grid_z = trtp.cdiv(out_h * out_w, config.block_l)
-    launch.block_x = kernel.threads
-    launch.shared_mem = kernel.shared_bytes
+    launch = launch_params(kernel, x.shape_expr[0], triton.cdiv(config.out_channels, config.block_co),
+                           trtp.cdiv(out_h * out_w, config.block_l))
     scalars = trtp.SymIntExprs.from_tuple([trtp.SymInt32(x.shape_expr[2]), trtp.SymInt32(x.shape_expr[3]),
                                            trtp.SymInt32(out_h), trtp.SymInt32(out_w)])
     return kernel.name.encode(), kernel.ptx.encode(), launch, scalars

@@ -16,7 +16,7 @@ import tensorrt.plugin as trtp
 
 from plugins import DOMAIN, FAST_NMS_OP
 from plugins.fast_nms.kernels import FastNMSKernelConfig, fast_nms_kernel, signature
-from plugins.trt_common import build_arch, constant_dim, float_type
+from plugins.trt_common import build_arch, constant_dim, float_type, launch_params
 from plugins.triton_compile import compile_aot
 
 PLUGIN_ID = f'{DOMAIN}::{FAST_NMS_OP}'
@@ -53,9 +53,6 @@ def fast_nms_kernel_for_engine(
                                  constant_dim(scores, 2, 'the class count K of FastNMS scores'))
     kernel = compile_aot(fast_nms_kernel, signature(float_type(boxes)), config.constexprs(), arch=build_arch(),
                          num_warps=config.num_warps)
-    launch = trtp.KernelLaunchParams()
-    launch.grid_x = boxes.shape_expr[0]
-    launch.block_x = kernel.threads
-    launch.shared_mem = kernel.shared_bytes
+    launch = launch_params(kernel, boxes.shape_expr[0])
     scalars = trtp.SymIntExprs.from_tuple([trtp.SymInt32(boxes.shape_expr[1])])
     return kernel.name.encode(), kernel.ptx.encode(), launch, scalars

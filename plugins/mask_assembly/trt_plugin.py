@@ -17,7 +17,7 @@ import triton
 
 from plugins import DOMAIN, MASK_ASSEMBLY_OP
 from plugins.mask_assembly.kernels import MaskAssemblyKernelConfig, mask_assembly_kernel, signature
-from plugins.trt_common import build_arch, constant_dim, float_type
+from plugins.trt_common import build_arch, constant_dim, float_type, launch_params
 from plugins.triton_compile import compile_aot
 
 PLUGIN_ID = f'{DOMAIN}::{MASK_ASSEMBLY_OP}'
@@ -51,12 +51,8 @@ def mask_assembly_kernel_for_engine(
     kernel = compile_aot(mask_assembly_kernel, signature(float_type(proto)), config.constexprs(), arch=build_arch(),
                          num_warps=config.num_warps)
     height, width = proto.shape_expr[1], proto.shape_expr[2]
-    launch = trtp.KernelLaunchParams()
-    launch.grid_x = proto.shape_expr[0]
-    launch.grid_y = triton.cdiv(config.max_dets, config.block_d)
-    launch.grid_z = trtp.cdiv(height * width, config.block_pix)
-    launch.block_x = kernel.threads
-    launch.shared_mem = kernel.shared_bytes
+    launch = launch_params(kernel, proto.shape_expr[0], triton.cdiv(config.max_dets, config.block_d),
+                           trtp.cdiv(height * width, config.block_pix))
     scalars = trtp.SymIntExprs.from_tuple([trtp.SymInt32(coef.shape_expr[1]), trtp.SymInt32(height),
                                            trtp.SymInt32(width)])
     return kernel.name.encode(), kernel.ptx.encode(), launch, scalars
