@@ -37,6 +37,7 @@ from engines.trt import TensorRT, choose_compute_capabilities, cuda_device, load
 from model.files import file_sha256, write_atomic
 from model.metadata import PRECISIONS
 from plugins import register_tensorrt_plugins
+from runtime.errors import ToolkitError
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +318,7 @@ def main(argv=None) -> int:
             args.model, args.output, max_batch=args.max_batch, precision=args.precision, force=args.force,
             flavour=args.flavour, compute_capability=args.compute_capability, timing_cache=args.timing_cache,
             use_timing_cache=not args.no_timing_cache, verbose=args.verbose)
-    except EngineBuildError as e:
+    except ToolkitError as e:  # EngineBuildError, SidecarError, MetadataError: each names the fix
         print(f'error: {e}', file=sys.stderr)
         return 1
     info = sidecar.engine

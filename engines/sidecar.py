@@ -30,13 +30,14 @@ from pathlib import Path
 
 from model.files import file_sha256, write_atomic
 from model.metadata import MetadataError, ModelMetadata
+from runtime.errors import ToolkitError
 
 SIDECAR_FORMAT = 'yolact-engine/1'
 SIDECAR_SUFFIX = '.json'
 TENSORRT_FLAVOURS = ('tensorrt', 'tensorrt_rtx')
 
 
-class SidecarError(ValueError):
+class SidecarError(ToolkitError, ValueError):
     """A sidecar that is missing or malformed."""
 
 

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from runtime.errors import ToolkitError
+
 DEFAULT_CHECKPOINT = Path('assets/demo/yolact_tiny_shapes.pth')
 DEFAULT_FOLDER = Path('build')
 
@@ -60,7 +62,7 @@ def main(argv=None) -> int:
               f'{", no post-processing" if not postprocess else ""}) ...', file=sys.stderr)
         path = export_onnx(model, cfg, output, postprocess=postprocess, cross_class=args.cross_class,
                            max_dets=args.max_dets)
-    except ValueError as e:  # ExportError, CheckpointError, MetadataError: messages name the fix
+    except ToolkitError as e:  # ExportError, CheckpointError, MetadataError: messages name the fix
         print(f'error: {e}', file=sys.stderr)
         return 2
     size_mb = path.stat().st_size / 1e6

@@ -33,6 +33,7 @@ from model import __version__
 from model.config import YolactConfig
 from model.files import write_atomic
 from model.metadata import ModelMetadata
+from runtime.errors import ToolkitError
 
 # Opset 19: what modelopt's INT8 quantiser emits, inside what onnxruntime 1.24 (7..25) and
 # TensorRT's parser (TensorRT 10 and TensorRT-RTX) accept. The IR version is the exporter's (10).
@@ -41,7 +42,7 @@ OPSET = 19
 _READABLE_KEYS = ('config', 'precision', 'input_size', 'class_names', 'cross_class', 'max_dets')
 
 
-class ExportError(ValueError):
+class ExportError(ToolkitError, ValueError):
     """The model cannot be exported as asked (bad arguments, unwritable output, failed checks)."""
 
 

@@ -8,12 +8,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from runtime.errors import ToolkitError
+
 # File suffixes taken as images when a folder is scanned (files named explicitly are always tried).
 IMAGE_SUFFIXES = frozenset({'.jpg', '.jpeg', '.jpe', '.png', '.bmp', '.dib', '.tif', '.tiff', '.webp',
                             '.jp2', '.pbm', '.pgm', '.ppm', '.pnm', '.sr', '.ras'})
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(ToolkitError, ValueError):
     """An image file that cannot be read; the message names the file and the reason."""
 
 

@@ -11,11 +11,12 @@ from dataclasses import asdict, dataclass, fields
 
 from model import __version__
 from model.config import YolactConfig
+from runtime.errors import ToolkitError
 
 PRECISIONS = ('fp32', 'fp16', 'int8')
 
 
-class MetadataError(ValueError):
+class MetadataError(ToolkitError, ValueError):
     """Metadata that is missing, malformed or does not fit what reads it."""
 
 

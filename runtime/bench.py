@@ -34,6 +34,7 @@ from export.contract import INPUT_NAME, RAW_OUTPUTS
 from model.config import get_config
 from model.files import write_atomic
 from runtime import trt_bench
+from runtime.errors import ToolkitError
 from runtime.pipeline import resize_to_input, to_detections
 
 STAGES = ('pre', 'network', 'post', 'paste')
@@ -353,7 +354,7 @@ def main(argv=None) -> int:
         print(f'preparing {spec} ...', file=sys.stderr)
         try:
             models.append(prepare_model(spec, args.folder))
-        except (FileNotFoundError, ValueError) as e:
+        except (FileNotFoundError, ToolkitError) as e:
             notes.append(f'{spec} skipped: {e}')
     if not models:
         print('error: no model to benchmark: ' + '; '.join(notes), file=sys.stderr)

@@ -14,8 +14,10 @@ import importlib
 
 import numpy as np
 
+from runtime.errors import ToolkitError
 
-class CudaError(RuntimeError):
+
+class CudaError(ToolkitError, RuntimeError):
     """A CUDA runtime call failed; the message names the call and the CUDA error."""
 
 

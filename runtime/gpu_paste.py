@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 import numpy as np
 
 from runtime import cuda_mem
+from runtime.errors import ToolkitError
 from runtime.paste import box_pixel_ranges, source_taps, zeroed_masks
 
 if TYPE_CHECKING:
@@ -173,7 +174,7 @@ def scatter_round(paste_round: PasteRound, packed: np.ndarray, masks: Sequence[n
                     y_stop - y_first, x_stop - x_first).view(bool)
 
 
-class PasteKernelUnavailable(RuntimeError):
+class PasteKernelUnavailable(ToolkitError, RuntimeError):
     """The paste kernel cannot run on this host; the message says why (for the fallback log line)."""
 
 

@@ -19,6 +19,7 @@ from model.files import write_atomic
 from runtime.backends import BACKENDS, BackendError, open_backend
 from runtime.backends.trt_backend import prefer_engine
 from runtime.draw import draw_detections
+from runtime.errors import ToolkitError
 from runtime.pipeline import IMAGE_SUFFIXES, ImageLoadError, batches, find_images, load_image, predict
 from runtime.video import is_video, run_videos
 
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         backend = open_backend(args.model, args.backend, **backend_options(args))
-    except ValueError as e:  # BackendError, CheckpointError, MetadataError: each names the fix
+    except ToolkitError as e:  # BackendError, CheckpointError, MetadataError: each names the fix
         print(f'error: {e}', file=sys.stderr)
         return 1
     results, processed, skipped = [], 0, len(problems)

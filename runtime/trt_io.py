@@ -16,6 +16,7 @@ import numpy as np
 from engines.sidecar import rebuild_hint
 from export.contract import INPUT_NAME, POSTPROCESS_OUTPUTS as OUTPUT_NAMES
 from model.metadata import ModelMetadata
+from runtime.errors import ToolkitError
 
 # Outputs downloaded row by row, only up to num_dets per image (num_dets itself comes first).
 DETECTION_OUTPUTS = tuple(name for name in OUTPUT_NAMES if name != 'num_dets')
@@ -25,7 +26,7 @@ _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 REBUILD_HINT = rebuild_hint()
 
 
-class EngineIOError(ValueError):
+class EngineIOError(ToolkitError, ValueError):
     """The engine's inputs/outputs do not match the model contract or its sidecar."""
 
 

@@ -15,6 +15,7 @@ from model.files import atomic_output
 from runtime.backends import BackendError, open_backend
 from runtime.backends.base import Backend
 from runtime.draw import draw_detections
+from runtime.errors import ToolkitError
 from runtime.pipeline import batches
 from runtime.throughput import predict_batches
 
@@ -25,7 +26,7 @@ VIDEO_SUFFIXES = frozenset(VIDEO_CODECS)
 _FALLBACK_FPS = 25.0
 
 
-class VideoError(ValueError):
+class VideoError(ToolkitError, ValueError):
     """A video that cannot be read or written; the message names the file and the fix."""
 
 
@@ -109,7 +110,7 @@ def run_videos(args, videos: Sequence[Path], backend_options: dict) -> int:
     video was written, 1 otherwise); problems are printed, not raised."""
     try:
         backend = open_backend(args.model, args.backend, **backend_options)
-    except ValueError as e:  # BackendError, CheckpointError, MetadataError: each names the fix
+    except ToolkitError as e:  # BackendError, CheckpointError, MetadataError: each names the fix
         print(f'error: {e}', file=sys.stderr)
         return 1
     status = 0
