@@ -17,7 +17,7 @@ import onnx
 from onnx import helper
 
 from export.onnx_export import attach_metadata, read_metadata
-from model.metadata import MetadataError, ModelMetadata
+from runtime.metadata import MetadataError, ModelMetadata
 from runtime.errors import ToolkitError
 
 # Where the mask inputs come from: MaskAssembly's first two inputs (proto [B,Hp,Wp,M] and

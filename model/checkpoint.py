@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from model.config import CONFIGS, ConfigError, YolactConfig, config_from_filename, get_config
-from model.files import atomic_output
+from runtime.files import atomic_output
 from model.yolact import Yolact
 from runtime.errors import ToolkitError
 

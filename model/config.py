@@ -16,6 +16,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from runtime.errors import ToolkitError
+from runtime.metadata import ModelMetadata
 
 
 
@@ -240,3 +241,15 @@ def config_from_filename(path) -> YolactConfig:
     raise ConfigError(
         f'cannot infer the config from the file name {Path(path).name!r}: pass --config with one of '
         f'{", ".join(CONFIGS)}')
+
+
+def metadata_from_config(cfg: YolactConfig, *, cross_class: bool = False, max_dets: int | None = None,
+                         precision: str = 'fp32') -> ModelMetadata:
+    """The runtime's description (runtime.metadata.ModelMetadata) of a model built from `cfg`;
+    max_dets None takes the config's max_num_detections."""
+    return ModelMetadata(
+        config=cfg.name, class_names=tuple(cfg.class_names), category_ids=tuple(cfg.category_ids),
+        input_size=cfg.input_size, mean_bgr=tuple(cfg.mean_bgr), std_bgr=tuple(cfg.std_bgr),
+        conf_thresh=cfg.conf_thresh, nms_thresh=cfg.nms_thresh, top_k=cfg.nms_top_k,
+        max_dets=cfg.max_num_detections if max_dets is None else int(max_dets),
+        cross_class=bool(cross_class), mask_threshold=cfg.mask_threshold, precision=precision)

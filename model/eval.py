@@ -23,7 +23,7 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from model.data.coco import CocoDataset
-from model.files import write_atomic
+from runtime.files import write_atomic
 from runtime.backends import BACKENDS, Backend, open_backend
 from runtime.errors import ToolkitError
 from runtime.infer import DEFAULT_MODEL

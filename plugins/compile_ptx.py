@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from model.files import write_atomic
+from runtime.files import write_atomic
 from plugins.triton_compile import TEST_ARCHS, AotKernel, KernelCompileError, compile_aot
 
 

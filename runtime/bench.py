@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from runtime import bench_precision
-from export.contract import INPUT_NAME, RAW_OUTPUTS
+from runtime.contract import INPUT_NAME, RAW_OUTPUTS
 from model.config import get_config
-from model.files import write_atomic
+from runtime.files import write_atomic
 from runtime import trt_bench
 from runtime.errors import ToolkitError
 from runtime.pipeline import resize_to_input, to_detections

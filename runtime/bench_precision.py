@@ -12,13 +12,14 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from calib.convert import CACHE_FOLDER, default_output, quiet_modelopt
+from calib.convert import CACHE_FOLDER, quiet_modelopt
 from calib.fp16 import convert_fp16
 from calib.graph import model_metadata
 from calib.quantize import quantize_int8
-from export.contract import INPUT_NAME
+from runtime.artifacts import precision_path
+from runtime.contract import INPUT_NAME
 from export.onnx_export import save_model
-from model.images import resize_to_input
+from runtime.images import resize_to_input
 
 ROUNDS = 3  # alternations of fp32 / fp16 / int8 / int8-ort timing
 # Row label -> calib's INT8 layout (None: FP16).
@@ -32,7 +33,7 @@ def converted_network(raw_onnx, precision: str, calibration: np.ndarray):
     calibration: uint8 [N, H, W, 3] BGR images at the model's input size.
     """
     layout = VARIANTS[precision]
-    output = default_output(raw_onnx, 'fp16' if layout is None else 'int8', layout)
+    output = precision_path(raw_onnx, 'fp16' if layout is None else 'int8', layout)
     if output.is_file() and output.stat().st_mtime >= raw_onnx.stat().st_mtime:
         return output
     quiet_modelopt()

@@ -74,6 +74,16 @@ def device_info(device: int | None = None) -> dict:
     }
 
 
+def cuda_device() -> tuple[str, str] | None:
+    """(name, compute capability 'major.minor') of CUDA device 0, or None when cuda-python, a
+    driver or a device is missing."""
+    try:
+        info = device_info(0)
+    except CudaError:
+        return None
+    return info['name'], info['compute_capability']
+
+
 def memory_in_use() -> int:
     """Bytes of device memory in use on the current device (all processes), from cudaMemGetInfo."""
     free, total = check('cudaMemGetInfo', _cudart().cudaMemGetInfo())

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from model.files import write_atomic
+from runtime.files import write_atomic
 from runtime.backends import BACKENDS, BackendError, open_backend
 from runtime.backends.trt_backend import prefer_engine
 from runtime.draw import draw_detections

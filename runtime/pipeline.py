@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from model.images import IMAGE_SUFFIXES, ImageLoadError, find_images, load_image, resize_to_input  # noqa: F401 (the runtime's API too)
+from runtime.images import IMAGE_SUFFIXES, ImageLoadError, find_images, load_image, resize_to_input  # noqa: F401 (the runtime's API too)
 from runtime.backends.base import Backend, RawDetections
 from runtime.detections import Detections
 from runtime.paste import paste_masks

@@ -14,10 +14,11 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from engines.sidecar import read_sidecar
-from model.metadata import PRECISIONS
+from runtime.tensorrt.sidecar import read_sidecar
+from runtime.metadata import PRECISIONS
 from runtime import cuda_mem
-from runtime.backends.trt_backend import TrtBackend, default_engine, import_tensorrt, trt_unavailable_reason
+from runtime.artifacts import engine_path
+from runtime.backends.trt_backend import TrtBackend, import_tensorrt, trt_unavailable_reason
 from runtime.pipeline import resize_to_input
 
 BATCH_SIZES = (1, 8, 32)
@@ -87,7 +88,7 @@ def trt_rows(engines: Sequence[str | Path], images: np.ndarray, *, batch_sizes=B
 
 def model_engines(checkpoint: str | Path) -> list[Path]:
     """The engines `make engine` wrote for a checkpoint's export, one per precision, that exist."""
-    fp32 = default_engine(checkpoint)
+    fp32 = engine_path(checkpoint)
     candidates = [fp32] + [fp32.with_suffix(f'.{precision}.engine') for precision in PRECISIONS if precision != 'fp32']
     return [path for path in candidates if path.is_file()]
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engines.sidecar import rebuild_hint
-from export.contract import INPUT_NAME, POSTPROCESS_OUTPUTS as OUTPUT_NAMES
-from model.metadata import ModelMetadata
+from runtime.tensorrt.sidecar import rebuild_hint
+from runtime.contract import INPUT_NAME, POSTPROCESS_OUTPUTS as OUTPUT_NAMES
+from runtime.metadata import ModelMetadata
 from runtime.errors import ToolkitError
 
 # Outputs downloaded row by row, only up to num_dets per image (num_dets itself comes first).

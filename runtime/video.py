@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from model.files import atomic_output
+from runtime.files import atomic_output
 from runtime.backends import BackendError, open_backend
 from runtime.backends.base import Backend
 from runtime.draw import draw_detections

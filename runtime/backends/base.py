@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from model.metadata import ModelMetadata
+from runtime.metadata import ModelMetadata
 from runtime.errors import ToolkitError
 
 if TYPE_CHECKING:

@@ -30,8 +30,10 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from engines.sidecar import EngineSidecar, check_sidecar, plugin_key, read_sidecar
-from engines.trt import TensorRTUnavailable, cuda_device, load_tensorrt, make_logger
+from runtime.artifacts import engine_path
+from runtime.tensorrt.sidecar import EngineSidecar, check_sidecar, plugin_key, read_sidecar
+from runtime.cuda_mem import cuda_device
+from runtime.tensorrt.loader import TensorRTUnavailable, load_tensorrt, make_logger
 from runtime import cuda_mem
 from runtime.backends.base import Backend, BackendError, RawDetections
 from runtime.detections import Detections
@@ -51,7 +53,7 @@ class TensorRTUnavailableError(BackendError):
 
 def import_tensorrt(flavour: str = 'tensorrt'):
     """The TensorRT flavour an engine was built with ('tensorrt', or 'tensorrt_rtx' for engines
-    built by TensorRT-RTX), as engines.trt.TensorRT; TensorRTUnavailableError says what to install
+    built by TensorRT-RTX), as runtime.tensorrt.loader.TensorRT; TensorRTUnavailableError says what to install
     or use instead."""
     try:
         return load_tensorrt(flavour)
@@ -76,35 +78,24 @@ def trt_unavailable_reason() -> str | None:
     return None
 
 
-def default_engine(model: str | os.PathLike) -> Path:
-    """The engine `make engine` builds for a model: for an ONNX file, the same name with .engine
-    (engines.build.default_engine_path); for a checkpoint, that of its default export
-    (`python -m export`: build/NAME.onnx -> build/NAME.engine)."""
-    model = Path(model)
-    if model.suffix.lower() in ('.pth', '.pt'):
-        from export.__main__ import default_output
-        model = default_output(model, postprocess=True, cross_class=False)
-    return model.with_suffix('.engine')
-
-
 def prefer_engine(model: str | os.PathLike) -> Path:
-    """What `--backend auto` runs for the default model: its engine (default_engine) when that
+    """What `--backend auto` runs for the default model: its engine (runtime.artifacts.engine_path) when that
     exists and TensorRT and a GPU are present, else `model` itself."""
-    engine = default_engine(model)
+    engine = engine_path(model)
     if engine.is_file() and trt_unavailable_reason() is None:
         return engine
     return Path(model)
 
 
 def registered_plugin_keys(trt) -> frozenset[str]:
-    """Plugin keys (engines.sidecar.plugin_key form) of every creator in TensorRT's registry."""
+    """Plugin keys (runtime.tensorrt.sidecar.plugin_key form) of every creator in TensorRT's registry."""
     return frozenset(plugin_key(c.name, c.plugin_namespace, c.plugin_version)
                      for c in trt.module.get_plugin_registry().all_creators)
 
 
 def register_plugins(trt) -> None:
     """Register our TensorRT plugins (Fast NMS, mask assembly) with this process's TensorRT
-    (`trt`: engines.trt.TensorRT). When they cannot be registered, the sidecar check names the
+    (`trt`: runtime.tensorrt.loader.TensorRT). When they cannot be registered, the sidecar check names the
     engine's missing plugins; TensorRT-RTX has no Python plugins (its engines use the ONNX bodies)."""
     if trt.is_rtx:
         return
@@ -118,7 +109,7 @@ def register_plugins(trt) -> None:
 def check_engine(path: str | os.PathLike, trt, gpu: tuple[str, str] | None,
                  registered_plugins: frozenset[str]) -> EngineSidecar:
     """Check the engine at `path` against this host before TensorRT deserialises it: the sidecar
-    must exist and parse, and name this TensorRT (`trt`: engines.trt.TensorRT), this GPU (`gpu`:
+    must exist and parse, and name this TensorRT (`trt`: runtime.tensorrt.loader.TensorRT), this GPU (`gpu`:
     (name, compute capability) or None), plugins that are registered, and the engine file's bytes.
     EngineMismatchError / SidecarError otherwise, each saying to rebuild with `make engine`."""
     return check_sidecar(path, tensorrt_flavour=trt.flavour, tensorrt_version=trt.version,

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export.contract import INPUT_NAME, POSTPROCESS_OUTPUTS, RAW_OUTPUTS
+from runtime.contract import INPUT_NAME, POSTPROCESS_OUTPUTS, RAW_OUTPUTS
 from export.onnx_export import build_onnx, read_metadata
 from model.config import get_config
 from model.preprocess import Normalize

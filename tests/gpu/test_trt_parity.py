@@ -9,7 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from engines.sidecar import EngineMismatchError, read_sidecar, sidecar_path, write_sidecar
+from engines.sidecar import write_sidecar
+from runtime.tensorrt.sidecar import EngineMismatchError, read_sidecar, sidecar_path
 from runtime.backends import open_backend
 from tests.gpu.artifacts import (CHECKPOINT, MAX_BATCH, engine_for, how_to_make, onnx_path, require_file,
                                  shapes_images)

@@ -9,17 +9,16 @@ import sys
 import numpy as np
 import pytest
 
-from engines.sidecar import (EngineInfo, EngineMismatchError, EngineSidecar, SidecarError, sidecar_path,
-                             write_sidecar)
-from model.files import file_sha256
-from engines.trt import TensorRT
-from model.config import get_config
-from model.metadata import ModelMetadata
+from engines.sidecar import write_sidecar
+from runtime.tensorrt.sidecar import EngineInfo, EngineMismatchError, EngineSidecar, SidecarError, sidecar_path
+from runtime.files import file_sha256
+from runtime.tensorrt.loader import TensorRT
+from model.config import get_config, metadata_from_config
 from runtime.backends.base import BackendError
 from runtime.backends.trt_backend import (TensorRTUnavailableError, TrtBackend, check_engine, describe_engine,
                                           registered_plugin_keys)
 
-META = ModelMetadata.from_config(get_config('yolact_base'), precision='fp16')
+META = metadata_from_config(get_config('yolact_base'), precision='fp16')
 HOST_TRT = TensorRT(module=None, flavour='tensorrt', version='10.13.0.35')
 HOST_GPU = ('NVIDIA A10G', '8.6')
 PLUGINS = ('yolact::FastNMS/1', 'yolact::MaskAssembly/1')
@@ -101,7 +100,7 @@ def test_load_without_tensorrt_says_what_to_install(tmp_path):
 
 def test_load_without_gpu_says_so(tmp_path):
     pytest.importorskip('tensorrt_rtx')
-    from engines.trt import cuda_device
+    from runtime.cuda_mem import cuda_device
     if cuda_device() is not None:
         pytest.skip('a GPU is visible here')
     path = make_engine(tmp_path, flavour='tensorrt_rtx', version='1.7.1.116', build_gpu=None)
@@ -195,10 +194,6 @@ def test_default_model_prefers_its_engine_when_tensorrt_can_run_it(tmp_path, mon
     onnx = tmp_path / 'demo.onnx'
     onnx.write_bytes(b'onnx')
     engine = tmp_path / 'demo.engine'
-    assert trt_backend.default_engine(onnx) == engine
-    assert trt_backend.default_engine(tmp_path / 'demo.fp16.onnx') == tmp_path / 'demo.fp16.engine'
-    assert trt_backend.default_engine('assets/demo/yolact_tiny_shapes.pth').as_posix() == \
-        'build/yolact_tiny_shapes.engine'
     monkeypatch.setattr(trt_backend, 'trt_unavailable_reason', lambda: None)  # a GPU host
     assert trt_backend.prefer_engine(onnx) == onnx  # no engine built yet
     engine.write_bytes(b'engine')
@@ -206,13 +201,6 @@ def test_default_model_prefers_its_engine_when_tensorrt_can_run_it(tmp_path, mon
     monkeypatch.setattr(trt_backend, 'trt_unavailable_reason', lambda: 'no CUDA device is visible')
     assert trt_backend.prefer_engine(onnx) == onnx
 
-
-def test_engines_build_names_engines_the_same_way():
-    from engines.build import default_engine_path
-    from runtime.backends.trt_backend import default_engine
-
-    for name in ('build/a.onnx', 'build/a.fp16.onnx', 'x/y.cross_class.int8.onnx'):
-        assert default_engine(name) == default_engine_path(name)
 
 
 def test_infer_cli_streams_option(tmp_path, capsys):

@@ -8,12 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.config import get_config
-from model.metadata import ModelMetadata
+from model.config import get_config, metadata_from_config
 from runtime.trt_io import (EngineIO, EngineIOError, TensorSpec, check_num_dets, download_segments,
                             gather_detections, validate_engine_io)
 
-META = ModelMetadata.from_config(get_config('yolact_base'))
+META = metadata_from_config(get_config('yolact_base'))
 D = META.max_dets
 HP = 138
 

@@ -9,8 +9,8 @@ import ctypes
 import numpy as np
 import pytest
 
-from model.config import get_config
-from model.metadata import ModelMetadata
+from model.config import get_config, metadata_from_config
+from runtime.metadata import ModelMetadata
 from runtime import cuda_mem
 from runtime.backends import trt_backend
 from runtime.backends.base import BackendError
@@ -18,7 +18,7 @@ from runtime.backends.trt_backend import TrtBackend, _Lane
 from runtime.trt_io import EngineIO, EngineIOError, TensorSpec
 
 D, HP, SIZE = 6, 5, 8
-META = ModelMetadata.from_config(get_config('yolact_base'), max_dets=D)
+META = metadata_from_config(get_config('yolact_base'), max_dets=D)
 META = ModelMetadata.from_dict(dict(META.to_dict(), input_size=(SIZE, SIZE)))
 IO = EngineIO((
     TensorSpec('images', np.dtype(np.uint8), (-1, SIZE, SIZE, 3), True),

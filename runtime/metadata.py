@@ -1,7 +1,8 @@
 """What a deployed model carries about itself: ONNX metadata_props, the engine's JSON sidecar and
 the torch checkpoint all describe a model with this one record.
 
-Free of torch on purpose: the runtime reads it on hosts that have only onnxruntime or TensorRT.
+Part of the runtime's contract: the runtime reads it on hosts that have only onnxruntime or
+TensorRT. The build-time side makes one from a config with model.config.metadata_from_config.
 """
 
 from __future__ import annotations
@@ -9,8 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 
-from model import __version__
-from model.config import YolactConfig
+from runtime import __version__
 from runtime.errors import ToolkitError
 
 PRECISIONS = ('fp32', 'fp16', 'int8')
@@ -39,16 +39,6 @@ class ModelMetadata:
     mask_threshold: float
     precision: str = 'fp32'
     toolkit_version: str = __version__
-
-    @classmethod
-    def from_config(cls, cfg: YolactConfig, *, cross_class: bool = False, max_dets: int | None = None,
-                    precision: str = 'fp32') -> 'ModelMetadata':
-        return cls(
-            config=cfg.name, class_names=tuple(cfg.class_names), category_ids=tuple(cfg.category_ids),
-            input_size=cfg.input_size, mean_bgr=tuple(cfg.mean_bgr), std_bgr=tuple(cfg.std_bgr),
-            conf_thresh=cfg.conf_thresh, nms_thresh=cfg.nms_thresh, top_k=cfg.nms_top_k,
-            max_dets=cfg.max_num_detections if max_dets is None else int(max_dets),
-            cross_class=bool(cross_class), mask_threshold=cfg.mask_threshold, precision=precision)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,12 +1,12 @@
 """Names of the exported ONNX model's interface (DESIGN.md, "ONNX model") and the reader of its
-metadata. Free of torch and onnx, so the engine builder and the runtime read the same names on
-deployment hosts."""
+metadata: the one home of these names, which the exporter, calib, the engine builder and the
+runtime all import. The runtime owns them because it consumes the interface."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from model.metadata import MetadataError, ModelMetadata
+from runtime.metadata import MetadataError, ModelMetadata
 
 INPUT_NAME = 'images'
 BATCH_DIM = 'batch'
@@ -16,7 +16,7 @@ POSTPROCESS_OUTPUTS = ('num_dets', 'boxes', 'scores', 'classes', 'masks')
 # --no-postprocess: loc [B, P, 4], conf (softmax) [B, P, num_classes], coef [B, P, M],
 # proto [B, Hp, Wp, M] (NHWC), priors [P, 4] (a constant).
 RAW_OUTPUTS = ('loc', 'conf', 'coef', 'proto', 'priors')
-# metadata_props key holding model.metadata.ModelMetadata.to_json().
+# metadata_props key holding runtime.metadata.ModelMetadata.to_json().
 METADATA_KEY = 'yolact.metadata'
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from engines.sidecar import EngineInfo, EngineMismatchError, EngineSidecar, SidecarError, check_sidecar, \
-    plugin_key, read_sidecar, sidecar_mismatches, sidecar_path, write_sidecar
-from model.config import get_config
-from model.metadata import ModelMetadata
+from engines.sidecar import write_sidecar
+from runtime.tensorrt.sidecar import (EngineInfo, EngineMismatchError, EngineSidecar, SidecarError, check_sidecar,
+                                      plugin_key, read_sidecar, sidecar_mismatches, sidecar_path)
+from model.config import get_config, metadata_from_config
 
 ENGINE_BYTES = b'serialized engine stand-in'
 HOST = dict(tensorrt_flavour='tensorrt', tensorrt_version='10.13.0.35', gpu_name='NVIDIA L4',
@@ -22,7 +22,7 @@ HOST = dict(tensorrt_flavour='tensorrt', tensorrt_version='10.13.0.35', gpu_name
 
 
 def make_sidecar(**engine_fields) -> EngineSidecar:
-    metadata = ModelMetadata.from_config(get_config('yolact_base'), precision='fp16')
+    metadata = metadata_from_config(get_config('yolact_base'), precision='fp16')
     fields = dict(tensorrt_flavour='tensorrt', tensorrt_version='10.13.0.35', build_gpu='NVIDIA L4',
                   compute_capabilities=('8.9',), max_batch=8, plugins=(plugin_key('FastNMS', 'yolact', '1'),),
                   onnx_file='build/yolact_base.fp16.onnx', onnx_sha256='0' * 64,

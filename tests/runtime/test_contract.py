@@ -1,14 +1,14 @@
-"""export.contract.metadata_from_props: the one reader of the exported model's metadata entry."""
+"""runtime.contract.metadata_from_props: the one reader of the exported model's metadata entry."""
 
 import pytest
 
-from export.contract import METADATA_KEY, metadata_from_props
-from model.config import get_config
-from model.metadata import MetadataError, ModelMetadata
+from runtime.contract import METADATA_KEY, metadata_from_props
+from model.config import get_config, metadata_from_config
+from runtime.metadata import MetadataError
 
 
 def test_reads_back_what_the_exporter_stores():
-    meta = ModelMetadata.from_config(get_config('yolact_base'), cross_class=True, max_dets=7)
+    meta = metadata_from_config(get_config('yolact_base'), cross_class=True, max_dets=7)
     assert metadata_from_props({METADATA_KEY: meta.to_json(), 'other': 'x'}, 'm.onnx') == meta
 
 

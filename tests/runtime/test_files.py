@@ -4,7 +4,7 @@ import hashlib
 
 import pytest
 
-from model.files import atomic_output, file_sha256, write_atomic
+from runtime.files import atomic_output, file_sha256, write_atomic
 
 
 def test_write_atomic_creates_the_folder_and_replaces_the_file(tmp_path):
