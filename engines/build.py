@@ -31,15 +31,15 @@ from pathlib import Path
 from engines.errors import EngineBuildError
 from engines.onnx_source import OnnxSource, load_onnx
 from engines.sidecar import write_sidecar
-from runtime import artifacts
-from runtime.tensorrt.sidecar import EngineInfo, EngineSidecar, SidecarError, plugin_key, read_sidecar, sidecar_path
 from engines.trt import choose_compute_capabilities, make_progress_monitor, rtx_compute_capabilities
-from runtime.cuda_mem import cuda_device
-from runtime.tensorrt.loader import TensorRT, load_tensorrt, make_logger
+from plugins import register_tensorrt_plugins
+from runtime import artifacts
+from runtime.cuda.memory import cuda_device
+from runtime.errors import ToolkitError
 from runtime.files import file_sha256, write_atomic
 from runtime.metadata import PRECISIONS
-from plugins import register_tensorrt_plugins
-from runtime.errors import ToolkitError
+from runtime.tensorrt.loader import TensorRT, load_tensorrt, make_logger
+from runtime.tensorrt.sidecar import EngineInfo, EngineSidecar, SidecarError, plugin_key, read_sidecar, sidecar_path
 
 log = logging.getLogger(__name__)
 

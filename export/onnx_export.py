@@ -26,14 +26,14 @@ import onnx
 import torch
 
 from export.cleanup import fold_and_clean, strip_trace_metadata
-from runtime.contract import BATCH_DIM, INPUT_NAME, METADATA_KEY, RAW_OUTPUTS, metadata_from_props
 from export.graph import DeployNetwork
 from export.postprocess_nodes import DECODED_HEAD_NAMES, append_postprocess
-from runtime import __version__
 from model.config import YolactConfig, metadata_from_config
+from runtime import __version__
+from runtime.contract import BATCH_DIM, INPUT_NAME, METADATA_KEY, RAW_OUTPUTS, metadata_from_props
+from runtime.errors import ToolkitError
 from runtime.files import write_atomic
 from runtime.metadata import ModelMetadata
-from runtime.errors import ToolkitError
 
 # Opset 19: what modelopt's INT8 quantiser emits, inside what onnxruntime 1.24 (7..25) and
 # TensorRT's parser (TensorRT 10 and TensorRT-RTX) accept. The IR version is the exporter's (10).

@@ -20,9 +20,9 @@ import torch
 from torch import Tensor
 
 from model.config import CONFIGS, ConfigError, YolactConfig, config_from_filename, get_config
-from runtime.files import atomic_output
 from model.yolact import Yolact
 from runtime.errors import ToolkitError
+from runtime.files import atomic_output
 
 FORMAT = 'yolact-deploy/1'
 _OWN_FIELDS = ('format', 'config', 'class_names', 'category_ids', 'model')

@@ -23,9 +23,9 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from model.data.coco import CocoDataset
-from runtime.files import write_atomic
 from runtime.backends import BACKENDS, Backend, open_backend
 from runtime.errors import ToolkitError
+from runtime.files import write_atomic
 from runtime.infer import DEFAULT_MODEL
 from runtime.pipeline import ImageLoadError, batches, load_image, predict
 

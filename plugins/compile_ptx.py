@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from runtime.files import write_atomic
 from plugins.triton_compile import TEST_ARCHS, AotKernel, KernelCompileError, compile_aot
+from runtime.files import write_atomic
 
 
 def kernel_specs(config, *, cross_class: bool):

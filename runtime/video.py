@@ -1,5 +1,5 @@
 """Video in, annotated video out (cv2), around any backend: frames are read in batches, run through
-runtime.throughput.predict_batches, drawn with runtime.draw and written at the input's frame rate and size."""
+runtime.pipeline.predict_batches, drawn with runtime.draw and written at the input's frame rate and size."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from runtime.files import atomic_output
 from runtime.backends import BackendError, open_backend
 from runtime.backends.base import Backend
 from runtime.draw import draw_detections
 from runtime.errors import ToolkitError
+from runtime.files import atomic_output
 from runtime.pipeline import batches
-from runtime.throughput import predict_batches
+from runtime.pipeline import predict_batches
 
 # Container suffix -> the FourCC OpenCV's bundled FFmpeg writes into it without extra codecs.
 VIDEO_CODECS = {'.mp4': 'mp4v', '.avi': 'MJPG'}

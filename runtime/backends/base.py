@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from runtime.metadata import ModelMetadata
 from runtime.errors import ToolkitError
+from runtime.metadata import ModelMetadata
 
 if TYPE_CHECKING:
     from runtime.detections import Detections

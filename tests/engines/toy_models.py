@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime.contract import METADATA_KEY
 from model.config import get_config, metadata_from_config
+from runtime.contract import METADATA_KEY
 from runtime.metadata import ModelMetadata
 
 TOY_SIZE = 16

@@ -12,16 +12,16 @@ import pytest
 import torch
 
 from export.__main__ import main as export_main
-from runtime.contract import INPUT_NAME, METADATA_KEY, POSTPROCESS_OUTPUTS, RAW_OUTPUTS
 from export.onnx_export import OPSET, ExportError, build_onnx, export_onnx, read_metadata
 from export.postprocess_nodes import DECODED_HEAD_NAMES, postprocess_model
 from model.box_coding import decode
 from model.checkpoint import load_model, save_checkpoint
 from model.config import get_config, metadata_from_config
-from runtime.metadata import ModelMetadata
 from model.postprocess import detect
 from model.preprocess import Normalize
 from model.yolact import Yolact
+from runtime.contract import INPUT_NAME, METADATA_KEY, POSTPROCESS_OUTPUTS, RAW_OUTPUTS
+from runtime.metadata import ModelMetadata
 
 CONFIG = 'yolact_tiny'
 CROSS_CLASS_MAX_DETS = 300

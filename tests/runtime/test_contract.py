@@ -2,8 +2,8 @@
 
 import pytest
 
-from runtime.contract import METADATA_KEY, metadata_from_props
 from model.config import get_config, metadata_from_config
+from runtime.contract import METADATA_KEY, metadata_from_props
 from runtime.metadata import MetadataError
 
 

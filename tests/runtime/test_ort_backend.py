@@ -7,12 +7,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from runtime.contract import METADATA_KEY, RAW_OUTPUTS
 from export.onnx_export import export_onnx
 from model.checkpoint import load_model
 from model.config import metadata_from_config, yolact_tiny
 from runtime.backends import BackendError, open_backend
 from runtime.backends.ort_backend import OrtBackend
+from runtime.contract import METADATA_KEY, RAW_OUTPUTS
 from runtime.infer import main as infer_main
 from runtime.pipeline import predict
 

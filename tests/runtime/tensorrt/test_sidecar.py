@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from engines.sidecar import write_sidecar
+from model.config import get_config, metadata_from_config
 from runtime.tensorrt.sidecar import (EngineInfo, EngineMismatchError, EngineSidecar, SidecarError, check_sidecar,
                                       plugin_key, read_sidecar, sidecar_mismatches, sidecar_path)
-from model.config import get_config, metadata_from_config
 
 ENGINE_BYTES = b'serialized engine stand-in'
 HOST = dict(tensorrt_flavour='tensorrt', tensorrt_version='10.13.0.35', gpu_name='NVIDIA L4',

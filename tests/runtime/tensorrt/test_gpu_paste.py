@@ -1,4 +1,4 @@
-"""runtime.gpu_paste without a GPU: the paste kernel compiles to PTX for sm_80 and sm_90 with the
+"""runtime.tensorrt.gpu_paste without a GPU: the paste kernel compiles to PTX for sm_80 and sm_90 with the
 parameters the driver-API launcher passes, without torch; the kernel loader says why it cannot
 run; the device-or-host rule. (The kernel's arithmetic: test_paste_kernel.py; the lanes' use of
 it: test_trt_gpu_paste.py; the real device: the gpu test there.)"""
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.gpu_paste import PARAM_KINDS, PasteKernelUnavailable, load_paste_kernel, paste_on_gpu
+from runtime.tensorrt.gpu_paste import PARAM_KINDS, PasteKernelUnavailable, load_paste_kernel, paste_on_gpu
 
 ROOT = Path(__file__).resolve().parents[2]
 # How each launcher parameter kind appears in the PTX entry.
@@ -22,7 +22,7 @@ PTX_PARAM_TYPES = {'ptr': 'u64', 'i32': 'u32', 'f32': 'f32'}
 COMPILE_AND_DESCRIBE = """
 import json, sys
 from plugins.compile_ptx import describe
-from runtime.gpu_paste import compile_paste_kernel
+from runtime.tensorrt.gpu_paste import compile_paste_kernel
 for arch, dtype in {cases}:
     kernel = compile_paste_kernel(arch, dtype)
     info = describe(kernel, 'paste_masks', arch, dtype, 0.0)
@@ -53,7 +53,7 @@ def test_kernel_compiles_to_launchable_ptx_without_torch():
 
 
 def test_loader_says_why_without_triton(monkeypatch):
-    monkeypatch.setitem(sys.modules, 'runtime.paste_kernel', None)  # import fails as without triton
+    monkeypatch.setitem(sys.modules, 'runtime.tensorrt.paste_kernel', None)  # import fails as without triton
     with pytest.raises(PasteKernelUnavailable, match='triton is not installed.*pip install triton'):
         load_paste_kernel(np.float32)
 

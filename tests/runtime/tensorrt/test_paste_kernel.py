@@ -1,5 +1,5 @@
-"""runtime/paste_kernel.py under Triton's interpreter equals runtime.paste.paste_masks bit for bit,
-through the same tables and rounds (runtime.gpu_paste) the device path uses.
+"""runtime/tensorrt/paste_kernel.py under Triton's interpreter equals runtime.paste.paste_masks bit for bit,
+through the same tables and rounds (runtime.tensorrt.gpu_paste) the device path uses.
 
 The kernel runs as Triton's interpreter runs it under TRITON_INTERPRET=1 (`triton.jit` then
 returns `InterpretedFunction(fn)`; here that wrapper is applied to this one kernel), so this
@@ -18,9 +18,9 @@ pytest.importorskip('triton')
 
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
-from runtime.gpu_paste import ImagePaste, build_paste_rounds, scatter_round  # noqa: E402
 from runtime.paste import paste_masks  # noqa: E402
-from runtime.paste_kernel import PasteKernelConfig, paste_masks_kernel  # noqa: E402
+from runtime.tensorrt.gpu_paste import ImagePaste, build_paste_rounds, scatter_round  # noqa: E402
+from runtime.tensorrt.paste_kernel import PasteKernelConfig, paste_masks_kernel  # noqa: E402
 
 CONFIG = PasteKernelConfig()
 INTERPRETED = InterpretedFunction(paste_masks_kernel.fn)

@@ -1,4 +1,4 @@
-"""The TensorRT rows of `make bench` (runtime/bench.py) on a GPU host: per engine (precision), batch
+"""The TensorRT rows of `make bench` (runtime/bench/cpu.py) on a GPU host: per engine (precision), batch
 size and number of streams, the latency of a batch (p50/p99, from the moment it is handed to the
 backend to the moment its detections are back on the host: upload of model-size uint8 images,
 inference with Fast NMS and mask assembly, the num_dets-trimmed download), images per second, and
@@ -14,12 +14,12 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from runtime.tensorrt.sidecar import read_sidecar
-from runtime.metadata import PRECISIONS
-from runtime import cuda_mem
 from runtime.artifacts import engine_path
-from runtime.backends.trt_backend import TrtBackend, import_tensorrt, trt_unavailable_reason
+from runtime.cuda import memory as cuda_mem
+from runtime.metadata import PRECISIONS
 from runtime.pipeline import resize_to_input
+from runtime.tensorrt.backend import TrtBackend, import_tensorrt, trt_unavailable_reason
+from runtime.tensorrt.sidecar import read_sidecar
 
 BATCH_SIZES = (1, 8, 32)
 STREAM_COUNTS = (1, 2, 4)
@@ -94,8 +94,8 @@ def model_engines(checkpoint: str | Path) -> list[Path]:
 
 
 def bench_rows(context) -> tuple[list[dict], list[str]]:
-    """runtime.bench row source (ROW_SOURCES): TensorRT rows for every model of the bench context
-    (runtime.bench.BenchContext) that has engines, batch sizes BATCH_SIZES, streams STREAM_COUNTS."""
+    """runtime.bench.cpu row source (ROW_SOURCES): TensorRT rows for every model of the bench context
+    (runtime.bench.cpu.BenchContext) that has engines, batch sizes BATCH_SIZES, streams STREAM_COUNTS."""
     reason = trt_unavailable_reason()
     if reason is not None:
         return [], [f'TensorRT rows skipped: {reason}']

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from engines.sidecar import write_sidecar
-from runtime.tensorrt.sidecar import EngineInfo, EngineMismatchError, EngineSidecar, SidecarError, sidecar_path
-from runtime.files import file_sha256
-from runtime.tensorrt.loader import TensorRT
 from model.config import get_config, metadata_from_config
 from runtime.backends.base import BackendError
-from runtime.backends.trt_backend import (TensorRTUnavailableError, TrtBackend, check_engine, describe_engine,
+from runtime.files import file_sha256
+from runtime.tensorrt.backend import (TensorRTUnavailableError, TrtBackend, check_engine, describe_engine,
                                           registered_plugin_keys)
+from runtime.tensorrt.loader import TensorRT
+from runtime.tensorrt.sidecar import EngineInfo, EngineMismatchError, EngineSidecar, SidecarError, sidecar_path
 
 META = metadata_from_config(get_config('yolact_base'), precision='fp16')
 HOST_TRT = TensorRT(module=None, flavour='tensorrt', version='10.13.0.35')
@@ -100,7 +100,7 @@ def test_load_without_tensorrt_says_what_to_install(tmp_path):
 
 def test_load_without_gpu_says_so(tmp_path):
     pytest.importorskip('tensorrt_rtx')
-    from runtime.cuda_mem import cuda_device
+    from runtime.cuda.memory import cuda_device
     if cuda_device() is not None:
         pytest.skip('a GPU is visible here')
     path = make_engine(tmp_path, flavour='tensorrt_rtx', version='1.7.1.116', build_gpu=None)
@@ -170,7 +170,7 @@ def test_registered_plugin_keys_reads_the_registry():
 
 
 def test_runtime_imports_neither_torch_nor_tensorrt():
-    code = ('import sys, runtime.backends.trt_backend, runtime.cuda_mem, runtime.throughput, runtime.trt_io; '
+    code = ('import sys, runtime.tensorrt.backend, runtime.cuda.memory, runtime.tensorrt.scheduling, runtime.tensorrt.engine_io; '
             'bad = [m for m in ("torch", "tensorrt", "tensorrt_rtx", "onnx") if m in sys.modules]; '
             'print(bad); sys.exit(1 if bad else 0)')
     done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
@@ -189,7 +189,7 @@ def test_auto_sends_engines_to_trt(tmp_path):
 
 
 def test_default_model_prefers_its_engine_when_tensorrt_can_run_it(tmp_path, monkeypatch):
-    from runtime.backends import trt_backend
+    from runtime.tensorrt import backend as trt_backend
 
     onnx = tmp_path / 'demo.onnx'
     onnx.write_bytes(b'onnx')

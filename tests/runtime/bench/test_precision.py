@@ -3,9 +3,9 @@ from types import SimpleNamespace
 import onnx
 import pytest
 
-import runtime.bench_precision
+import runtime.bench.precision
 from calib.graph import model_metadata
-from runtime.bench_precision import precision_rows
+from runtime.bench.precision import precision_rows
 from tests.calib.standin import SIZE, build_standin, raw_export_like, smooth_images
 
 
@@ -42,8 +42,8 @@ def test_converted_networks_are_reused_until_the_export_changes(context, monkeyp
     def no_conversion(*args, **kwargs):
         raise AssertionError('converted again although the export did not change')
 
-    monkeypatch.setattr(runtime.bench_precision, 'convert_fp16', no_conversion)
-    monkeypatch.setattr(runtime.bench_precision, 'quantize_int8', no_conversion)
+    monkeypatch.setattr(runtime.bench.precision, 'convert_fp16', no_conversion)
+    monkeypatch.setattr(runtime.bench.precision, 'quantize_int8', no_conversion)
     precision_rows(context)
     raw = context.models[0].raw_onnx
     raw.write_bytes(raw.read_bytes())  # a newer export

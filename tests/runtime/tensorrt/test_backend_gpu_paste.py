@@ -12,15 +12,15 @@ import logging
 import numpy as np
 import pytest
 
-import tests.runtime.test_trt_lanes as lanes
-from runtime import cuda_mem, gpu_paste
-from runtime.backends import trt_backend
-from runtime.backends.trt_backend import TrtBackend
-from runtime.gpu_paste import ImagePaste, PasteKernelUnavailable, PasteWorkspace, paste_on_gpu
+import tests.runtime.tensorrt.test_lanes as lanes
+from runtime.cuda import memory as cuda_mem
 from runtime.infer import backend_options, build_parser
 from runtime.paste import box_pixel_ranges, paste_masks
 from runtime.pipeline import kept_detections, to_detections
-from tests.runtime.test_trt_lanes import D, HP, IO, GARBAGE, make_backend, random_images, sim  # noqa: F401 (fixture)
+from runtime.tensorrt import backend as trt_backend, gpu_paste
+from runtime.tensorrt.backend import TrtBackend
+from runtime.tensorrt.gpu_paste import ImagePaste, PasteKernelUnavailable, PasteWorkspace, paste_on_gpu
+from tests.runtime.tensorrt.test_lanes import D, HP, IO, GARBAGE, make_backend, random_images, sim  # noqa: F401 (fixture)
 
 SCORE_THRESHOLD = 0.3
 
@@ -45,7 +45,7 @@ def realistic_outputs(images):
 
 
 class InterpretedPasteKernel:
-    """runtime.cuda_module.PtxKernel's launch() on the simulated device: the kernel under Triton's
+    """runtime.cuda.module.PtxKernel's launch() on the simulated device: the kernel under Triton's
     interpreter, each pointer argument wrapped as a tensor over the simulated allocation it is in."""
 
     DTYPES = {0: IO['masks'].dtype, 4: np.float32, 6: np.float32, 10: np.uint8}  # else int32
@@ -53,7 +53,7 @@ class InterpretedPasteKernel:
     def __init__(self, dev):
         from triton.runtime.interpreter import InterpretedFunction
 
-        from runtime.paste_kernel import PasteKernelConfig, paste_masks_kernel
+        from runtime.tensorrt.paste_kernel import PasteKernelConfig, paste_masks_kernel
         config = PasteKernelConfig()
         self.dev, self.launches, self.block_hw = dev, 0, (config.block_y, config.block_x)
         self.kernel, self.constexprs = InterpretedFunction(paste_masks_kernel.fn), config.constexprs()
@@ -147,10 +147,10 @@ def test_detect_splits_batches_larger_than_max_batch(paste_backend):
 
 
 def test_video_path_pastes_on_the_device_on_every_lane(paste_backend, sim):
-    """runtime.throughput.predict_batches (video) goes through detect_batches: 3 lanes, each with
+    """runtime.pipeline.predict_batches (video) goes through detect_batches: 3 lanes, each with
     its own paste workspace, the Detections of predict on a host-pasting backend, in order."""
     from runtime.pipeline import predict
-    from runtime.throughput import predict_batches
+    from runtime.pipeline import predict_batches
 
     make, kernel = paste_backend
     rng = np.random.default_rng(14)
@@ -183,7 +183,7 @@ def test_host_pasting_fallback_says_so_once(gpu_paste, level, message, sim, monk
     monkeypatch.setattr(lanes, 'expected_outputs', realistic_outputs)
     backend = make_backend(sim, streams=2, graphs=False)
     backend.gpu_paste = gpu_paste
-    with caplog.at_level(logging.INFO, logger='runtime.backends.trt_backend'):
+    with caplog.at_level(logging.INFO, logger='runtime.tensorrt.backend'):
         backend._set_up_gpu_paste()
     assert [(r.levelno, message in r.getMessage()) for r in caplog.records] == [(level, True)]
     assert all(lane.paste is None for lane in backend._lanes)

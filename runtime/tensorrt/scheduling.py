@@ -2,9 +2,7 @@
 
 `pipelined` spreads batches over N lanes (one execution context + stream + buffers each) so the
 upload of one batch, the inference of another and the download of a third overlap on the GPU.
-`predict_batches` is runtime.pipeline.predict over a stream of batches (video), through that
-scheduler when the backend has one. `GraphPolicy` decides, per lane, when a CUDA graph can be
-captured and replayed: only for a batch
+`GraphPolicy` decides, per lane, when a CUDA graph can be captured and replayed: only for a batch
 size that has already run once (TensorRT allocates and tunes on its first enqueue for a shape, which
 must not be captured) and never again for a batch size whose capture failed.
 """
@@ -13,12 +11,6 @@ from __future__ import annotations
 
 from collections import deque
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
-
-import numpy as np
-
-from runtime.backends.base import Backend
-from runtime.detections import Detections
-from runtime.pipeline import resize_to_input, to_detections
 
 Item = TypeVar('Item')
 Lane = TypeVar('Lane')
@@ -60,32 +52,6 @@ def pipelined(items: Iterable[Item], lanes: Sequence[Lane],
         # Refill before handing the result out: the GPU works while the caller uses it.
         fill()
         yield result
-
-
-def predict_batches(backend: Backend, image_batches: Iterable[Sequence[np.ndarray]], *,
-                    score_threshold: float) -> Iterator[tuple[Sequence[np.ndarray], list[Detections]]]:
-    """(images, their Detections) for each batch of images (uint8 [H, W, 3] BGR, any size), in order:
-    runtime.pipeline.predict batch after batch, except that a backend with `detect_batches` (the
-    TensorRT backend: --streams N, masks pasted on its GPU) gets the batches as a stream, so it
-    overlaps them."""
-    meta = backend.metadata
-    taken: deque = deque()
-
-    def model_inputs() -> Iterator[tuple[np.ndarray, list[tuple[int, int]]]]:
-        for images in image_batches:
-            taken.append(images)
-            yield np.stack([resize_to_input(image, meta.input_size) for image in images]), \
-                [image.shape[:2] for image in images]
-
-    detect_batches = getattr(backend, 'detect_batches', None)
-    if detect_batches is not None:
-        for detections in detect_batches(model_inputs(), score_threshold=score_threshold,
-                                         mask_threshold=meta.mask_threshold):
-            yield taken.popleft(), detections
-        return
-    for inputs, image_sizes in model_inputs():
-        yield taken.popleft(), to_detections(backend.infer(inputs), image_sizes, score_threshold=score_threshold,
-                                             mask_threshold=meta.mask_threshold)
 
 
 EAGER = 'eager'      # enqueue normally (set the input shape first if `reshape`)

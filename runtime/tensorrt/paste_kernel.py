@@ -2,7 +2,7 @@
 
 One program pastes a [BLOCK_Y, BLOCK_X] tile of one detection's box region. The bilinear taps
 (source index and weight of every image row and column) and each detection's box region come
-from tables the host builds with runtime.paste's own functions (runtime/gpu_paste.py
+from tables the host builds with runtime.paste's own functions (runtime/tensorrt/gpu_paste.py
 `build_paste_rounds`), so the kernel holds only the blend: the horizontal pass
 `wx0 * m[y, x0] + wx1 * m[y, x1]` on the top and bottom source rows, then `top * wy0 +
 bottom * wy1`, then `> threshold` -- paste_masks' float32 operations in its order. Compiled without
@@ -11,7 +11,7 @@ result equals paste_masks bit for bit.
 
 Only the box region is written, packed: detection d's region of h x w pixels is h * w bytes
 (uint8 0/1, row-major) at byte offset regions[d, 4] of the output (regions: int32
-[N, REGION_COLUMNS], runtime/gpu_paste.py), so only those bytes cross the bus to the host.
+[N, REGION_COLUMNS], runtime/tensorrt/gpu_paste.py), so only those bytes cross the bus to the host.
 
 Coordinate spaces: masks on the prototype grid [Hp, Wp]; regions and taps in image pixels.
 This module imports triton; the runtime imports it only when triton is installed.
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import triton
 import triton.language as tl
 
-from runtime.gpu_paste import REGION_COLUMNS
+from runtime.tensorrt.gpu_paste import REGION_COLUMNS
 
 @triton.jit
 def paste_masks_kernel(

@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import bench_precision
-from runtime.contract import INPUT_NAME, RAW_OUTPUTS
 from model.config import get_config
-from runtime.files import write_atomic
-from runtime import trt_bench
+from runtime.bench import precision as bench_precision
+from runtime.bench import tensorrt as trt_bench
+from runtime.contract import INPUT_NAME, RAW_OUTPUTS
 from runtime.errors import ToolkitError
+from runtime.files import write_atomic
 from runtime.pipeline import resize_to_input, to_detections
 
 STAGES = ('pre', 'network', 'post', 'paste')
@@ -381,6 +381,3 @@ def main(argv=None) -> int:
         print(f'note: {note}')
     return 0
 
-
-if __name__ == '__main__':
-    sys.exit(main())

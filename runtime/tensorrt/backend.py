@@ -1,18 +1,18 @@
 """`--backend trt`: run a TensorRT engine (.engine) built by `make engine`.
 
 TensorRT 10/11 tensor-address API (`set_tensor_address`, `execute_async_v3`), device memory and
-streams from cuda-python (runtime/cuda_mem.py), pinned host buffers, uint8 upload (the engine does
+streams from cuda-python (runtime/cuda/memory.py), pinned host buffers, uint8 upload (the engine does
 the normalisation), and a two-step download: `num_dets` first, then only the first num_dets rows of
 boxes/scores/classes/masks per image (the padding rows are never copied).
 
 Masks: `detect` (what runtime.pipeline.predict calls) pastes them into the original images on the
-GPU before download when triton is installed (runtime/gpu_paste.py; off with gpu_paste=False), so
+GPU before download when triton is installed (runtime/tensorrt/gpu_paste.py; off with gpu_paste=False), so
 the float prototype-grid masks stay on the device and only the kept detections' box pixels come
 back; `infer` returns the raw outputs as every backend does.
 
 Throughput: `streams` lanes (execution context + stream + buffers each) run consecutive batches of
 `infer_batches` in turn, so upload, inference and download of different batches overlap; each lane
-captures a CUDA graph per batch size once that size has run (runtime/throughput.py).
+captures a CUDA graph per batch size once that size has run (runtime/tensorrt/scheduling.py).
 
 Before deserialising, the engine's JSON sidecar is checked (engines/sidecar.py): another TensorRT
 version, another GPU, a missing plugin or a corrupted file each give a message naming the fix.
@@ -31,18 +31,18 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from runtime.artifacts import engine_path
-from runtime.tensorrt.sidecar import EngineSidecar, check_sidecar, plugin_key, read_sidecar
-from runtime.cuda_mem import cuda_device
-from runtime.tensorrt.loader import TensorRTUnavailable, load_tensorrt, make_logger
-from runtime import cuda_mem
 from runtime.backends.base import Backend, BackendError, RawDetections
+from runtime.cuda import memory as cuda_mem
+from runtime.cuda.memory import cuda_device
 from runtime.detections import Detections
-from runtime.gpu_paste import ImagePaste, PasteKernelUnavailable, PasteWorkspace, load_paste_kernel, paste_on_gpu
 from runtime.paste import paste_masks
 from runtime.pipeline import kept_detections, make_detections
-from runtime.throughput import CAPTURE, EAGER, REPLAY, GraphPolicy, pipelined
-from runtime.trt_io import (DETECTION_OUTPUTS, INPUT_NAME, REBUILD_HINT, EngineIO, EngineIOError, TensorSpec,
-                            check_num_dets, download_segments, gather_detections, validate_engine_io)
+from runtime.tensorrt.engine_io import (DETECTION_OUTPUTS, INPUT_NAME, REBUILD_HINT, EngineIO, EngineIOError, TensorSpec,
+                                       check_num_dets, download_segments, gather_detections, validate_engine_io)
+from runtime.tensorrt.gpu_paste import ImagePaste, PasteKernelUnavailable, PasteWorkspace, load_paste_kernel, paste_on_gpu
+from runtime.tensorrt.loader import TensorRTUnavailable, load_tensorrt, make_logger
+from runtime.tensorrt.scheduling import CAPTURE, EAGER, REPLAY, GraphPolicy, pipelined
+from runtime.tensorrt.sidecar import EngineSidecar, check_sidecar, plugin_key, read_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ class _Lane:
                            mask_threshold: float) -> list[Detections]:
         """Wait for a submitted batch and return its Detections (runtime.pipeline.to_detections'
         result for image_sizes, the (H, W) of each original image). With a paste workspace
-        (self.paste), every image runtime.gpu_paste.paste_on_gpu picks is pasted on the GPU: its
+        (self.paste), every image runtime.tensorrt.gpu_paste.paste_on_gpu picks is pasted on the GPU: its
         float masks stay on the device and only its kept detections' box pixels come back. The
         other images' masks rows are downloaded and pasted on the host."""
         self.stream.synchronize()
@@ -280,7 +280,7 @@ class TrtBackend(Backend):
     streams: execution contexts (lanes) that `infer_batches` spreads batches over (1 = sequential).
     cuda_graphs: capture a CUDA graph per lane and batch size (replayed for repeated sizes).
     max_batch: cap on images per call (default: the engine profile's maximum).
-    gpu_paste: paste masks on the GPU in `detect` (runtime/gpu_paste.py), for images at least the
+    gpu_paste: paste masks on the GPU in `detect` (runtime/tensorrt/gpu_paste.py), for images at least the
     size of the prototype grid; needs triton at load (the kernel is compiled for this GPU then)
     and falls back to the host, with one log line, without it. False: always on the host.
     The engine runs on CUDA device 0 (choose the GPU with CUDA_VISIBLE_DEVICES).
@@ -391,7 +391,7 @@ class TrtBackend(Backend):
     def detect_batches(self, batches: Iterable[tuple[np.ndarray, Sequence[tuple[int, int]]]], *,
                        score_threshold: float, mask_threshold: float) -> Iterator[list[Detections]]:
         """`detect` for each (images, image_sizes) pair, in order, overlapped as in infer_batches:
-        the throughput path video uses (runtime.throughput.predict_batches)."""
+        the throughput path video uses (runtime.pipeline.predict_batches)."""
         pending_sizes: deque = deque()
 
         def images_only():

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.tensorrt.sidecar import rebuild_hint
 from runtime.contract import INPUT_NAME, POSTPROCESS_OUTPUTS as OUTPUT_NAMES
-from runtime.metadata import ModelMetadata
 from runtime.errors import ToolkitError
+from runtime.metadata import ModelMetadata
+from runtime.tensorrt.sidecar import rebuild_hint
 
 # Outputs downloaded row by row, only up to num_dets per image (num_dets itself comes first).
 DETECTION_OUTPUTS = tuple(name for name in OUTPUT_NAMES if name != 'num_dets')

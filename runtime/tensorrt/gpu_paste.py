@@ -1,5 +1,5 @@
 """Mask pasting on the GPU for the TensorRT backend: the masks TensorRT wrote stay on the device,
-runtime/paste_kernel.py pastes the kept detections into their boxes there, and only the packed
+runtime/tensorrt/paste_kernel.py pastes the kept detections into their boxes there, and only the packed
 uint8 box regions come back (no torch, no Triton launcher: PTX through cuda-python's driver API).
 
 - `build_paste_rounds` (numpy): the kernel's tables, from runtime.paste's own tap and box-range
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
 
-from runtime import cuda_mem
+from runtime.cuda import memory as cuda_mem
 from runtime.errors import ToolkitError
 from runtime.paste import box_pixel_ranges, source_taps, zeroed_masks
 
@@ -182,7 +182,7 @@ def compile_paste_kernel(arch: int, masks_dtype) -> AotKernel:
     """The paste kernel as launchable PTX for CUDA compute capability `arch` (e.g. 80, 90) and
     masks of `masks_dtype` (float32 or float16). Needs triton (not a GPU, not torch)."""
     from plugins.triton_compile import compile_aot
-    from runtime.paste_kernel import PasteKernelConfig, paste_masks_kernel, signature
+    from runtime.tensorrt.paste_kernel import PasteKernelConfig, paste_masks_kernel, signature
 
     config = PasteKernelConfig()
     float_type = _TRITON_FLOAT_TYPES[np.dtype(masks_dtype)]
@@ -199,10 +199,10 @@ def load_paste_kernel(masks_dtype):
                                      f'or float16')
     try:
         from plugins.triton_compile import KernelCompileError
-        from runtime.paste_kernel import PasteKernelConfig
+        from runtime.tensorrt.paste_kernel import PasteKernelConfig
     except ImportError as e:
         raise PasteKernelUnavailable(f'triton is not installed ({e}); pip install triton to paste on the GPU') from None
-    from runtime.cuda_module import PtxKernel
+    from runtime.cuda.module import PtxKernel
 
     major, minor = cuda_mem.device_info()['compute_capability'].split('.')
     try:
@@ -221,7 +221,7 @@ def load_paste_kernel(masks_dtype):
 class PasteWorkspace:
     """One lane's paste buffers (device tables and output, pinned staging), grown on demand, and
     the pasting itself on that lane's stream. `kernel.launch(stream_ptr, grid, args)` runs
-    paste_masks_kernel (a runtime.cuda_module.PtxKernel on a GPU)."""
+    paste_masks_kernel (a runtime.cuda.module.PtxKernel on a GPU)."""
 
     def __init__(self, kernel, block_hw: tuple[int, int], memory_budget: int = DEFAULT_MEMORY_BUDGET):
         self.kernel, self.block_hw, self.memory_budget = kernel, block_hw, memory_budget

@@ -4,8 +4,8 @@ test_trt_lanes (no timing is asserted), and what a host without TensorRT gets.""
 import numpy as np
 import pytest
 
-from runtime.trt_bench import bench_rows, measure, model_engines
-from tests.runtime.test_trt_lanes import make_backend, random_images, sim  # noqa: F401 (sim is a fixture)
+from runtime.bench.tensorrt import bench_rows, measure, model_engines
+from tests.runtime.tensorrt.test_lanes import make_backend, random_images, sim  # noqa: F401 (sim is a fixture)
 
 
 def test_measure_reports_latency_and_throughput_fields(sim):  # noqa: F811
@@ -21,7 +21,7 @@ def test_measure_reports_latency_and_throughput_fields(sim):  # noqa: F811
 
 
 def test_bench_source_on_a_host_without_tensorrt():
-    from runtime.backends.trt_backend import trt_unavailable_reason
+    from runtime.tensorrt.backend import trt_unavailable_reason
 
     reason = trt_unavailable_reason()
     if reason is None:

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from model.config import get_config, metadata_from_config
-from runtime.metadata import ModelMetadata
-from runtime import cuda_mem
-from runtime.backends import trt_backend
 from runtime.backends.base import BackendError
-from runtime.backends.trt_backend import TrtBackend, _Lane
-from runtime.trt_io import EngineIO, EngineIOError, TensorSpec
+from runtime.cuda import memory as cuda_mem
+from runtime.metadata import ModelMetadata
+from runtime.tensorrt import backend as trt_backend
+from runtime.tensorrt.backend import TrtBackend, _Lane
+from runtime.tensorrt.engine_io import EngineIO, EngineIOError, TensorSpec
 
 D, HP, SIZE = 6, 5, 8
 META = metadata_from_config(get_config('yolact_base'), max_dets=D)
@@ -304,6 +304,6 @@ def test_bad_input_and_broken_engine_output(sim):
 
 
 def test_backend_module_uses_the_patched_device(sim):
-    """Guard for the tests above: the backend reaches device memory only through runtime.cuda_mem."""
+    """Guard for the tests above: the backend reaches device memory only through runtime.cuda.memory."""
     assert trt_backend.cuda_mem.DeviceBuffer is cuda_mem.DeviceBuffer
     assert 'SimDeviceBuffer' in cuda_mem.DeviceBuffer.__name__

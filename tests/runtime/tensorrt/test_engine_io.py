@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model.config import get_config, metadata_from_config
-from runtime.trt_io import (EngineIO, EngineIOError, TensorSpec, check_num_dets, download_segments,
+from runtime.tensorrt.engine_io import (EngineIO, EngineIOError, TensorSpec, check_num_dets, download_segments,
                             gather_detections, validate_engine_io)
 
 META = metadata_from_config(get_config('yolact_base'))

@@ -2,7 +2,7 @@
 how the runtime runs a Triton kernel compiled ahead of time, without torch or Triton's launcher.
 
 The module is loaded into the CUDA context current at construction (the primary context that
-the runtime API, and so TensorRT, uses) and launched on runtime-API streams (runtime/cuda_mem.py),
+the runtime API, and so TensorRT, uses) and launched on runtime-API streams (runtime/cuda/memory.py),
 which live in that same context. cuda-python is imported on first use.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ctypes
 
-from runtime.cuda_mem import _Resource, bindings, check
+from runtime.cuda.memory import _Resource, bindings, check
 
 # Kernel parameter kinds -> the ctypes type cuLaunchKernel copies each value as.
 _PARAM_TYPES = {'ptr': ctypes.c_void_p, 'i32': ctypes.c_int32, 'f32': ctypes.c_float}
@@ -38,7 +38,7 @@ class PtxKernel(_Resource):
         self._function = check('cuModuleGetFunction', driver.cuModuleGetFunction(self._module, name.encode()))
 
     def launch(self, stream_ptr: int, grid: tuple[int, int, int], args: tuple) -> None:
-        """Enqueue the kernel on the stream `stream_ptr` (runtime.cuda_mem.Stream.ptr) over `grid`
+        """Enqueue the kernel on the stream `stream_ptr` (runtime.cuda.memory.Stream.ptr) over `grid`
         blocks, with `args` in parameter order (ints for 'ptr'/'i32', floats for 'f32')."""
         if len(args) != len(self._types):
             raise ValueError(f'{self.name} takes {len(self._types)} arguments, got {len(args)}')

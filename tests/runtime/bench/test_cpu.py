@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.postprocess_nodes import DECODED_HEAD_NAMES, postprocess_model
 from model.config import yolact_tiny
-from runtime.bench import DETECTIONS, format_table, network_gmac, stage_row, synthetic_head, timed
+from runtime.bench.cpu import DETECTIONS, format_table, network_gmac, stage_row, synthetic_head, timed
 
 
 def test_network_gmac_counts_every_conv(tmp_path):

@@ -1,9 +1,9 @@
-"""runtime.cuda_mem without a GPU: how cuda-python results are unpacked and errors reported, and
+"""runtime.cuda.memory without a GPU: how cuda-python results are unpacked and errors reported, and
 that no device call happens where there is no device."""
 
 import pytest
 
-from runtime import cuda_mem
+from runtime.cuda import memory as cuda_mem
 
 cudart = pytest.importorskip('cuda.bindings.runtime')
 

@@ -1,4 +1,4 @@
-"""FP16 and INT8 rows for `make bench` (runtime/bench.py's ROW_SOURCES): onnxruntime network time of
+"""FP16 and INT8 rows for `make bench` (runtime/bench/cpu.py's ROW_SOURCES): onnxruntime network time of
 each model's raw export converted by calib (INT8 in both of calib's layouts: int8 for TensorRT,
 int8-ort for onnxruntime), timed in rounds alternating with the FP32 network so a shared machine's
 load falls on all of them alike. The ratio to FP32 goes into the notes.
@@ -16,9 +16,9 @@ from calib.convert import CACHE_FOLDER, quiet_modelopt
 from calib.fp16 import convert_fp16
 from calib.graph import model_metadata
 from calib.quantize import quantize_int8
+from export.onnx_export import save_model
 from runtime.artifacts import precision_path
 from runtime.contract import INPUT_NAME
-from export.onnx_export import save_model
 from runtime.images import resize_to_input
 
 ROUNDS = 3  # alternations of fp32 / fp16 / int8 / int8-ort timing
@@ -50,10 +50,10 @@ def converted_network(raw_onnx, precision: str, calibration: np.ndarray):
 def precision_rows(context) -> tuple[list[dict], list[str]]:
     """Rows (network stage only) for FP16 and both INT8 layouts, and notes with their ratio to FP32.
 
-    context: runtime.bench.BenchContext.
+    context: runtime.bench.cpu.BenchContext.
     """
     from runtime.backends.ort_backend import create_session
-    from runtime.bench import stage_row, timed
+    from runtime.bench.cpu import stage_row, timed
 
     rows, notes = [], []
     for model in context.models:

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.throughput import CAPTURE, EAGER, REPLAY, GraphPolicy, pipelined
-from tests.runtime.test_trt_lanes import make_backend, sim  # noqa: F401 (sim is a fixture)
+from runtime.tensorrt.scheduling import CAPTURE, EAGER, REPLAY, GraphPolicy, pipelined
+from tests.runtime.tensorrt.test_lanes import make_backend, sim  # noqa: F401 (sim is a fixture)
 
 
 def run(num_items, num_lanes):
@@ -113,7 +113,7 @@ def test_predict_batches_equals_predict_batch_by_batch(sim):  # noqa: F811
     """Through infer_batches (3 lanes of the simulated TensorRT backend) and through plain infer
     (a backend without it), the Detections equal runtime.pipeline.predict's, batch by batch."""
     from runtime.pipeline import predict
-    from runtime.throughput import predict_batches
+    from runtime.pipeline import predict_batches
 
     rng = np.random.default_rng(6)
     frames = [rng.integers(0, 256, (12, 10, 3), dtype=np.uint8) for _ in range(7)]
