@@ -123,7 +123,6 @@ class YolactConfig:
     lr_warmup_until: int = 500
     positive_iou_threshold: float = 0.5
     negative_iou_threshold: float = 0.4
-    crowd_iou_threshold: float = 0.7
     ohem_negpos_ratio: int = 3
     conf_alpha: float = 1.0
     bbox_alpha: float = 1.5

@@ -67,10 +67,6 @@ class EngineIO:
         raise KeyError(name)
 
     @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(s.name for s in self.tensors)
-
-    @property
     def max_dets(self) -> int:
         return int(self['scores'].shape[1])
 

@@ -80,15 +80,6 @@ class PasteKernelConfig:
     def constexprs(self) -> dict:
         return dict(REGION_COLUMNS=REGION_COLUMNS, BLOCK_Y=self.block_y, BLOCK_X=self.block_x)
 
-    def grid(self, detections: int, region_h: int, region_w: int) -> tuple[int, int, int]:
-        """Programs for `detections` regions of at most region_h x region_w pixels."""
-        return detections, triton.cdiv(region_h, self.block_y), triton.cdiv(region_w, self.block_x)
-
-
-# Argument names in launch order: inputs, scalars, output.
-INPUT_ARGS = ('masks_ptr', 'rows_ptr', 'regions_ptr', 'x_taps_ptr', 'x_weights_ptr', 'y_taps_ptr', 'y_weights_ptr')
-SCALAR_ARGS = ('threshold', 'proto_h', 'proto_w')
-OUTPUT_ARGS = ('out_ptr',)
 
 
 def signature(float_type: str) -> dict:
