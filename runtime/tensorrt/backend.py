@@ -14,7 +14,7 @@ Throughput: `streams` lanes (execution context + stream + buffers each) run cons
 `infer_batches` in turn, so upload, inference and download of different batches overlap; each lane
 captures a CUDA graph per batch size once that size has run (runtime/tensorrt/scheduling.py).
 
-Before deserialising, the engine's JSON sidecar is checked (engines/sidecar.py): another TensorRT
+Before deserialising, the engine's JSON sidecar is checked (runtime/tensorrt/sidecar.py): another TensorRT
 version, another GPU, a missing plugin or a corrupted file each give a message naming the fix.
 tensorrt is imported on load(); importing this module needs neither TensorRT, CUDA nor torch.
 """
@@ -276,7 +276,7 @@ class _Lane:
 class TrtBackend(Backend):
     """A TensorRT engine behind the runtime's Backend interface.
 
-    path: the .engine file (its sidecar `FILE.engine.json` beside it, see engines/sidecar.py).
+    path: the .engine file (its sidecar `FILE.engine.json` beside it, see runtime/tensorrt/sidecar.py).
     streams: execution contexts (lanes) that `infer_batches` spreads batches over (1 = sequential).
     cuda_graphs: capture a CUDA graph per lane and batch size (replayed for repeated sizes).
     max_batch: cap on images per call (default: the engine profile's maximum).

@@ -1,4 +1,4 @@
-"""model.files: atomic writes leave the old file or the new one, never a partial one or a stray temporary."""
+"""runtime.files: atomic writes leave the old file or the new one, never a partial one or a stray temporary."""
 
 import hashlib
 
