@@ -12,6 +12,7 @@ import sys
 
 from calib.convert import CACHE_FOLDER, DEFAULT_COUNT, TARGET_PRECISIONS, convert_model, quiet_modelopt
 from calib.quantize import CALIBRATION_METHODS, LAYOUTS
+from runtime.errors import ToolkitError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
         result = convert_model(
             args.model, args.precision, args.images, count=args.count, method=args.method,
             keep_sensitive=args.keep_sensitive, output=args.output, cache_dir=args.cache_dir, layout=args.layout)
-    except ValueError as e:
+    except ToolkitError as e:  # CalibrationError, DatasetError, MetadataError
         print(f'error: {e}', file=sys.stderr)
         return 1
     if result.cache is not None:

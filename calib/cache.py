@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from model.files import write_atomic
+from runtime.files import write_atomic
 
 CACHE_HEADER = 'TRT-8501-EntropyCalibration2'
 INT8_MAX = 127

@@ -14,6 +14,7 @@ from calib.graph import CalibrationError, model_metadata
 from calib.images import image_paths, load_calibration_images
 from calib.quantize import MODELOPT_LOGGER, check_int8_options, quantize_int8
 from export.onnx_export import ExportError, check_model, save_model
+from runtime.artifacts import precision_path
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +48,6 @@ def quiet_modelopt(quiet: bool = True) -> None:
         logging.getLogger(name).propagate = False  # it has its own console handler
 
 
-def default_output(model_path: Path, precision: str, layout: str | None = None) -> Path:
-    """<folder>/<name>.<precision>.onnx beside the FP32 model (a trailing .fp32 in the name is dropped);
-    <name>.int8-ort.onnx for the onnxruntime INT8 layout."""
-    stem = model_path.name.removesuffix('.onnx').removesuffix('.fp32')
-    suffix = '-ort' if layout == 'onnxruntime' else ''
-    return model_path.with_name(f'{stem}.{precision}{suffix}.onnx')
-
-
 def load_fp32_model(model_path: Path) -> onnx.ModelProto:
     """The exported FP32 model at `model_path`; CalibrationError for anything else."""
     if not model_path.is_file():
@@ -78,7 +71,7 @@ def convert_model(model_path: str | os.PathLike, precision: str, images: str | o
     images: folder or COCO JSON of calibration images; count: how many (default DEFAULT_COUNT,
     or all if fewer); method: INT8 calibration method (calib.quantize.CALIBRATION_METHODS);
     keep_sensitive: keep the prototype and mask-coefficient convolutions FP32; output: default
-    `default_output`;
+    `runtime.artifacts.precision_path`;
     cache_dir: INT8 calibration cache folder (default .calib_cache beside the output); layout:
     INT8 Q/DQ layout (calib.quantize.LAYOUTS; default tensorrt).
     """
@@ -90,7 +83,7 @@ def convert_model(model_path: str | os.PathLike, precision: str, images: str | o
     layout = layout or 'tensorrt'
     check_int8_options(method, layout)  # before the images are loaded
     model_path = Path(model_path)
-    output = Path(output) if output is not None else default_output(model_path, precision, layout)
+    output = Path(output) if output is not None else precision_path(model_path, precision, layout)
     if output.resolve() == model_path.resolve():
         raise CalibrationError(f'--output {output} is the input model: choose another file name')
     if not output.parent.is_dir():

@@ -17,8 +17,8 @@ import numpy as np
 import onnx
 
 from calib.graph import join_postprocess, producing_convs, split_postprocess
+from runtime.contract import INPUT_NAME
 
-INPUT_NAME = 'images'
 
 
 def convert_fp16(model: onnx.ModelProto, images: np.ndarray, *, keep_sensitive: bool = False) -> onnx.ModelProto:

@@ -17,7 +17,8 @@ import onnx
 from onnx import helper
 
 from export.onnx_export import attach_metadata, read_metadata
-from model.metadata import MetadataError, ModelMetadata
+from runtime.errors import ToolkitError
+from runtime.metadata import MetadataError, ModelMetadata
 
 # Where the mask inputs come from: MaskAssembly's first two inputs (proto [B,Hp,Wp,M] and
 # coef [B,P,M]), or, for a model exported without post-processing, these raw outputs.
@@ -25,7 +26,7 @@ MASK_ASSEMBLY_OP = 'MaskAssembly'
 RAW_MASK_OUTPUTS = ('proto', 'coef')
 
 
-class CalibrationError(ValueError):
+class CalibrationError(ToolkitError, ValueError):
     """Bad input to calibration (model, images, options); the message names the fix."""
 
 

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from calib.graph import CalibrationError
 from model.data.coco import CocoDataset, DatasetError
-from model.images import IMAGE_SUFFIXES, find_images, load_image, resize_to_input
+from runtime.images import IMAGE_SUFFIXES, find_images, load_image, resize_to_input
 
 
 def image_paths(source: str | Path) -> list[Path]:

@@ -40,6 +40,7 @@ from tqdm import tqdm
 from calib.cache import cache_file, calibration_key, read_amax, write_cache
 from calib.graph import (CalibrationError, after_last_convolutions, join_postprocess, producing_convs,
                          split_postprocess)
+from runtime.contract import INPUT_NAME
 
 
 CALIBRATION_METHODS = {
@@ -49,7 +50,6 @@ CALIBRATION_METHODS = {
 }
 # Images per calibrator call: the calibrator holds every tensor of a chunk in memory.
 CHUNK_SIZE = 4
-INPUT_NAME = 'images'
 MODELOPT_LOGGER = 'modelopt.onnx'
 LAYOUTS = ('tensorrt', 'onnxruntime')
 # Ops the onnxruntime layout quantises: the network's convolutions and what joins them, so that

@@ -19,6 +19,7 @@ from pathlib import Path
 import onnx
 
 from calib.graph import model_metadata
+from runtime.errors import ToolkitError
 
 # Largest mask AP drop (points) against FP32 that the issue accepts, per precision.
 TARGET_MASK_AP_DROP = {'fp16': 0.2, 'int8': 1.0}
@@ -111,7 +112,7 @@ def main(argv=None) -> int:
         return 1
     try:
         rows = evaluate_models(args.models, args.data, args.images, batch_size=args.batch)
-    except ValueError as e:
+    except ToolkitError as e:  # CalibrationError, DatasetError, BackendError, EvalError
         print(f'error: {e}', file=sys.stderr)
         return 1
     print(f'{args.data}: AP in points, deltas against {rows[0].model.name}')

@@ -30,23 +30,21 @@ from pathlib import Path
 
 from engines.errors import EngineBuildError
 from engines.onnx_source import OnnxSource, load_onnx
-from engines.sidecar import EngineInfo, EngineSidecar, SidecarError, plugin_key, read_sidecar, sidecar_path, \
-    write_sidecar
-from engines.trt import TensorRT, choose_compute_capabilities, cuda_device, load_tensorrt, make_logger, \
-    make_progress_monitor, rtx_compute_capabilities
-from model.files import file_sha256, write_atomic
-from model.metadata import PRECISIONS
+from engines.sidecar import write_sidecar
+from engines.trt import choose_compute_capabilities, make_progress_monitor, rtx_compute_capabilities
 from plugins import register_tensorrt_plugins
+from runtime import artifacts
+from runtime.cuda.memory import cuda_device
+from runtime.errors import ToolkitError
+from runtime.files import file_sha256, write_atomic
+from runtime.metadata import PRECISIONS
+from runtime.tensorrt.loader import TensorRT, load_tensorrt, make_logger
+from runtime.tensorrt.sidecar import EngineInfo, EngineSidecar, SidecarError, plugin_key, read_sidecar, sidecar_path
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 8
 TIMING_CACHE_NAME = 'tensorrt.timing.cache'
-
-
-def default_engine_path(onnx_path: str | os.PathLike) -> Path:
-    """`build/demo.fp16.onnx` -> `build/demo.fp16.engine`."""
-    return Path(onnx_path).with_suffix('.engine')
 
 
 def register_plugins(trt: TensorRT) -> tuple[bool, str]:
@@ -59,7 +57,7 @@ def register_plugins(trt: TensorRT) -> tuple[bool, str]:
 
 
 def plugins_in_network(trt: TensorRT, network) -> tuple[str, ...]:
-    """Sorted plugin keys (engines.sidecar.plugin_key) of the network's plugin layers."""
+    """Sorted plugin keys (runtime.tensorrt.sidecar.plugin_key) of the network's plugin layers."""
     module = trt.module
     keys = set()
     for index in range(network.num_layers):
@@ -222,7 +220,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
     if source.input_batch is not None and source.input_batch != max_batch:
         raise EngineBuildError(f'{source.path} has a fixed batch of {source.input_batch}: pass --max-batch '
                                f'{source.input_batch}, or export with a dynamic batch dimension')
-    engine_path = Path(engine_path) if engine_path is not None else default_engine_path(source.path)
+    engine_path = Path(engine_path) if engine_path is not None else artifacts.engine_path(source.path)
     trt = load_tensorrt(flavour)
     build_gpu, targets = _targets(trt, compute_capability)
     plugins_registered, reason = register_plugins(trt)
@@ -317,7 +315,7 @@ def main(argv=None) -> int:
             args.model, args.output, max_batch=args.max_batch, precision=args.precision, force=args.force,
             flavour=args.flavour, compute_capability=args.compute_capability, timing_cache=args.timing_cache,
             use_timing_cache=not args.no_timing_cache, verbose=args.verbose)
-    except EngineBuildError as e:
+    except ToolkitError as e:  # EngineBuildError, SidecarError, MetadataError: each names the fix
         print(f'error: {e}', file=sys.stderr)
         return 1
     info = sidecar.engine

@@ -18,8 +18,8 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from engines.errors import EngineBuildError
-from export.contract import metadata_from_props
-from model.metadata import MetadataError, ModelMetadata
+from runtime.contract import metadata_from_props
+from runtime.metadata import MetadataError, ModelMetadata
 
 _REEXPORT = 're-create it with `make export` (and `make calib` for fp16/int8)'
 _QDQ_OPS = ('QuantizeLinear', 'DequantizeLinear')

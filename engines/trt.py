@@ -1,4 +1,5 @@
-"""Which TensorRT builds the engine, and the small adapters around it.
+"""Which TensorRT builds the engine: the compute-capability targets of a TensorRT-RTX build and the
+build's progress bar (importing TensorRT and its log bridge are the runtime's: runtime/tensorrt/loader.py).
 
 Two flavours share one Python API:
 - `tensorrt` on a GPU host: builds for that GPU, timing kernels on it (a persistent timing cache
@@ -11,81 +12,14 @@ Both take precision from the ONNX graph (strongly typed networks), so nothing he
 
 from __future__ import annotations
 
-import importlib
-import logging
-from dataclasses import dataclass
-from types import ModuleType
-
 from tqdm import tqdm
 
 from engines.errors import EngineBuildError
+from runtime.tensorrt.loader import TensorRT
 
-log = logging.getLogger(__name__)
-
-FLAVOURS = ('tensorrt', 'tensorrt_rtx')
-INSTALL_HINT = ("install one: on a GPU host `pip install -e '.[tensorrt]'` (TensorRT, builds for that GPU); "
-                "anywhere, without a GPU, `pip install -e '.[tensorrt-rtx]'` (TensorRT-RTX, builds on the CPU)")
 # TensorRT-RTX's own default targets exclude Turing (a portable engine that includes 7.5 runs
 # slower on the newer GPUs); 7.5 has to be asked for, alone or in a list.
 RTX_NOT_DEFAULT = ('7.5',)
-
-
-class TensorRTUnavailable(EngineBuildError):
-    """No TensorRT Python package (of the requested flavour) can be imported."""
-
-
-@dataclass(frozen=True)
-class TensorRT:
-    """An imported TensorRT flavour: module (`tensorrt` or `tensorrt_rtx`), flavour (its name),
-    version (module.__version__)."""
-
-    module: ModuleType
-    flavour: str
-    version: str
-
-    @property
-    def is_rtx(self) -> bool:
-        return self.flavour == 'tensorrt_rtx'
-
-    @property
-    def display_name(self) -> str:
-        return f'{"TensorRT-RTX" if self.is_rtx else "TensorRT"} {self.version}'
-
-
-def load_tensorrt(flavour: str = 'auto') -> TensorRT:
-    """Import TensorRT: `flavour` 'tensorrt', 'tensorrt_rtx' (or 'tensorrt-rtx'), or 'auto' (TensorRT
-    when installed, else TensorRT-RTX). TensorRTUnavailable says what is missing and how to install it."""
-    flavour = flavour.replace('-', '_')
-    if flavour not in FLAVOURS + ('auto',):
-        raise EngineBuildError(f'unknown TensorRT flavour {flavour!r}: use auto, tensorrt or tensorrt-rtx')
-    candidates = FLAVOURS if flavour == 'auto' else (flavour,)
-    failures = []
-    for name in candidates:
-        try:
-            module = importlib.import_module(name)
-        except ImportError as e:
-            failures.append(f'{name}: {e}')
-            continue
-        return TensorRT(module=module, flavour=name, version=module.__version__)
-    wanted = 'TensorRT is not installed' if flavour == 'auto' else f'{flavour} is not installed'
-    raise TensorRTUnavailable(f'{wanted} ({"; ".join(failures)}); {INSTALL_HINT}')
-
-
-def cuda_device() -> tuple[str, str] | None:
-    """(name, compute capability 'major.minor') of CUDA device 0, or None when cuda-python, a
-    driver or a device is missing."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        return None
-    err, count = cudart.cudaGetDeviceCount()
-    if err != cudart.cudaError_t.cudaSuccess or count == 0:
-        return None
-    err, props = cudart.cudaGetDeviceProperties(0)
-    if err != cudart.cudaError_t.cudaSuccess:
-        return None
-    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    return name.rstrip('\x00'), f'{props.major}.{props.minor}'
 
 
 def rtx_compute_capabilities(trt: TensorRT) -> dict[str, object]:
@@ -121,28 +55,6 @@ def choose_compute_capabilities(trt: TensorRT, requested: str | None,
         if cc not in chosen:
             chosen.append(cc)
     return tuple(chosen)
-
-
-def make_logger(trt: TensorRT, verbose: bool):
-    """A TensorRT ILogger that forwards to Python logging (logger `engines.tensorrt`): warnings and
-    errors always, TensorRT's info and verbose messages only when `verbose`."""
-    module = trt.module
-    severity = module.ILogger.Severity
-    levels = {severity.INTERNAL_ERROR: logging.CRITICAL, severity.ERROR: logging.ERROR,
-              severity.WARNING: logging.WARNING, severity.INFO: logging.INFO, severity.VERBOSE: logging.DEBUG}
-    threshold = logging.DEBUG if verbose else logging.WARNING
-    target = logging.getLogger('engines.tensorrt')
-
-    class _Logger(module.ILogger):
-        def __init__(self):
-            module.ILogger.__init__(self)
-
-        def log(self, level, msg):
-            python_level = levels.get(level, logging.INFO)
-            if python_level >= threshold:
-                target.log(python_level, '[%s] %s', trt.flavour, msg)
-
-    return _Logger()
 
 
 def make_progress_monitor(trt: TensorRT):

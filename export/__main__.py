@@ -7,14 +7,10 @@ import sys
 import time
 from pathlib import Path
 
+from runtime.artifacts import export_path
+from runtime.errors import ToolkitError
+
 DEFAULT_CHECKPOINT = Path('assets/demo/yolact_tiny_shapes.pth')
-DEFAULT_FOLDER = Path('build')
-
-
-def default_output(checkpoint: Path, postprocess: bool, cross_class: bool) -> Path:
-    """build/<checkpoint stem>[.cross_class][.raw].onnx"""
-    suffix = ('' if not cross_class else '.cross_class') + ('' if postprocess else '.raw')
-    return DEFAULT_FOLDER / f'{checkpoint.name.split(".")[0]}{suffix}.onnx'
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     postprocess = not args.no_postprocess
-    output = args.output or default_output(args.checkpoint, postprocess, args.cross_class)
+    output = args.output or export_path(args.checkpoint, postprocess=postprocess, cross_class=args.cross_class)
     # Imported here so --help answers without loading torch.
     from export.onnx_export import export_onnx
     from model.checkpoint import load_model
@@ -60,7 +56,7 @@ def main(argv=None) -> int:
               f'{", no post-processing" if not postprocess else ""}) ...', file=sys.stderr)
         path = export_onnx(model, cfg, output, postprocess=postprocess, cross_class=args.cross_class,
                            max_dets=args.max_dets)
-    except ValueError as e:  # ExportError, CheckpointError, MetadataError: messages name the fix
+    except ToolkitError as e:  # ExportError, CheckpointError, MetadataError: messages name the fix
         print(f'error: {e}', file=sys.stderr)
         return 2
     size_mb = path.stat().st_size / 1e6

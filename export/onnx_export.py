@@ -26,13 +26,14 @@ import onnx
 import torch
 
 from export.cleanup import fold_and_clean, strip_trace_metadata
-from export.contract import BATCH_DIM, INPUT_NAME, METADATA_KEY, RAW_OUTPUTS, metadata_from_props
 from export.graph import DeployNetwork
 from export.postprocess_nodes import DECODED_HEAD_NAMES, append_postprocess
-from model import __version__
-from model.config import YolactConfig
-from model.files import write_atomic
-from model.metadata import ModelMetadata
+from model.config import YolactConfig, metadata_from_config
+from runtime import __version__
+from runtime.contract import BATCH_DIM, INPUT_NAME, METADATA_KEY, RAW_OUTPUTS, metadata_from_props
+from runtime.errors import ToolkitError
+from runtime.files import write_atomic
+from runtime.metadata import ModelMetadata
 
 # Opset 19: what modelopt's INT8 quantiser emits, inside what onnxruntime 1.24 (7..25) and
 # TensorRT's parser (TensorRT 10 and TensorRT-RTX) accept. The IR version is the exporter's (10).
@@ -41,7 +42,7 @@ OPSET = 19
 _READABLE_KEYS = ('config', 'precision', 'input_size', 'class_names', 'cross_class', 'max_dets')
 
 
-class ExportError(ValueError):
+class ExportError(ToolkitError, ValueError):
     """The model cannot be exported as asked (bad arguments, unwritable output, failed checks)."""
 
 
@@ -125,7 +126,7 @@ def build_onnx(yolact: torch.nn.Module, cfg: YolactConfig, *, postprocess: bool 
     model = fold_and_clean(model)
     if postprocess:
         model = append_postprocess(model, cfg, cross_class=cross_class, max_dets=max_dets)
-    attach_metadata(model, ModelMetadata.from_config(cfg, cross_class=cross_class, max_dets=max_dets))
+    attach_metadata(model, metadata_from_config(cfg, cross_class=cross_class, max_dets=max_dets))
     check_model(model)
     return model
 

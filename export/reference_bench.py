@@ -1,4 +1,4 @@
-"""The torch eager side of the benchmark (runtime/bench.py): the reference model's stages, timed
+"""The torch eager side of the benchmark (runtime/bench/cpu.py): the reference model's stages, timed
 the same way as the exported model's, and the models the benchmark prepares (a random-weight
 checkpoint where no trained one exists, its exports)."""
 

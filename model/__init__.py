@@ -1,4 +1,1 @@
-"""PyTorch reference of YOLACT. This package's __init__ and `config`/`metadata` stay free of torch:
-the runtime imports them on deployment hosts that have no torch."""
-
-__version__ = '0.1.0'
+"""PyTorch reference of YOLACT: build-time tooling, which may import runtime/, never the reverse."""

@@ -19,16 +19,17 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from model.config import CONFIGS, YolactConfig, config_from_filename, get_config
-from model.files import atomic_output
+from model.config import CONFIGS, ConfigError, YolactConfig, config_from_filename, get_config
 from model.yolact import Yolact
+from runtime.errors import ToolkitError
+from runtime.files import atomic_output
 
 FORMAT = 'yolact-deploy/1'
 _OWN_FIELDS = ('format', 'config', 'class_names', 'category_ids', 'model')
 _SHOWN_KEYS = 5  # how many differing keys an error message lists
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ToolkitError, ValueError):
     """A file that is not a checkpoint, or one that does not fit the requested config."""
 
 
@@ -144,7 +145,7 @@ def _official_config(path: Path, config) -> YolactConfig:
         return get_config(config)
     try:
         return config_from_filename(path)
-    except ValueError as e:
+    except ConfigError as e:
         raise CheckpointError(str(e)) from None
 
 

@@ -15,6 +15,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from runtime.errors import ToolkitError
+from runtime.metadata import ModelMetadata
+
+
+
+class ConfigError(ToolkitError, ValueError):
+    """An unknown config name, or config fields that do not fit together."""
+
+
 # BGR order, ImageNet statistics in 0..255 pixel units (the original's MEANS / STD).
 IMAGENET_MEAN_BGR = (103.94, 116.78, 123.68)
 IMAGENET_STD_BGR = (57.38, 57.12, 58.40)
@@ -114,7 +123,6 @@ class YolactConfig:
     lr_warmup_until: int = 500
     positive_iou_threshold: float = 0.5
     negative_iou_threshold: float = 0.4
-    crowd_iou_threshold: float = 0.7
     ohem_negpos_ratio: int = 3
     conf_alpha: float = 1.0
     bbox_alpha: float = 1.5
@@ -142,7 +150,7 @@ class YolactConfig:
             category_ids = tuple(range(1, len(class_names) + 1))
         category_ids = tuple(int(c) for c in category_ids)
         if len(category_ids) != len(class_names):
-            raise ValueError(
+            raise ConfigError(
                 f'{len(class_names)} class names but {len(category_ids)} category ids: give one id per class')
         return dataclasses.replace(self, class_names=class_names, category_ids=category_ids)
 
@@ -200,11 +208,11 @@ CONFIGS: dict[str, YolactConfig] = {
 
 
 def get_config(name: str) -> YolactConfig:
-    """The named config; an unknown name raises ValueError listing the known ones."""
+    """The named config; an unknown name raises ConfigError listing the known ones."""
     try:
         return CONFIGS[name]
     except KeyError:
-        raise ValueError(f'unknown config {name!r}: choose one of {", ".join(CONFIGS)}') from None
+        raise ConfigError(f'unknown config {name!r}: choose one of {", ".join(CONFIGS)}') from None
 
 
 def config_from_filename(path) -> YolactConfig:
@@ -226,9 +234,21 @@ def config_from_filename(path) -> YolactConfig:
         if stem.startswith(name):
             return CONFIGS[name]
     if stem.startswith('yolact_plus'):
-        raise ValueError(
+        raise ConfigError(
             f'{Path(path).name} looks like a YOLACT++ checkpoint (deformable convolutions), which this '
             'toolkit does not support: use a YOLACT checkpoint')
-    raise ValueError(
+    raise ConfigError(
         f'cannot infer the config from the file name {Path(path).name!r}: pass --config with one of '
         f'{", ".join(CONFIGS)}')
+
+
+def metadata_from_config(cfg: YolactConfig, *, cross_class: bool = False, max_dets: int | None = None,
+                         precision: str = 'fp32') -> ModelMetadata:
+    """The runtime's description (runtime.metadata.ModelMetadata) of a model built from `cfg`;
+    max_dets None takes the config's max_num_detections."""
+    return ModelMetadata(
+        config=cfg.name, class_names=tuple(cfg.class_names), category_ids=tuple(cfg.category_ids),
+        input_size=cfg.input_size, mean_bgr=tuple(cfg.mean_bgr), std_bgr=tuple(cfg.std_bgr),
+        conf_thresh=cfg.conf_thresh, nms_thresh=cfg.nms_thresh, top_k=cfg.nms_top_k,
+        max_dets=cfg.max_num_detections if max_dets is None else int(max_dets),
+        cross_class=bool(cross_class), mask_threshold=cfg.mask_threshold, precision=precision)

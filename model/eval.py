@@ -23,8 +23,9 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from model.data.coco import CocoDataset
-from model.files import write_atomic
 from runtime.backends import BACKENDS, Backend, open_backend
+from runtime.errors import ToolkitError
+from runtime.files import write_atomic
 from runtime.infer import DEFAULT_MODEL
 from runtime.pipeline import ImageLoadError, batches, load_image, predict
 
@@ -33,7 +34,7 @@ METRIC_ROWS = {'AP': 0, 'AP50': 1, 'AP75': 2}
 IOU_TYPES = {'box': 'bbox', 'mask': 'segm'}
 
 
-class EvalError(ValueError):
+class EvalError(ToolkitError, ValueError):
     """A model and a dataset that cannot be evaluated together; the message says why."""
 
 
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error('--batch must be at least 1')
     try:
         metrics = evaluate(args.model, args.data, args.images, backend=args.backend, batch_size=args.batch)
-    except ValueError as e:  # DatasetError, BackendError, EvalError, CheckpointError: all say what to fix
+    except ToolkitError as e:  # DatasetError, BackendError, EvalError, CheckpointError: all say what to fix
         print(f'error: {e}', file=sys.stderr)
         return 1
     print(format_metrics(metrics))

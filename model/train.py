@@ -37,11 +37,12 @@ from model.data.training import IterationBatches, TrainingStream, collate
 from model.losses import LossTerms, yolact_loss
 from model.preprocess import Normalize
 from model.yolact import Yolact
+from runtime.errors import ToolkitError
 
 LOSS_NAMES = ('box', 'conf', 'mask', 'semantic')
 
 
-class TrainingError(ValueError):
+class TrainingError(ToolkitError, ValueError):
     """A training run that cannot start; the message names the fix."""
 
 
@@ -286,10 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except (DatasetError, CheckpointError, TrainingError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
-    except ValueError as e:  # unknown config name and other bad arguments
+    except ToolkitError as e:  # DatasetError, CheckpointError, TrainingError, ConfigError
         print(f'error: {e}', file=sys.stderr)
         return 1
     return 0

@@ -181,11 +181,11 @@ def main(argv=None) -> int:
 
     from model.config import get_config
     from plugins import register_tensorrt_plugins
-    from plugins.onnx_model import postprocess_model
+    from plugins.onnx_model import nms_and_masks_model
 
     config = get_config(args.config)
     dtype = torch.float16 if args.fp16 else torch.float32
-    model = postprocess_model(conf_thresh=config.conf_thresh, iou_thresh=config.nms_thresh, top_k=config.nms_top_k,
+    model = nms_and_masks_model(conf_thresh=config.conf_thresh, iou_thresh=config.nms_thresh, top_k=config.nms_top_k,
                               max_dets=config.max_num_detections, cross_class=False,
                               crop_padding=config.crop_padding,
                               float_type=TensorProto.FLOAT16 if args.fp16 else TensorProto.FLOAT).SerializeToString()

@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from model.files import write_atomic
 from plugins.triton_compile import TEST_ARCHS, AotKernel, KernelCompileError, compile_aot
+from runtime.files import write_atomic
 
 
 def kernel_specs(config, *, cross_class: bool):
@@ -65,11 +65,11 @@ def main(argv=None) -> int:
     parser.add_argument('--json', action='store_true', help='print one JSON object per kernel instead of a table')
     args = parser.parse_args(argv)
 
-    from model.config import get_config
+    from model.config import ConfigError, get_config
 
     try:
         config = get_config(args.config)
-    except ValueError as e:
+    except ConfigError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     specs = [spec for spec in kernel_specs(config, cross_class=args.cross_class) if spec[0] in args.kernel]

@@ -8,12 +8,14 @@ from __future__ import annotations
 import onnx
 from onnx import AttributeProto, TensorProto, helper
 
+from runtime.errors import ToolkitError
+
 # Opsets whose signatures for every op the bodies use are the same (ReduceMax/ReduceSum take axes
 # as an input from opset 18 on; nothing the bodies use changes through opset 22).
 SUPPORTED_OPSETS = range(18, 23)
 
 
-class FunctionOpsetError(ValueError):
+class FunctionOpsetError(ToolkitError, ValueError):
     """An opset the function bodies are not written for."""
 
 

@@ -2,7 +2,7 @@
 
 `add_functions(model)` is what the exporter calls after adding `yolact::FastNMS` /
 `yolact::MaskAssembly` nodes (made by plugins.fast_nms.onnx_function.make_node and
-plugins.mask_assembly.onnx_function.make_node). `postprocess_model(...)` is the two ops alone, as
+plugins.mask_assembly.onnx_function.make_node). `nms_and_masks_model(...)` is the two ops alone, as
 a model: used by the tests and by the plugin benchmark as the in-graph standard-op version.
 """
 
@@ -39,7 +39,7 @@ def add_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def postprocess_model(*, conf_thresh: float, iou_thresh: float, top_k: int, max_dets: int, cross_class: bool,
+def nms_and_masks_model(*, conf_thresh: float, iou_thresh: float, top_k: int, max_dets: int, cross_class: bool,
                       crop_padding: int, float_type: int = TensorProto.FLOAT, opset: int = 19) -> onnx.ModelProto:
     """FastNMS followed by MaskAssembly as a model, every dimension but the last ones dynamic.
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
+from runtime.errors import ToolkitError
+
 # The architectures the tests compile for: Ampere (A100, RTX 30xx) and Hopper (H100).
 TEST_ARCHS = (80, 90)
 
 
-class KernelCompileError(RuntimeError):
+class KernelCompileError(ToolkitError, RuntimeError):
     """A kernel could not be compiled for the requested GPU."""
 
 

@@ -4,8 +4,10 @@ need TensorRT >= 10.8 (`tensorrt.plugin`)."""
 
 from __future__ import annotations
 
+from runtime.errors import ToolkitError
 
-class PluginBuildError(ValueError):
+
+class PluginBuildError(ToolkitError, ValueError):
     """A plugin cannot be built for the network it is in (the message says what to change)."""
 
 

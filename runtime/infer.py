@@ -15,11 +15,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from model.files import write_atomic
 from runtime.backends import BACKENDS, BackendError, open_backend
-from runtime.backends.trt_backend import prefer_engine
 from runtime.draw import draw_detections
+from runtime.errors import ToolkitError
+from runtime.files import write_atomic
 from runtime.pipeline import IMAGE_SUFFIXES, ImageLoadError, batches, find_images, load_image, predict
+from runtime.tensorrt.backend import prefer_engine
 from runtime.video import is_video, run_videos
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / 'assets' / 'demo' / 'yolact_tiny_shapes.pth'
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         backend = open_backend(args.model, args.backend, **backend_options(args))
-    except ValueError as e:  # BackendError, CheckpointError, MetadataError: each names the fix
+    except ToolkitError as e:  # BackendError, CheckpointError, MetadataError: each names the fix
         print(f'error: {e}', file=sys.stderr)
         return 1
     print(f'{args.model}: {backend.description}', file=sys.stderr)

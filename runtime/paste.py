@@ -74,7 +74,7 @@ def _compiled(function):
 def _paste_boxes(masks, rows, x_first, x_stop, y_first, y_stop, x0, x1, wx0, wx1, y0, y1, wy0, wy1,
                  threshold, out):
     # Horizontal pass over the prototype rows a box needs, then a vertical blend per output row.
-    # runtime/paste_kernel.py repeats these float32 operations in this order, so host and GPU
+    # runtime/tensorrt/paste_kernel.py repeats these float32 operations in this order, so host and GPU
     # agree to the bit; torch's F.interpolate rounds some values differently in the last place,
     # which moves only pixels within an ulp or two of the threshold (tests/runtime/test_paste.py).
     horizontal = np.empty((masks.shape[1], out.shape[2]), np.float32)

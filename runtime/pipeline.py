@@ -1,16 +1,17 @@
 """From image files to Detections around any backend (numpy + cv2, no torch): loading and resizing
-to the model input (model.images, shared with calibration), batching, and turning the model's
-padded outputs into Detections."""
+to the model input (runtime.images, shared with calibration), batching, turning the model's
+padded outputs into Detections, and `predict_batches`, the same over a stream of batches (video)."""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from model.images import IMAGE_SUFFIXES, ImageLoadError, find_images, load_image, resize_to_input  # noqa: F401 (the runtime's API too)
 from runtime.backends.base import Backend, RawDetections
 from runtime.detections import Detections
+from runtime.images import IMAGE_SUFFIXES, ImageLoadError, find_images, load_image, resize_to_input  # noqa: F401 (the runtime's API too)
 from runtime.paste import paste_masks
 
 
@@ -74,3 +75,29 @@ def predict(backend: Backend, images: Sequence[np.ndarray], *, score_threshold: 
     return backend.detect(np.stack([resize_to_input(image, meta.input_size) for image in images]),
                           [image.shape[:2] for image in images], score_threshold=score_threshold,
                           mask_threshold=meta.mask_threshold)
+
+
+def predict_batches(backend: Backend, image_batches: Iterable[Sequence[np.ndarray]], *,
+                    score_threshold: float) -> Iterator[tuple[Sequence[np.ndarray], list[Detections]]]:
+    """(images, their Detections) for each batch of images (uint8 [H, W, 3] BGR, any size), in order:
+    runtime.pipeline.predict batch after batch, except that a backend with `detect_batches` (the
+    TensorRT backend: --streams N, masks pasted on its GPU) gets the batches as a stream, so it
+    overlaps them."""
+    meta = backend.metadata
+    taken: deque = deque()
+
+    def model_inputs() -> Iterator[tuple[np.ndarray, list[tuple[int, int]]]]:
+        for images in image_batches:
+            taken.append(images)
+            yield np.stack([resize_to_input(image, meta.input_size) for image in images]), \
+                [image.shape[:2] for image in images]
+
+    detect_batches = getattr(backend, 'detect_batches', None)
+    if detect_batches is not None:
+        for detections in detect_batches(model_inputs(), score_threshold=score_threshold,
+                                         mask_threshold=meta.mask_threshold):
+            yield taken.popleft(), detections
+        return
+    for inputs, image_sizes in model_inputs():
+        yield taken.popleft(), to_detections(backend.infer(inputs), image_sizes, score_threshold=score_threshold,
+                                             mask_threshold=meta.mask_threshold)

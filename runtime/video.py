@@ -1,5 +1,5 @@
 """Video in, annotated video out (cv2), around any backend: frames are read in batches, run through
-runtime.throughput.predict_batches, drawn with runtime.draw and written at the input's frame rate and size."""
+runtime.pipeline.predict_batches, drawn with runtime.draw and written at the input's frame rate and size."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from model.files import atomic_output
 from runtime.backends import BackendError, open_backend
 from runtime.backends.base import Backend
 from runtime.draw import draw_detections
+from runtime.errors import ToolkitError
+from runtime.files import atomic_output
 from runtime.pipeline import batches
-from runtime.throughput import predict_batches
+from runtime.pipeline import predict_batches
 
 # Container suffix -> the FourCC OpenCV's bundled FFmpeg writes into it without extra codecs.
 VIDEO_CODECS = {'.mp4': 'mp4v', '.avi': 'MJPG'}
@@ -25,7 +26,7 @@ VIDEO_SUFFIXES = frozenset(VIDEO_CODECS)
 _FALLBACK_FPS = 25.0
 
 
-class VideoError(ValueError):
+class VideoError(ToolkitError, ValueError):
     """A video that cannot be read or written; the message names the file and the fix."""
 
 
@@ -109,7 +110,7 @@ def run_videos(args, videos: Sequence[Path], backend_options: dict) -> int:
     video was written, 1 otherwise); problems are printed, not raised."""
     try:
         backend = open_backend(args.model, args.backend, **backend_options)
-    except ValueError as e:  # BackendError, CheckpointError, MetadataError: each names the fix
+    except ToolkitError as e:  # BackendError, CheckpointError, MetadataError: each names the fix
         print(f'error: {e}', file=sys.stderr)
         return 1
     status = 0

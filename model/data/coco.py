@@ -18,10 +18,12 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from runtime.errors import ToolkitError
+
 REQUIRED_KEYS = ('images', 'annotations', 'categories')
 
 
-class DatasetError(ValueError):
+class DatasetError(ToolkitError, ValueError):
     """A dataset that cannot be used; the message names the file and the fix."""
 
 

@@ -29,7 +29,7 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from model.config import SHAPES_CLASSES, get_config
-from model.files import write_atomic
+from runtime.files import write_atomic
 
 SPLITS = ('train', 'val')
 JPEG_QUALITY = 92

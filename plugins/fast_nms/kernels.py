@@ -217,11 +217,6 @@ class FastNMSKernelConfig:
             IOU_TILE=min(32, self.block))
 
 
-# Argument names in launch order: inputs, int32 scalars, outputs (a TensorRT AOT plugin's order).
-INPUT_ARGS = ('boxes_ptr', 'scores_ptr')
-SCALAR_ARGS = ('num_priors',)
-OUTPUT_ARGS = ('num_dets_ptr', 'det_boxes_ptr', 'det_scores_ptr', 'det_classes_ptr', 'det_indices_ptr')
-
 
 def signature(float_type: str) -> dict:
     """Triton argument types for float inputs of `float_type` ('fp32' | 'fp16')."""

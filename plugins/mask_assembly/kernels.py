@@ -88,11 +88,6 @@ class MaskAssemblyKernelConfig:
         return batch, triton.cdiv(self.max_dets, self.block_d), triton.cdiv(num_pixels, self.block_pix)
 
 
-# Argument names in launch order: inputs, int32 scalars, outputs (a TensorRT AOT plugin's order).
-INPUT_ARGS = ('proto_ptr', 'coef_ptr', 'det_indices_ptr', 'det_boxes_ptr', 'num_dets_ptr')
-SCALAR_ARGS = ('num_priors', 'height', 'width')
-OUTPUT_ARGS = ('masks_ptr',)
-
 
 def signature(float_type: str) -> dict:
     """Triton argument types for float tensors of `float_type` ('fp32' | 'fp16')."""

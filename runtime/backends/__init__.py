@@ -26,7 +26,7 @@ BACKENDS: dict[str, BackendEntry] = {
     'torch': BackendEntry('runtime.backends.torch_backend', 'TorchBackend', ('.pth', '.pt'),
                           'torch (pip install -e .[torch])'),
     'ort': BackendEntry('runtime.backends.ort_backend', 'OrtBackend', ('.onnx',), 'onnxruntime (pip install -e .[onnx])'),
-    'trt': BackendEntry('runtime.backends.trt_backend', 'TrtBackend', ('.engine',),
+    'trt': BackendEntry('runtime.tensorrt.backend', 'TrtBackend', ('.engine',),
                         'tensorrt (pip install -e .[tensorrt])'),
 }
 

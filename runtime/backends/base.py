@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from model.metadata import ModelMetadata
+from runtime.errors import ToolkitError
+from runtime.metadata import ModelMetadata
 
 if TYPE_CHECKING:
     from runtime.detections import Detections
@@ -27,7 +28,7 @@ RAW_OUTPUT_NAMES = ('num_dets', 'boxes', 'scores', 'classes', 'masks')
 RawDetections = dict[str, np.ndarray]
 
 
-class BackendError(ValueError):
+class BackendError(ToolkitError, ValueError):
     """A model a backend cannot load or inputs it cannot run; the message says what to do."""
 
 

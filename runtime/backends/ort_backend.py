@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from export.contract import INPUT_NAME, POSTPROCESS_OUTPUTS, RAW_OUTPUTS, metadata_from_props
-from model.metadata import MetadataError, ModelMetadata
 from runtime.backends.base import Backend, BackendError, RawDetections
+from runtime.contract import INPUT_NAME, POSTPROCESS_OUTPUTS, RAW_OUTPUTS, metadata_from_props
+from runtime.metadata import MetadataError, ModelMetadata
 
 
 @functools.lru_cache(maxsize=None)

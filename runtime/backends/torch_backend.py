@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-from model.metadata import ModelMetadata
 from runtime.backends.base import Backend, BackendError, RawDetections
 
 
@@ -38,6 +37,7 @@ class TorchBackend(Backend):
         except ImportError as e:
             raise BackendError(f'the torch backend needs torch (pip install -e .[torch]): {e}') from None
         from model.checkpoint import load_model
+        from model.config import metadata_from_config
         from model.preprocess import Normalize
 
         if self.num_threads is not None:
@@ -45,7 +45,7 @@ class TorchBackend(Backend):
         model, cfg = load_model(self.path, self.config_name, map_location=self.device)
         self._model, self._cfg = model.to(self.device).eval(), cfg
         self._normalize = Normalize(cfg).to(self.device)
-        self.metadata = ModelMetadata.from_config(cfg, cross_class=self.cross_class, max_dets=self.max_dets)
+        self.metadata = metadata_from_config(cfg, cross_class=self.cross_class, max_dets=self.max_dets)
         self.max_batch = None
 
     def _infer_impl(self, images: np.ndarray) -> RawDetections:

@@ -19,8 +19,8 @@ from onnx import numpy_helper as nh
 
 from calib.graph import split_postprocess
 from export.onnx_export import attach_metadata
-from model.config import yolact_tiny
-from model.metadata import ModelMetadata
+from model.config import metadata_from_config, yolact_tiny
+from runtime.metadata import ModelMetadata
 
 OPSET = 19
 SIZE = 16  # input height and width
@@ -129,7 +129,7 @@ def build_standin(seed: int = 0) -> onnx.ModelProto:
                          functions=[_fast_nms_function(), _mask_assembly_function()])
     model.ir_version = 10
     cfg = dataclasses.replace(cfg.with_classes(cfg.class_names[:NUM_CLASSES - 1]), max_size=SIZE)
-    meta = ModelMetadata.from_config(cfg, max_dets=TOP)
+    meta = metadata_from_config(cfg, max_dets=TOP)
     attach_metadata(model, meta)
     onnx.checker.check_model(model, full_check=True)
     return model

@@ -7,9 +7,10 @@ import onnxruntime as ort
 import pytest
 
 from calib.__main__ import main
-from calib.convert import convert_model, default_output
+from calib.convert import convert_model
 from calib.graph import CalibrationError, model_metadata
 from calib.images import load_calibration_images, select
+from runtime.artifacts import precision_path
 from runtime.pipeline import load_image, resize_to_input
 from tests.calib.standin import SIZE, smooth_images
 
@@ -48,7 +49,7 @@ def test_selection_is_spread_over_the_set():
 def test_cli_writes_a_model_that_runs(standin_path, image_folder, precision, capsys):
     assert main(['--model', str(standin_path), '--precision', precision, '--images', str(image_folder),
                  '--count', '4']) == 0
-    output = default_output(standin_path, precision)
+    output = precision_path(standin_path, precision)
     assert output.name == f'standin.{precision}.onnx'
     assert f'wrote {output}' in capsys.readouterr().out
     model = onnx.load(output)
@@ -62,7 +63,7 @@ def test_cli_writes_a_model_that_runs(standin_path, image_folder, precision, cap
 def test_cli_writes_the_onnxruntime_int8_layout_beside_the_model(standin_path, image_folder, capsys):
     assert main(['--model', str(standin_path), '--precision', 'int8', '--layout', 'onnxruntime',
                  '--images', str(image_folder), '--count', '4']) == 0
-    output = default_output(standin_path, 'int8', 'onnxruntime')
+    output = precision_path(standin_path, 'int8', 'onnxruntime')
     assert output.name == 'standin.int8-ort.onnx' and f'wrote {output}' in capsys.readouterr().out
     model = onnx.load(output)
     assert model_metadata(model).precision == 'int8'

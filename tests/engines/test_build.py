@@ -16,8 +16,10 @@ import pytest
 
 from engines.build import build_engine, main, register_plugins
 from engines.errors import EngineBuildError
-from engines.sidecar import check_sidecar, read_sidecar, sidecar_path
-from engines.trt import RTX_NOT_DEFAULT, TensorRT, cuda_device, load_tensorrt, rtx_compute_capabilities
+from engines.trt import RTX_NOT_DEFAULT, rtx_compute_capabilities
+from runtime.cuda.memory import cuda_device
+from runtime.tensorrt.loader import TensorRT, load_tensorrt
+from runtime.tensorrt.sidecar import check_sidecar, read_sidecar, sidecar_path
 from tests.engines.build_log import build_logged
 from tests.engines.toy_models import TOY_FUNCTION, toy_metadata, toy_model
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from engines.onnx_source import load_onnx
-from engines.sidecar import plugin_key, read_sidecar
+from runtime.tensorrt.sidecar import plugin_key, read_sidecar
 from tests.engines.build_log import build_logged
 
 pytest.importorskip('tensorrt_rtx', reason='TensorRT-RTX is not installed (pip install -e .[tensorrt-rtx])')
@@ -78,7 +78,7 @@ def test_tensorrt_engine_uses_the_registered_plugins(pipeline, tmp_path):
     """On a GPU host the yolact plugins register, replace the function bodies, and the sidecar
     lists them (the runtime then refuses the engine where they are not registered)."""
     from engines.build import register_plugins
-    from engines.trt import load_tensorrt
+    from runtime.tensorrt.loader import load_tensorrt
     from plugins import DOMAIN, FAST_NMS_OP, MASK_ASSEMBLY_OP, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
     registered, reason = register_plugins(load_tensorrt('tensorrt'))

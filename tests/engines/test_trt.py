@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from engines.errors import EngineBuildError
-from engines.trt import TensorRTUnavailable, choose_compute_capabilities, load_tensorrt, make_logger
+from engines.trt import choose_compute_capabilities
+from runtime.tensorrt.loader import TensorRTError, TensorRTUnavailable, load_tensorrt, make_logger
 
 rtx_module = pytest.importorskip('tensorrt_rtx', reason='TensorRT-RTX is not installed (pip install -e .[tensorrt-rtx])')
 
@@ -34,7 +35,7 @@ def test_no_tensorrt_says_how_to_install(monkeypatch):
 
 
 def test_unknown_flavour():
-    with pytest.raises(EngineBuildError, match="unknown TensorRT flavour 'onnxruntime'"):
+    with pytest.raises(TensorRTError, match="unknown TensorRT flavour 'onnxruntime'"):
         load_tensorrt('onnxruntime')
 
 

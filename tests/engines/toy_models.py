@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from export.contract import METADATA_KEY
-from model.config import get_config
-from model.metadata import ModelMetadata
+from model.config import get_config, metadata_from_config
+from runtime.contract import METADATA_KEY
+from runtime.metadata import ModelMetadata
 
 TOY_SIZE = 16
 TOY_OPSET = 19  # the exporter's
@@ -24,7 +24,7 @@ TOY_FUNCTION = 'ToyGate'
 
 
 def toy_metadata(precision: str) -> ModelMetadata:
-    meta = ModelMetadata.from_config(get_config('yolact_tiny'), precision=precision)
+    meta = metadata_from_config(get_config('yolact_tiny'), precision=precision)
     return dataclasses.replace(meta, input_size=(TOY_SIZE, TOY_SIZE))
 
 

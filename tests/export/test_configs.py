@@ -12,11 +12,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export.contract import INPUT_NAME, POSTPROCESS_OUTPUTS, RAW_OUTPUTS
 from export.onnx_export import build_onnx, read_metadata
 from model.config import get_config
 from model.preprocess import Normalize
 from model.yolact import Yolact
+from runtime.contract import INPUT_NAME, POSTPROCESS_OUTPUTS, RAW_OUTPUTS
 
 SHALLOW_LAYERS = {'resnet': (1, 1, 1, 1), 'darknet': (1, 1, 1, 1, 1)}
 REDUCED = ('yolact_darknet53', 'yolact_im700')

@@ -12,16 +12,16 @@ import pytest
 import torch
 
 from export.__main__ import main as export_main
-from export.contract import INPUT_NAME, METADATA_KEY, POSTPROCESS_OUTPUTS, RAW_OUTPUTS
 from export.onnx_export import OPSET, ExportError, build_onnx, export_onnx, read_metadata
 from export.postprocess_nodes import DECODED_HEAD_NAMES, postprocess_model
 from model.box_coding import decode
 from model.checkpoint import load_model, save_checkpoint
-from model.config import get_config
-from model.metadata import ModelMetadata
+from model.config import get_config, metadata_from_config
 from model.postprocess import detect
 from model.preprocess import Normalize
 from model.yolact import Yolact
+from runtime.contract import INPUT_NAME, METADATA_KEY, POSTPROCESS_OUTPUTS, RAW_OUTPUTS
+from runtime.metadata import ModelMetadata
 
 CONFIG = 'yolact_tiny'
 CROSS_CLASS_MAX_DETS = 300
@@ -180,8 +180,8 @@ def test_polygraphy_inspects_the_model(per_class_path):
 
 def test_metadata(per_class_path, cross_class_path, model_and_cfg):
     _, cfg = model_and_cfg
-    assert read_metadata(onnx.load(per_class_path)) == ModelMetadata.from_config(cfg)
-    assert read_metadata(onnx.load(cross_class_path)) == ModelMetadata.from_config(
+    assert read_metadata(onnx.load(per_class_path)) == metadata_from_config(cfg)
+    assert read_metadata(onnx.load(cross_class_path)) == metadata_from_config(
         cfg, cross_class=True, max_dets=CROSS_CLASS_MAX_DETS)
     # onnxruntime (what the runtime reads) sees the same entry.
     session = ort.InferenceSession(str(per_class_path), providers=['CPUExecutionProvider'])

@@ -9,8 +9,9 @@ import shutil
 import numpy as np
 import pytest
 
-from engines.sidecar import EngineMismatchError, read_sidecar, sidecar_path, write_sidecar
+from engines.sidecar import write_sidecar
 from runtime.backends import open_backend
+from runtime.tensorrt.sidecar import EngineMismatchError, read_sidecar, sidecar_path
 from tests.gpu.artifacts import (CHECKPOINT, MAX_BATCH, engine_for, how_to_make, onnx_path, require_file,
                                  shapes_images)
 from tests.gpu.compare import assert_equal_detections, assert_same_confident_detections, drill_down
@@ -126,7 +127,7 @@ def test_corrupted_engine_is_refused(tmp_path):
 
 
 def test_close_frees_device_memory(images):
-    from runtime.cuda_mem import memory_in_use
+    from runtime.cuda.memory import memory_in_use
 
     engine = engine_for('fp16', False)
     with open_backend(engine, 'trt', streams=2) as trt:  # first use creates the CUDA context

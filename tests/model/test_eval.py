@@ -10,11 +10,10 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from model.checkpoint import save_checkpoint
-from model.config import get_config
+from model.config import get_config, metadata_from_config
 from model.data.coco import CocoDataset
 from model.data.shapes import ShapesSpec, write_split
 from model.eval import EvalError, coco_metrics, main, predict_dataset
-from model.metadata import ModelMetadata
 from model.yolact import Yolact
 from runtime.backends.base import Backend
 
@@ -75,7 +74,7 @@ class GroundTruthBackend(Backend):
     def _load_impl(self):
         size = SMALL.image_size
         cfg = dataclasses.replace(CFG.with_classes([f'c{i}' for i in range(self.num_classes)]), max_size=size)
-        self.metadata = ModelMetadata.from_config(cfg)
+        self.metadata = metadata_from_config(cfg)
         self.truth = {}
         for i in range(len(self.dataset)):
             sample = self.dataset[i]

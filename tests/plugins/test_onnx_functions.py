@@ -18,7 +18,7 @@ from plugins.fast_nms.reference import fast_nms
 from plugins.mask_assembly import onnx_function as mask_function
 from plugins.mask_assembly.reference import assemble_masks
 from plugins.onnx_builder import FunctionOpsetError
-from plugins.onnx_model import IR_VERSION, add_functions, postprocess_model
+from plugins.onnx_model import IR_VERSION, add_functions, nms_and_masks_model
 from tests.plugins.cases import (NMSCase, mask_case, mask_cases, negative_zero_case, nms_cases, random_boxes,
                                  random_scores)
 
@@ -172,7 +172,7 @@ def test_nodes_carry_the_plugin_attributes():
 
 
 def test_add_functions_is_idempotent_and_needs_an_opset():
-    model = postprocess_model(conf_thresh=0.05, iou_thresh=0.5, top_k=5, max_dets=4, cross_class=False,
+    model = nms_and_masks_model(conf_thresh=0.05, iou_thresh=0.5, top_k=5, max_dets=4, cross_class=False,
                               crop_padding=1)
     add_functions(model)
     assert sorted(f.name for f in model.functions) == ['FastNMS', 'MaskAssembly']
@@ -182,14 +182,14 @@ def test_add_functions_is_idempotent_and_needs_an_opset():
         add_functions(bare)
 
 
-def test_postprocess_model_chains_both_ops():
+def test_nms_and_masks_model_chains_both_ops():
     """The contract's outputs from decoded boxes, scores, coefficients and prototypes."""
     rng = np.random.default_rng(5)
     boxes, scores = random_boxes(rng, (3, 40)), random_scores(rng, 3, 40, 4, 0.05, 0)
     coef = np.tanh(rng.normal(size=(3, 40, 6))).astype(np.float32)
     proto = np.maximum(rng.normal(size=(3, 11, 12, 6)), 0).astype(np.float32)
     attributes = dict(conf_thresh=0.05, iou_thresh=0.5, top_k=10, max_dets=15, cross_class=False)
-    model = postprocess_model(**attributes, crop_padding=1)
+    model = nms_and_masks_model(**attributes, crop_padding=1)
     got = dict(zip([o.name for o in model.graph.output], session(model).run(
         None, {'decoded_boxes': boxes, 'class_scores': scores, 'coef': coef, 'proto': proto})))
     ref = fast_nms(boxes, scores, **attributes)

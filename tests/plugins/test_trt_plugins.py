@@ -12,7 +12,7 @@ from plugins import register_tensorrt_plugins
 from plugins.bench import UNAVAILABLE, main as bench_main, unavailable_reason
 from plugins.fast_nms.reference import fast_nms
 from plugins.mask_assembly.reference import assemble_masks
-from plugins.onnx_model import postprocess_model
+from plugins.onnx_model import nms_and_masks_model
 from tests.plugins.cases import random_boxes, random_scores
 
 
@@ -63,7 +63,7 @@ def test_engine_with_plugins_equals_reference(fp16, cross_class):
 
     assert register_tensorrt_plugins() == (True, '')
     attributes = dict(conf_thresh=0.05, iou_thresh=0.5, top_k=200, max_dets=100, cross_class=cross_class)
-    model = postprocess_model(**attributes, crop_padding=1,
+    model = nms_and_masks_model(**attributes, crop_padding=1,
                               float_type=TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT)
     sample = postprocess_inputs(1, 0)
     shapes = {name: ((1, *x.shape[1:]), (2, *x.shape[1:]), (4, *x.shape[1:])) for name, x in sample.items()}

@@ -4,8 +4,7 @@ the torch backend's outputs against the ONNX contract."""
 import numpy as np
 import pytest
 
-from model.config import yolact_tiny
-from model.metadata import ModelMetadata
+from model.config import metadata_from_config, yolact_tiny
 from runtime.backends import RAW_OUTPUT_NAMES, Backend, BackendError, backend_for_path, open_backend
 from runtime.backends.torch_backend import TorchBackend
 
@@ -22,7 +21,7 @@ class RecordingBackend(Backend):
         self.closed = 0
 
     def _load_impl(self):
-        self.metadata = ModelMetadata.from_config(yolact_tiny)
+        self.metadata = metadata_from_config(yolact_tiny)
         self.max_batch = self.requested_max_batch
 
     def _infer_impl(self, images):

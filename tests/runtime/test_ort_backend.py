@@ -7,13 +7,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from export.contract import METADATA_KEY, RAW_OUTPUTS
 from export.onnx_export import export_onnx
 from model.checkpoint import load_model
-from model.config import yolact_tiny
-from model.metadata import ModelMetadata
+from model.config import metadata_from_config, yolact_tiny
 from runtime.backends import BackendError, open_backend
 from runtime.backends.ort_backend import OrtBackend
+from runtime.contract import METADATA_KEY, RAW_OUTPUTS
 from runtime.infer import main as infer_main
 from runtime.pipeline import predict
 
@@ -33,7 +32,7 @@ def test_auto_picks_ort_on_cpu(onnx_path):
     with open_backend(onnx_path) as backend:
         assert isinstance(backend, OrtBackend)
         assert backend.providers == ['CPUExecutionProvider']  # no GPU on the test machines
-        assert backend.metadata == ModelMetadata.from_config(yolact_tiny)
+        assert backend.metadata == metadata_from_config(yolact_tiny)
         assert backend.max_batch is None
 
 
@@ -116,7 +115,7 @@ def test_bad_files_are_refused_with_the_fix(onnx_path, tmp_path):
     truncated.write_bytes(onnx_path.read_bytes()[:5000])
     text = tmp_path / 'text.onnx'
     text.write_text('this is not a model')
-    meta = ModelMetadata.from_config(yolact_tiny).to_json()
+    meta = metadata_from_config(yolact_tiny).to_json()
     cases = {
         truncated: 'truncated or not ONNX',
         text: 'truncated or not ONNX',

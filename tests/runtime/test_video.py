@@ -5,8 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from model.config import yolact_tiny
-from model.metadata import ModelMetadata
+from model.config import metadata_from_config, yolact_tiny
 from runtime.backends.base import Backend
 from runtime.video import VideoError, annotate_video, read_frames
 
@@ -25,7 +24,7 @@ class OneInstanceBackend(Backend):
         self.batch_sizes = []
 
     def _load_impl(self):
-        self.metadata = ModelMetadata.from_config(yolact_tiny)
+        self.metadata = metadata_from_config(yolact_tiny)
         self.max_batch = None
 
     def _infer_impl(self, images):

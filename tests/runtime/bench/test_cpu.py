@@ -1,0 +1,67 @@
+"""The benchmark's own arithmetic and premises (it is run by `make bench`, not timed here): the
+MAC count, the synthetic head really giving DETECTIONS detections, the warm-up, and the data-driven
+table."""
+
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from export.postprocess_nodes import DECODED_HEAD_NAMES, postprocess_model
+from model.config import yolact_tiny
+from runtime.bench.cpu import DETECTIONS, format_table, network_gmac, stage_row, synthetic_head, timed
+
+
+def test_network_gmac_counts_every_conv(tmp_path):
+    """[1, 3, 32, 32] -> conv 3x3 (8 out, stride 2, pad 1) -> [8, 16, 16]: 16*16*8 * 3*3*3 MACs;
+    -> grouped conv 1x1 (8 out, 2 groups) -> [8, 16, 16]: 16*16*8 * 4 MACs."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.random((8, 3, 3, 3), np.float32), 'w1')
+    w2 = numpy_helper.from_array(rng.random((8, 4, 1, 1), np.float32), 'w2')
+    graph = helper.make_graph(
+        [helper.make_node('Conv', ['x', 'w1'], ['y'], strides=[2, 2], pads=[1, 1, 1, 1]),
+         helper.make_node('Conv', ['y', 'w2'], ['z'], group=2)],
+        'g', [helper.make_tensor_value_info('x', TensorProto.FLOAT, ['batch', 3, 32, 32])],
+        [helper.make_tensor_value_info('z', TensorProto.FLOAT, None)], [w1, w2])
+    path = tmp_path / 'convs.onnx'
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid('', 19)]), path)
+    assert network_gmac(path) * 1e9 == 16 * 16 * 8 * 27 + 16 * 16 * 8 * 4
+
+
+def test_warm_up_lasts_its_calls_and_its_seconds():
+    starts = []
+
+    def call():
+        starts.append(time.perf_counter())
+        time.sleep(0.005)
+
+    samples = timed(call, iterations=3, warmup=1, warmup_s=0.05)
+    assert len(samples) == 3 and (samples >= 0.005).all()
+    assert len(starts) >= 3 + 2 and starts[-3] - starts[0] >= 0.05  # warm-up ran on past its one call
+    starts.clear()
+    timed(call, iterations=2, warmup=4, warmup_s=0.0)
+    assert len(starts) == 6
+
+
+def test_synthetic_head_gives_the_stated_detections():
+    num_priors, mask_dim, proto_hw = 6402, 32, (80, 80)
+    head = synthetic_head(2, num_priors, yolact_tiny.num_classes - 1, mask_dim, proto_hw)
+    model = postprocess_model(yolact_tiny, num_priors=num_priors, mask_dim=mask_dim, proto_hw=proto_hw)
+    session = ort.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])
+    num_dets = session.run(['num_dets'], dict(zip(DECODED_HEAD_NAMES, head.values())))[0]
+    assert num_dets.tolist() == [DETECTIONS, DETECTIONS]
+
+
+def test_table_shows_the_columns_rows_have():
+    samples = {'network': np.array([0.2, 0.4, 0.3]), 'post': np.array([0.01, 0.01, 0.01])}
+    row = stage_row(samples, batch=2, gmac=10.0, matmul=100.0, model='m', backend='ort')
+    assert row['network_p50'] == 300.0 and row['images_per_s'] == 2 / 0.31
+    assert row['network_gflops'] == 2 * 10.0 * 2 / 0.3 and round(row['network_pct_of_matmul']) == 133
+    other = {'model': 'm', 'backend': 'trt', 'batch': 8, 'streams': 2, 'latency_p50_ms': 5.0}
+    lines = format_table([row, other]).splitlines()
+    header = [cell.strip() for cell in lines[0].strip('|').split('|')]
+    assert header[:5] == ['model', 'backend', 'B', 'streams', 'network p50 ms'] and 'pre p50 ms' not in header
+    trt_cells = dict(zip(header, (cell.strip() for cell in lines[3].strip('|').split('|'))))
+    assert trt_cells['streams'] == '2' and trt_cells['network p50 ms'] == '-' and trt_cells['batch p50 ms'] == '5.0'
