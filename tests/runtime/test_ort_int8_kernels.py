@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.contract import METADATA_KEY, metadata_from_props
+from runtime.contract import METADATA_KEY, metadata_from_props
 from export.onnx_export import export_onnx
 from model.checkpoint import load_model
 from runtime.backends import BackendError, ort_backend

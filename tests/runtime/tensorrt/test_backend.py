@@ -174,7 +174,7 @@ def test_runtime_imports_neither_torch_nor_tensorrt():
             'bad = [m for m in ("torch", "tensorrt", "tensorrt_rtx", "onnx") if m in sys.modules]; '
             'print(bad); sys.exit(1 if bad else 0)')
     done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                          cwd=str(__import__('pathlib').Path(__file__).resolve().parents[2]))
+                          cwd=str(__import__('pathlib').Path(__file__).resolve().parents[3]))
     assert done.returncode == 0, done.stdout + done.stderr
 
 

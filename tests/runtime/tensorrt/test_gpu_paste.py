@@ -16,7 +16,7 @@ import pytest
 
 from runtime.tensorrt.gpu_paste import PARAM_KINDS, PasteKernelUnavailable, load_paste_kernel, paste_on_gpu
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 # How each launcher parameter kind appears in the PTX entry.
 PTX_PARAM_TYPES = {'ptr': 'u64', 'i32': 'u32', 'f32': 'f32'}
 COMPILE_AND_DESCRIBE = """

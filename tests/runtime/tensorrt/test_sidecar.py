@@ -135,5 +135,5 @@ def test_sidecar_module_does_not_import_tensorrt_or_onnx():
     code = ('import sys, engines.sidecar; '
             'print(sorted(m for m in ("tensorrt", "tensorrt_rtx", "onnx", "torch", "numpy") if m in sys.modules))')
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
-                            cwd=str(Path(__file__).resolve().parents[2]))
+                            cwd=str(Path(__file__).resolve().parents[3]))
     assert result.stdout.strip() == '[]'
