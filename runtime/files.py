@@ -4,14 +4,93 @@ through here, including the runtime on deployment hosts without torch."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import re
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from runtime.errors import ToolkitError
+
 _CHUNK_BYTES = 1 << 20
+# A temporary left by a writer on another host (whose PID means nothing here) is taken as stale
+# after this long: longer than any single write of the toolkit (engine builds take minutes).
+_STALE_TEMPORARY_SECONDS = 24 * 3600
+
+
+class OutputError(ToolkitError):
+    """An output path that cannot be written; the message names the path, the reason and the fix."""
+
+
+def temporary_name(path: Path, suffix: str = '') -> Path:
+    """The one naming rule of atomic_output's temporaries: `.NAME.PID.RANDOM.tmpSUFFIX` beside `path`,
+    so stale ones of a killed run are recognisable (remove_stale_temporaries)."""
+    # A random part, not only the pid: two threads of one process may write the same target.
+    return path.with_name(f'.{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{suffix}')
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporaries of `path` (temporary_name) whose writer is dead or that are older than
+    a day; returns the removed paths. Others' files and live writers' temporaries are left alone."""
+    pattern = re.compile(rf'\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]{{8}}\.tmp.*')
+    removed = []
+    try:
+        candidates = list(path.parent.iterdir())
+    except OSError:  # a folder we cannot list: nothing to clean, and the write reports the folder
+        return removed
+    for candidate in candidates:
+        match = pattern.fullmatch(candidate.name)
+        if match is None:
+            continue
+        try:
+            age = time.time() - candidate.stat().st_mtime
+            if not _process_alive(int(match.group(1))) or age > _STALE_TEMPORARY_SECONDS:
+                candidate.unlink()
+                removed.append(candidate)
+        except OSError:  # gone meanwhile, or not ours to remove
+            continue
+    return removed
+
+
+def check_writable(path: str | os.PathLike, what: str) -> Path:
+    """Raise OutputError unless a file can be created at `path` (its folder may not exist yet): not
+    a folder, not under a file, in a writable folder. Checked before the work, so a long run is not
+    thrown away at its last step; a full disk still shows only when writing. what: how the user
+    named it ('--json', '--out folder')."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f'{what} {path} is a folder: name a file')
+    folder = path.parent
+    while not folder.exists():
+        if folder.is_symlink():  # a dangling link: mkdir would fail
+            raise OutputError(f'{what} {path}: {folder} is a broken link: choose another path')
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(f'{what} {path}: {folder} is a file, not a folder: choose another path')
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f'{what} {path}: the folder {folder} is not writable: choose another path')
+    return path
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for an OSError of a write, with the fix for a full disk."""
+    if error.errno == errno.ENOSPC:
+        return 'no space left on the device: free some space or choose another path'
+    return error.strerror or str(error)
 
 
 @contextmanager
@@ -19,14 +98,15 @@ def atomic_output(path: str | os.PathLike, *, suffix: str = '') -> Iterator[Path
     """A temporary name in `path`'s folder for a writer that needs a file name (torch.save,
     cv2.VideoWriter): `with atomic_output(path) as tmp: writer(tmp)`. On a clean exit the temporary
     file replaces `path` (os.replace), so a reader sees the old file or the new one, never a partial
-    one; on an exception it is removed. Creates the folder.
+    one; on an exception it is removed. Creates the folder, and removes temporaries of `path` that
+    killed runs left (remove_stale_temporaries).
 
     suffix: appended to the temporary name, for writers that pick the format by it (OpenCV's
     VideoWriter needs '.mp4' / '.avi')."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A random part, not only the pid: two threads of one process may write the same target.
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{suffix}')
+    remove_stale_temporaries(path)
+    tmp = temporary_name(path, suffix)
     try:
         yield tmp
         os.replace(tmp, path)
