@@ -66,23 +66,23 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     return removed
 
 
-def check_writable(path: str | os.PathLike, what: str) -> Path:
-    """Raise OutputError unless a file can be created at `path` (its folder may not exist yet): not
-    a folder, not under a file, in a writable folder. Checked before the work, so a long run is not
-    thrown away at its last step; a full disk still shows only when writing. what: how the user
-    named it ('--json', '--out folder')."""
+def check_writable(path: str | os.PathLike, what: str, *, folder: bool = False) -> Path:
+    """Raise OutputError unless a file (folder=True: files inside a folder) can be created at `path`,
+    whose folders may not exist yet: a file not a folder, a folder not a file, not under a file, in
+    a writable folder. Checked before the work, so a long run is not thrown away at its last step;
+    a full disk still shows only when writing. what: how the user named it ('--json', '--out')."""
     path = Path(path)
-    if path.is_dir():
+    if not folder and path.is_dir():
         raise OutputError(f'{what} {path} is a folder: name a file')
-    folder = path.parent
-    while not folder.exists():
-        if folder.is_symlink():  # a dangling link: mkdir would fail
-            raise OutputError(f'{what} {path}: {folder} is a broken link: choose another path')
-        folder = folder.parent
-    if not folder.is_dir():
-        raise OutputError(f'{what} {path}: {folder} is a file, not a folder: choose another path')
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f'{what} {path}: the folder {folder} is not writable: choose another path')
+    existing = path if folder else path.parent
+    while not existing.exists():
+        if existing.is_symlink():  # a dangling link: mkdir would fail
+            raise OutputError(f'{what} {path}: {existing} is a broken link: choose another path')
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f'{what} {path}: {existing} is a file, not a folder: choose another path')
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f'{what} {path}: the folder {existing} is not writable: choose another path')
     return path
 
 

@@ -68,3 +68,13 @@ def test_unwritable_paths_are_named_before_the_work(tmp_path, monkeypatch):
     monkeypatch.setattr(os, 'access', lambda path, mode: Path(path) != tmp_path / 'a_folder')
     with pytest.raises(OutputError, match='a_folder is not writable'):
         check_writable(tmp_path / 'a_folder' / 'dets.json', '--json')
+
+
+@pytest.mark.battery
+def test_an_output_folder_that_is_a_file_is_named(tmp_path):
+    (tmp_path / 'a_file').write_text('')
+    with pytest.raises(OutputError, match='--out .*a_file: .*a_file is a file, not a folder'):
+        check_writable(tmp_path / 'a_file', '--out', folder=True)
+    with pytest.raises(OutputError, match='a_file is a file, not a folder'):
+        check_writable(tmp_path / 'a_file' / 'annotated', '--out', folder=True)
+    assert check_writable(tmp_path / 'new', '--out', folder=True) == tmp_path / 'new'
