@@ -264,3 +264,16 @@ def test_outputs_that_cannot_be_written_are_one_line_before_the_work(tiny_checkp
     assert capsys.readouterr().err.splitlines()[-1] == (f'error: cannot write --json {tmp_path / "dets.json"}: no space '
                                                         'left on the device: free some space or choose another path')
     assert (tmp_path / 'out' / 'a.png').is_file() and not (tmp_path / 'dets.json').exists()
+
+
+@pytest.mark.battery
+def test_a_video_is_never_annotated_over_itself(tmp_path, monkeypatch, capsys):
+    clip = tmp_path / 'clip.avi'
+    writer = cv2.VideoWriter(str(clip), cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter_fourcc(*'MJPG'), 5.0, (32, 24))
+    writer.write(np.zeros((24, 32, 3), np.uint8))
+    writer.release()
+    original = clip.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    assert main(['clip.avi', '--out', '.', '--model', str(tmp_path / 'none.pth')]) == 1
+    assert capsys.readouterr().err.strip() == f'error: --out would write clip.avi over the input {clip}: choose another --out'
+    assert clip.read_bytes() == original
