@@ -114,7 +114,8 @@ def collect_inputs(paths: list[Path]) -> tuple[list[InputImage], list[str]]:
     found: list[tuple[Path, Path]] = []
     coco_ids: list[int] = []
     problems = []
-    if any(p.suffix.lower() == '.json' for p in paths):
+    coco = any(p.suffix.lower() == '.json' for p in paths)
+    if coco:
         if len(paths) != 1:
             raise InputError('a COCO JSON must be the only PATH (its image ids would mix with the others\'): '
                              'run it on its own')
@@ -124,7 +125,9 @@ def collect_inputs(paths: list[Path]) -> tuple[list[InputImage], list[str]]:
                 relative = Path(relative.name)
             found.append((file, Path(paths[0].stem) / relative))
             coco_ids.append(image_id)
-    for root in paths if not coco_ids else []:
+        if not found:
+            problems.append(f'{paths[0]}: its "images" list is empty')
+    for root in [] if coco else paths:
         try:
             files = find_images(root, problems)
         except ImageLoadError as e:
@@ -150,7 +153,7 @@ def collect_inputs(paths: list[Path]) -> tuple[list[InputImage], list[str]]:
             copy += 1
             unique = name.with_name(f'{name.stem}_{copy}{name.suffix}')
         taken.add(unique)
-        image_id = coco_ids[position - 1] if coco_ids else int(file.stem) if numeric_ids else position
+        image_id = coco_ids[position - 1] if coco else int(file.stem) if numeric_ids else position
         inputs.append(InputImage(file, unique, image_id))
     return inputs, problems
 

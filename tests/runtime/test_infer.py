@@ -228,6 +228,9 @@ def test_a_coco_json_input_keeps_its_image_ids(tiny_checkpoint, tmp_path, capsys
     assert len(coco.loadRes(str(results_json)).anns) == len(results)
     assert sorted(p.relative_to(tmp_path / 'out').as_posix() for p in (tmp_path / 'out').rglob('*.png')) == \
         ['val/images/000.png', 'val/images/001.png']
+    (dataset / 'empty.json').write_text('{"images": []}')
+    assert main([str(dataset / 'empty.json'), '--model', str(tiny_checkpoint)]) == 1
+    assert 'skipped: ' + str(dataset / 'empty.json') + ': its "images" list is empty' in capsys.readouterr().err
     (dataset / 'other.json').write_text('{"info": {}}')
     assert main([str(dataset / 'other.json'), '--model', str(tiny_checkpoint)]) == 1
     assert main([str(dataset / 'val.json'), str(dataset / 'images'), '--model', str(tiny_checkpoint)]) == 1
