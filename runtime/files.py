@@ -27,8 +27,8 @@ class OutputError(ToolkitError):
 
 
 def temporary_name(path: Path, suffix: str = '') -> Path:
-    """The one naming rule of atomic_output's temporaries: `.NAME.PID.RANDOM.tmpSUFFIX` beside `path`,
-    so stale ones of a killed run are recognisable (remove_stale_temporaries)."""
+    """The one naming rule of atomic_output's temporaries: `.NAME.PID.RANDOM.tmpSUFFIX` beside `path`
+    (RANDOM: 8 hex digits), so stale ones of a killed run are recognisable (remove_stale_temporaries)."""
     # A random part, not only the pid: two threads of one process may write the same target.
     return path.with_name(f'.{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{suffix}')
 
@@ -43,17 +43,22 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(path: Path) -> list[Path]:
-    """Remove the temporaries of `path` (temporary_name) whose writer is dead or that are older than
-    a day; returns the removed paths. Others' files and live writers' temporaries are left alone."""
-    pattern = re.compile(rf'\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]{{8}}\.tmp.*')
+_TEMPORARY_NAME = re.compile(r'\..+\.(\d+)\.[0-9a-f]{8}\.tmp.*')
+# Folders this process has swept: temporaries of killed runs predate it, so once a folder is enough
+# (a sweep lists the folder: once per write would cost a listing per image of a large run).
+_swept_folders: set[Path] = set()
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporaries in `folder` (temporary_name) whose writer is dead or that are older
+    than a day; returns the removed paths. Other files and live writers' temporaries stay."""
     removed = []
     try:
-        candidates = list(path.parent.iterdir())
+        candidates = list(folder.iterdir())
     except OSError:  # a folder we cannot list: nothing to clean, and the write reports the folder
         return removed
     for candidate in candidates:
-        match = pattern.fullmatch(candidate.name)
+        match = _TEMPORARY_NAME.fullmatch(candidate.name)
         if match is None:
             continue
         try:
@@ -98,14 +103,17 @@ def atomic_output(path: str | os.PathLike, *, suffix: str = '') -> Iterator[Path
     """A temporary name in `path`'s folder for a writer that needs a file name (torch.save,
     cv2.VideoWriter): `with atomic_output(path) as tmp: writer(tmp)`. On a clean exit the temporary
     file replaces `path` (os.replace), so a reader sees the old file or the new one, never a partial
-    one; on an exception it is removed. Creates the folder, and removes temporaries of `path` that
-    killed runs left (remove_stale_temporaries).
+    one; on an exception it is removed. Creates the folder; the first time this process writes
+    there, removes the temporaries killed runs left in it (remove_stale_temporaries).
 
     suffix: appended to the temporary name, for writers that pick the format by it (OpenCV's
     VideoWriter needs '.mp4' / '.avi')."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
+    folder = path.parent.resolve()
+    if folder not in _swept_folders:
+        _swept_folders.add(folder)
+        remove_stale_temporaries(folder)
     tmp = temporary_name(path, suffix)
     try:
         yield tmp

@@ -69,7 +69,8 @@ class _RepairingCache(FunctionCache):
         try:
             return super().load_overload(sig, target_context)
         except Exception as e:  # whatever unpickling garbage raises; only the cache read is inside
-            warnings.warn(f'numba cache of {self._py_func.__module__}.{self._py_func.__qualname__} in {self._cache_path} is corrupt ({type(e).__name__}: {e}); '
+            name = f'{self._py_func.__module__}.{self._py_func.__qualname__}'
+            warnings.warn(f'numba cache of {name} in {self._cache_path} is corrupt ({type(e).__name__}: {e}); '
                           'recompiling it', RuntimeWarning, stacklevel=2)
             self.flush()  # an empty index: the fresh compile is saved over the corrupt entry
             return None

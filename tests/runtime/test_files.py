@@ -51,6 +51,8 @@ def test_temporaries_of_killed_runs_are_removed_when_the_file_is_next_written(tm
     live.write_bytes(b'')
     other = tmp_path / '.dets.json.notes'  # not a temporary of ours
     other.write_bytes(b'')
+    of_another_output = stale.with_name(stale.name.replace('dets.json', 'frame.png'))
+    of_another_output.write_bytes(b'')
     write_atomic(target, b'[]')
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, live.name, other.name])
 

@@ -150,7 +150,8 @@ def test_an_output_that_resolves_to_an_input_is_refused_before_the_work(tmp_path
     assert main(['b.png', '--out', '.', '--model', missing_model]) == 1
     assert main(['b.png', '--json', './b.png', '--model', missing_model]) == 1
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 2 and 'over the input' in err[0] and err[1].startswith('error: --json would write b.png over the input')
+    assert len(err) == 2 and 'over the input' in err[0]
+    assert err[1].startswith('error: --json would write b.png over the input')
     assert photo.read_bytes() == original
 
 
@@ -264,9 +265,15 @@ def test_outputs_that_cannot_be_written_are_one_line_before_the_work(tiny_checkp
     monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path / 'a_file' / 'tmp'))
     assert main([str(photo), '--json', str(tmp_path / 'dets.json'), '--model', str(tiny_checkpoint),
                  '--out', str(tmp_path / 'out')]) == 1
-    assert capsys.readouterr().err.splitlines()[-1] == (f'error: cannot write --json {tmp_path / "dets.json"}: no space '
-                                                        'left on the device: free some space or choose another path')
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f'error: cannot write --json {tmp_path / "dets.json"}: no space left on the device: free some space or '
+        'choose another path')
     assert (tmp_path / 'out' / 'a.png').is_file() and not (tmp_path / 'dets.json').exists()
+    monkeypatch.setattr(infer_module, 'write_atomic', lambda path, data: full_disk(Path(path).with_suffix('.json'), data))
+    assert main([str(photo), '--model', str(tiny_checkpoint), '--out', str(tmp_path / 'full')]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f'error: cannot write {tmp_path / "full" / "a.png"}: no space left on the device: free some space or '
+        'choose another path')
 
 
 @pytest.mark.battery
@@ -278,5 +285,6 @@ def test_a_video_is_never_annotated_over_itself(tmp_path, monkeypatch, capsys):
     original = clip.read_bytes()
     monkeypatch.chdir(tmp_path)
     assert main(['clip.avi', '--out', '.', '--model', str(tmp_path / 'none.pth')]) == 1
-    assert capsys.readouterr().err.strip() == f'error: --out would write clip.avi over the input {clip}: choose another --out'
+    assert capsys.readouterr().err.strip() == \
+        f'error: --out would write clip.avi over the input {clip}: choose another --out'
     assert clip.read_bytes() == original

@@ -104,8 +104,8 @@ def test_pasting_works_where_no_cache_folder_is_writable():
 @pytest.mark.battery
 def test_a_corrupt_numba_cache_is_recompiled_with_one_warning(tmp_path):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
-    code = ('import numpy as np; from runtime.paste import paste_masks; '
-            'print(int(paste_masks(np.ones((1, 4, 4), np.float32), np.array([[0, 0, 0.5, 1]], np.float32), (8, 8)).sum()))')
+    code = ('import numpy as np; from runtime.paste import paste_masks; print(int(paste_masks(np.ones((1, 4, 4), '
+            'np.float32), np.array([[0, 0, 0.5, 1]], np.float32), (8, 8)).sum()))')
 
     def run():
         return subprocess.run([sys.executable, '-W', 'default', '-c', code], env=env, capture_output=True, text=True,

@@ -153,7 +153,7 @@ def test_a_failed_write_keeps_the_earlier_video(tmp_path, gray_frames, monkeypat
         annotate_video(backend, source, target, batch=2, score_threshold=0.3, progress=False)
         good = target.read_bytes()
         monkeypatch.setattr(cv2, 'VideoWriter', DiskFullWriter)
-        with pytest.raises(VideoError, match=r'cannot write .*holds 3 of 7 frames .*is the disk full.*earlier file is kept'):
+        with pytest.raises(VideoError, match=r'cannot write .*holds 3 of 7 frames .*disk full.*earlier file is kept'):
             annotate_video(backend, source, target, batch=2, score_threshold=0.3, progress=False)
     assert target.read_bytes() == good
     assert [p.name for p in target.parent.iterdir()] == [target.name]
