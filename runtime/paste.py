@@ -10,9 +10,11 @@ at 640x480 took longer than the post-processing before them.
 from __future__ import annotations
 
 import mmap
+import warnings
 
 import numba
 import numpy as np
+from numba.core.caching import FunctionCache
 
 
 def box_pixel_ranges(lo: np.ndarray, hi: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -58,16 +60,35 @@ def zeroed_masks(count: int, height: int, width: int) -> np.ndarray:
     return np.frombuffer(buffer, dtype=bool).reshape(count, height, width)
 
 
+class _RepairingCache(FunctionCache):
+    """numba's on-disk cache of one function, except that an entry it cannot load (a file truncated
+    or overwritten: numba raises from pickle) is dropped with one warning and compiled afresh, and
+    the new machine code replaces it, instead of every later run failing."""
+
+    def load_overload(self, sig, target_context):
+        try:
+            return super().load_overload(sig, target_context)
+        except Exception as e:  # whatever unpickling garbage raises; only the cache read is inside
+            name = f'{self._py_func.__module__}.{self._py_func.__qualname__}'
+            warnings.warn(f'numba cache of {name} in {self._cache_path} is corrupt ({type(e).__name__}: {e}); '
+                          'recompiling it', RuntimeWarning, stacklevel=2)
+            self.flush()  # an empty index: the fresh compile is saved over the corrupt entry
+            return None
+
+
 def _compiled(function):
     """`function` compiled by numba on its first call (~0.4 s). The machine code is cached beside
     this module, in NUMBA_CACHE_DIR or in the user's cache folder, whichever is writable; with none
-    (a read-only container) each process compiles afresh rather than failing at import. nogil lets
-    the throughput mode's lanes paste at the same time. No fastmath: products and sums must round
-    one at a time, as numpy's and torch's do."""
+    (a read-only container) each process compiles afresh rather than failing at import. A corrupt
+    cache is recompiled with a warning (_RepairingCache). nogil lets the throughput mode's lanes
+    paste at the same time. No fastmath: products and sums must round one at a time, as numpy's
+    and torch's do."""
+    dispatcher = numba.njit(nogil=True)(function)
     try:
-        return numba.njit(cache=True, nogil=True)(function)
+        dispatcher._cache = _RepairingCache(function)  # what Dispatcher.enable_caching (cache=True) sets
     except RuntimeError:  # numba: "cannot cache function ...: no locator available"
-        return numba.njit(nogil=True)(function)
+        pass
+    return dispatcher
 
 
 @_compiled

@@ -99,3 +99,26 @@ def test_pasting_works_where_no_cache_folder_is_writable():
                             cwd=Path(__file__).resolve().parents[2], timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == '32'
+
+
+@pytest.mark.battery
+def test_a_corrupt_numba_cache_is_recompiled_with_one_warning(tmp_path):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    code = ('import numpy as np; from runtime.paste import paste_masks; print(int(paste_masks(np.ones((1, 4, 4), '
+            'np.float32), np.array([[0, 0, 0.5, 1]], np.float32), (8, 8)).sum()))')
+
+    def run():
+        return subprocess.run([sys.executable, '-W', 'default', '-c', code], env=env, capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parents[2], timeout=120)
+
+    assert run().stdout.strip() == '32'
+    cached = [p for p in tmp_path.rglob('*') if p.suffix in ('.nbi', '.nbc')]
+    assert {p.suffix for p in cached} == {'.nbi', '.nbc'}
+    for path in cached:  # a disk error or an interrupted write: numba's pickles cannot be read
+        path.write_bytes(b'garbage\n')
+    repaired = run()
+    assert repaired.returncode == 0 and repaired.stdout.strip() == '32', repaired.stderr[-2000:]
+    assert repaired.stderr.count('RuntimeWarning: numba cache of runtime.paste._paste_boxes') == 1
+    assert 'is corrupt' in repaired.stderr and 'recompiling it' in repaired.stderr
+    again = run()  # the fresh machine code was saved over the corrupt entry: no warning any more
+    assert again.returncode == 0 and again.stdout.strip() == '32' and 'Warning' not in again.stderr

@@ -7,7 +7,7 @@ import pytest
 
 from model.config import metadata_from_config, yolact_tiny
 from runtime.backends.base import Backend
-from runtime.video import VideoError, annotate_video, read_frames
+from runtime.video import VideoError, annotate_video, read_frames, video_target
 
 FRAME_HW = (96, 128)
 # The instance the double reports, relative xyxy: the left half of the frame's middle band.
@@ -118,3 +118,64 @@ def test_bad_videos_raise_named_errors(tmp_path, gray_frames):
         with pytest.raises(VideoError, match='cannot write'):
             annotate_video(backend, good, blocker / 'x.avi', score_threshold=0.3, progress=False)
     assert not (tmp_path / 'x.mp4').exists() and not (tmp_path / 'x.mkv').exists()
+
+
+REAL_VIDEO_WRITER = cv2.VideoWriter
+
+
+class DiskFullWriter:
+    """cv2.VideoWriter on a disk that fills after `room` frames: later writes vanish without a word,
+    as OpenCV's do on a full disk."""
+
+    room = 3
+
+    def __init__(self, *args):
+        self.writer, self.frames = REAL_VIDEO_WRITER(*args), 0
+
+    def isOpened(self):
+        return self.writer.isOpened()
+
+    def write(self, frame):
+        self.frames += 1
+        if self.frames <= self.room:
+            self.writer.write(frame)
+
+    def release(self):
+        self.writer.release()
+
+
+@pytest.mark.battery
+@pytest.mark.parametrize('suffix', ['.mp4', '.avi'])
+def test_a_failed_write_keeps_the_earlier_video(tmp_path, gray_frames, monkeypatch, suffix):
+    source = write_video(tmp_path / f'in{suffix}', gray_frames)
+    target = tmp_path / 'out' / f'annotated{suffix}'
+    with OneInstanceBackend() as backend:
+        annotate_video(backend, source, target, batch=2, score_threshold=0.3, progress=False)
+        good = target.read_bytes()
+        monkeypatch.setattr(cv2, 'VideoWriter', DiskFullWriter)
+        with pytest.raises(VideoError, match=r'cannot write .*holds 3 of 7 frames .*disk full.*earlier file is kept'):
+            annotate_video(backend, source, target, batch=2, score_threshold=0.3, progress=False)
+    assert target.read_bytes() == good
+    assert [p.name for p in target.parent.iterdir()] == [target.name]
+
+
+@pytest.mark.battery
+def test_odd_sized_videos_keep_their_size(tmp_path):
+    odd = [np.full((239, 321, 3), 50 + 20 * i, np.uint8) for i in range(3)]
+    source = tmp_path / 'odd.avi'
+    writer = cv2.VideoWriter(str(source), cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter_fourcc(*'MJPG'), 10.0, (321, 239))
+    for frame in odd:
+        writer.write(frame)
+    writer.release()
+    assert video_target(source, tmp_path / 'out') == tmp_path / 'out' / 'odd.avi'
+    with OneInstanceBackend() as backend:
+        assert annotate_video(backend, source, tmp_path / 'out' / 'odd.avi', score_threshold=0.3, progress=False) == 3
+        # MP4's writer would store 320x238: refused with the fix, and runtime.infer writes .avi instead.
+        with pytest.raises(VideoError, match=r'MP4 \(mp4v\) stores only even frame sizes.*321x239.*\.avi'):
+            annotate_video(backend, source, tmp_path / 'out' / 'odd.mp4', score_threshold=0.3, progress=False)
+    frames, _ = read_video(tmp_path / 'out' / 'odd.avi')
+    assert len(frames) == 3 and frames[0].shape == (239, 321, 3)
+    odd_mp4 = tmp_path / 'odd.mp4'
+    odd_mp4.write_bytes(source.read_bytes())  # an AVI named .mp4: OpenCV reads it by its content
+    assert video_target(odd_mp4, tmp_path / 'out') == tmp_path / 'out' / 'odd.avi'
+    assert video_target(write_video(tmp_path / 'even.mp4', odd[:0]), tmp_path / 'out') == tmp_path / 'out' / 'even.mp4'
