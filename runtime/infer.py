@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from runtime.assets import DEMO_MODEL
 from runtime.backends import BACKENDS, BackendError, open_backend
 from runtime.draw import draw_detections
 from runtime.errors import ToolkitError
@@ -23,7 +24,7 @@ from runtime.pipeline import IMAGE_SUFFIXES, ImageLoadError, batches, find_image
 from runtime.tensorrt.backend import prefer_engine
 from runtime.video import is_video, run_videos
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / 'assets' / 'demo' / 'yolact_tiny_shapes.pth'
+DEFAULT_MODEL = DEMO_MODEL
 # The original's display code shows detections from 0.15-0.3 up; below that a trained model's
 # output is mostly duplicates and background. COCO evaluation wants every detection: use 0.
 DEFAULT_SCORE_THRESHOLD = 0.3
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                              f'{", ".join(sorted(IMAGE_SUFFIXES))} (any case)')
     parser.add_argument('--model', type=Path, default=DEFAULT_MODEL,
                         help='model file: .pth checkpoint (torch) or the formats of the other backends '
-                             '(default: the demo model, assets/demo/yolact_tiny_shapes.pth)')
+                             '(default: the demo model shipped with the package, runtime/assets/yolact_tiny_shapes.pth)')
     parser.add_argument('--backend', default='auto', choices=['auto', *BACKENDS],
                         help='inference backend; auto picks it from the model file suffix (default: auto)')
     parser.add_argument('--config', default=None,

@@ -11,6 +11,7 @@ import pytest
 
 from export.onnx_export import export_onnx
 from model.checkpoint import load_model
+from runtime.assets import SAMPLE_IMAGE
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_TIME = ('torch', 'model', 'export', 'calib', 'engines')
@@ -66,7 +67,7 @@ def test_the_scan_sees_both_kinds_of_import(tmp_path):
 def test_infer_runs_an_onnx_model_with_the_build_time_packages_unimportable(tiny_checkpoint, tmp_path):
     model, cfg = load_model(tiny_checkpoint)
     onnx_path = export_onnx(model, cfg, tmp_path / 'tiny.onnx')
-    image = ROOT / 'assets' / 'sample.jpg'
+    image = SAMPLE_IMAGE
     blocked = ', '.join(repr(name) for name in BUILD_TIME)
     code = (f'import sys\n'
             f'for name in ({blocked}):\n'
