@@ -11,23 +11,20 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-import cv2
-import numpy as np
 from tqdm import tqdm
 
+from runtime.api import DEFAULT_SCORE_THRESHOLD
 from runtime.assets import DEMO_MODEL
 from runtime.backends import BACKENDS, BackendError, open_backend
 from runtime.draw import draw_detections
 from runtime.errors import ToolkitError
 from runtime.files import write_atomic
+from runtime.images import write_image
 from runtime.pipeline import IMAGE_SUFFIXES, ImageLoadError, batches, find_images, load_image, predict
 from runtime.tensorrt.backend import prefer_engine
 from runtime.video import is_video, run_videos
 
 DEFAULT_MODEL = DEMO_MODEL
-# The original's display code shows detections from 0.15-0.3 up; below that a trained model's
-# output is mostly duplicates and background. COCO evaluation wants every detection: use 0.
-DEFAULT_SCORE_THRESHOLD = 0.3
 # Annotated images keep the input's format when OpenCV writes it, else become PNG.
 _WRITABLE_SUFFIXES = frozenset({'.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp'})
 
@@ -110,14 +107,6 @@ def collect_inputs(paths: list[Path]) -> tuple[list[InputImage], list[str]]:
         taken.add(unique)
         inputs.append(InputImage(file, unique, int(file.stem) if numeric_ids else position))
     return inputs, problems
-
-
-def write_image(path: Path, image: np.ndarray) -> None:
-    """Encode by the file suffix and write atomically."""
-    ok, encoded = cv2.imencode(path.suffix, image)
-    if not ok:
-        raise OSError(f'OpenCV could not encode {path.suffix} for {path}')
-    write_atomic(path, encoded.tobytes())
 
 
 def backend_options(args: argparse.Namespace) -> dict:
