@@ -94,7 +94,8 @@ def create_session(path: str | os.PathLike, *, providers: list[str] | None = Non
     try:
         import onnxruntime as ort
     except ImportError as e:
-        raise BackendError(f'the ort backend needs onnxruntime (pip install -e .[onnx]): {e}') from None
+        raise BackendError(f'the ort backend needs onnxruntime (pip install "yolact-deploy[cpu]", on a GPU host '
+                           f'[gpu]): {e}') from None
     path = Path(path)
     if not path.is_file():
         raise BackendError(f'ONNX model not found: {path}')
