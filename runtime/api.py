@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Union
 
@@ -56,7 +57,10 @@ def load(path: str | os.PathLike, *, backend: str = 'auto', batch_size: int = 1,
         return open_served(str(path), **options)
     if batch_size < 1:
         raise InputError(f'batch_size must be at least 1, got {batch_size}')
-    return Model(open_backend(path, backend, **options), batch_size=batch_size)
+    loaded = open_backend(path, backend, **options)
+    for warning in loaded.warnings:
+        warnings.warn(warning, RuntimeWarning, stacklevel=2)
+    return Model(loaded, batch_size=batch_size)
 
 
 def open_served(url: str, **options) -> 'Model':

@@ -139,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
         print(f'error: {e}', file=sys.stderr)
         return 1
     print(f'{args.model}: {backend.description}', file=sys.stderr)
+    for warning in backend.warnings:
+        print(f'warning: {warning}', file=sys.stderr)
     results, processed, skipped = [], 0, len(problems)
     with backend, tqdm(total=len(inputs), unit='image', desc='infer') as progress:
         meta = backend.metadata
