@@ -114,6 +114,13 @@ eval: setup $(if $(filter $(SHAPES_DIR)/%,$(EVAL_DATA)),$(EVAL_DATA))
 calib: $(if $(filter $(SHAPES_DIR)/%,$(CALIB_IMAGES)),$(SHAPES_DIR)/val.json)
 accuracy: $(if $(filter $(SHAPES_DIR)/%,$(EVAL_DATA)),$(SHAPES_DIR)/val.json)
 
+# make ptx: the runtime's mask-pasting kernel as PTX for sm_80 and later GPUs, shipped as package data in
+# runtime/tensorrt/ptx/, so GPU hosts paste masks on the device without triton. Run it after changing
+# runtime/tensorrt/paste_kernel.py (tests/runtime/tensorrt/test_gpu_paste.py checks the shipped PTX is current).
+.PHONY: ptx
+ptx: setup
+	$(PY) -m plugins.compile_ptx --kernel paste_masks --arch 80 --dtype fp32 fp16 --out runtime/tensorrt/ptx
+
 # Times the yolact TensorRT plugins against the standard-op graph and torch's batched_nms (GPU hosts;
 # elsewhere it says what is missing and exits 3).
 .PHONY: bench-plugins
