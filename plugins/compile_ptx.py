@@ -72,7 +72,8 @@ def main(argv=None) -> int:
                         help='float type of the kernels\' float inputs and outputs')
     parser.add_argument('--kernel', nargs='+', choices=('fast_nms', 'mask_assembly', 'paste_masks'),
                         default=['fast_nms', 'mask_assembly'],
-                        help='which kernels to compile (paste_masks: the runtime\'s, for every config)')
+                        help='which kernels to compile (paste_masks: the runtime\'s, the same for every '
+                             'config)')
     parser.add_argument('--cross-class', action='store_true', help='Fast NMS across classes instead of per class')
     parser.add_argument('--out', type=Path, help='folder to write <kernel>.sm_<arch>.<dtype>.ptx into')
     parser.add_argument('--json', action='store_true', help='print one JSON object per kernel instead of a table')

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                              f'{", ".join(sorted(IMAGE_SUFFIXES))} (any case)')
     parser.add_argument('--model', type=Path, default=DEFAULT_MODEL,
                         help='model file: .pth checkpoint (torch) or the formats of the other backends '
-                             '(default: the demo model shipped with the package, runtime/assets/yolact_tiny_shapes.pth)')
+                             '(default: the demo model shipped with the package, '
+                             'runtime/assets/yolact_tiny_shapes.pth)')
     parser.add_argument('--backend', default='auto', choices=['auto', *BACKENDS],
                         help='inference backend; auto picks it from the model file suffix (default: auto)')
     parser.add_argument('--config', default=None,
