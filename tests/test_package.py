@@ -46,7 +46,8 @@ def installed(tmp_path_factory):
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         entry_points = next(archive.read(n).decode() for n in names if n.endswith('entry_points.txt'))
-    assert {'runtime/assets/yolact_tiny_shapes.pth', 'runtime/assets/sample.jpg', 'runtime/api.py'} <= names
+    assert {'runtime/assets/yolact_tiny_shapes.pth', 'runtime/assets/sample.jpg', 'runtime/api.py',
+            'runtime/tensorrt/ptx/paste_masks.sm_80.fp16.ptx', 'runtime/tensorrt/ptx/paste_masks.sm_80.fp16.json'} <= names
     assert 'yolact-deploy = runtime.cli:main' in entry_points
     target = work / 'target'
     subprocess.run([sys.executable, '-m', 'pip', 'install', '--quiet', '--no-deps', '--target', str(target),
