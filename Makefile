@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # The CPU build of torch lies on this kind of machine's disk; a GPU host installs its own build.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= torch,onnx,quant,plugins,tensorrt-rtx,dev
+EXTRAS ?= build,numba,tensorrt-rtx,dev
 
 .PHONY: setup test demo
 setup: $(STAMP)
@@ -24,16 +24,16 @@ test: setup
 # with onnxruntime (CPU is enough), and say where the outputs went.
 DEMO_ONNX ?= build/yolact_tiny_shapes.onnx
 # The export is a file target: re-running the demo reuses it until the checkpoint changes.
-$(DEMO_ONNX): assets/demo/yolact_tiny_shapes.pth | setup
-	$(PY) -m export --checkpoint assets/demo/yolact_tiny_shapes.pth --output $(DEMO_ONNX)
+$(DEMO_ONNX): runtime/assets/yolact_tiny_shapes.pth | setup
+	$(PY) -m export --checkpoint runtime/assets/yolact_tiny_shapes.pth --output $(DEMO_ONNX)
 
 demo: setup $(DEMO_ONNX)
-	$(PY) -m runtime.infer assets/sample.jpg --model $(DEMO_ONNX) --out out/demo --json out/demo/detections.json
+	$(PY) -m runtime.infer runtime/assets/sample.jpg --model $(DEMO_ONNX) --out out/demo --json out/demo/detections.json
 
 # make export [CHECKPOINT=FILE] [CONFIG=NAME] [EXPORT_FLAGS='--no-postprocess --cross-class --max-dets N']:
 # writes build/<checkpoint name>.onnx (default: the shipped demo model) with Fast NMS and mask assembly inside.
 .PHONY: export bench
-CHECKPOINT ?= assets/demo/yolact_tiny_shapes.pth
+CHECKPOINT ?= runtime/assets/yolact_tiny_shapes.pth
 export: setup
 	$(PY) -m export --checkpoint $(CHECKPOINT) $(if $(CONFIG),--config $(CONFIG)) $(EXPORT_FLAGS)
 
@@ -82,7 +82,7 @@ $(SHAPES_DIR)/val.json: | setup
 	$(PY) -m model.data.shapes --out $(SHAPES_DIR) --train 4000 --val 300 --seed 0
 
 # make train-demo: trains the shipped demo model (yolact_tiny on the shapes set, from scratch) and
-# writes assets/demo/yolact_tiny_shapes.pth (weights only) and its COCO metrics on the val split.
+# writes runtime/assets/yolact_tiny_shapes.pth (weights only) and its COCO metrics on the val split.
 # The hyper-parameters are the demo's (a CPU schedule of 8800 iterations, 134 minutes as run on 2
 # cores), not the config's: 1900 iterations at lr 4e-3, then restarts from the previous weights for
 # 900 and 6000 iterations at lr 8e-3 (each earlier schedule had decayed before the class
@@ -101,19 +101,25 @@ train-demo: setup $(SHAPES_DIR)/val.json
 	  --init $(DEMO_RUN)/stage2/yolact_tiny_final.pth \
 	  --iters 6000 --batch-size 8 --lr 8e-3 --warmup-iters 100 --lr-steps 0.65,0.88 \
 	  --no-expand --no-crop --threads 2 --save-every 500
-	mkdir -p assets/demo
-	cp $(DEMO_RUN)/stage3/yolact_tiny_final.pth assets/demo/yolact_tiny_shapes.pth
-	$(PY) -m model.eval --model assets/demo/yolact_tiny_shapes.pth --data $(SHAPES_DIR)/val.json \
-	  --metrics assets/demo/yolact_tiny_shapes.metrics.json
+	cp $(DEMO_RUN)/stage3/yolact_tiny_final.pth runtime/assets/yolact_tiny_shapes.pth
+	$(PY) -m model.eval --model runtime/assets/yolact_tiny_shapes.pth --data $(SHAPES_DIR)/val.json \
+	  --metrics runtime/assets/yolact_tiny_shapes.metrics.json
 
 # make eval [EVAL_MODEL=any model file the runtime loads] [EVAL_DATA=COCO JSON]: box and mask AP.
-EVAL_MODEL ?= assets/demo/yolact_tiny_shapes.pth
+EVAL_MODEL ?= runtime/assets/yolact_tiny_shapes.pth
 eval: setup $(if $(filter $(SHAPES_DIR)/%,$(EVAL_DATA)),$(EVAL_DATA))
 	$(PY) -m model.eval --model $(EVAL_MODEL) --data $(EVAL_DATA)
 
 # calib and accuracy read the shapes set when their images / evaluation data are under SHAPES_DIR.
 calib: $(if $(filter $(SHAPES_DIR)/%,$(CALIB_IMAGES)),$(SHAPES_DIR)/val.json)
 accuracy: $(if $(filter $(SHAPES_DIR)/%,$(EVAL_DATA)),$(SHAPES_DIR)/val.json)
+
+# make ptx: the runtime's mask-pasting kernel as PTX for sm_80 and later GPUs, shipped as package data in
+# runtime/tensorrt/ptx/, so GPU hosts paste masks on the device without triton. Run it after changing
+# runtime/tensorrt/paste_kernel.py (tests/runtime/tensorrt/test_gpu_paste.py checks the shipped PTX is current).
+.PHONY: ptx
+ptx: setup
+	$(PY) -m plugins.compile_ptx --kernel paste_masks --arch 80 --dtype fp32 fp16 --out runtime/tensorrt/ptx
 
 # Times the yolact TensorRT plugins against the standard-op graph and torch's batched_nms (GPU hosts;
 # elsewhere it says what is missing and exits 3).

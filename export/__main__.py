@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 from runtime.artifacts import export_path
+from runtime.assets import DEMO_MODEL
 from runtime.errors import ToolkitError
 
-DEFAULT_CHECKPOINT = Path('assets/demo/yolact_tiny_shapes.pth')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -19,7 +19,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         description='Export a YOLACT checkpoint to ONNX: uint8 BGR NHWC images in (dynamic batch), '
                     'Fast NMS and mask assembly inside the graph as the yolact::FastNMS and '
                     'yolact::MaskAssembly functions; outputs num_dets, boxes, scores, classes, masks.')
-    parser.add_argument('--checkpoint', type=Path, default=DEFAULT_CHECKPOINT,
+    parser.add_argument('--checkpoint', type=Path, default=DEMO_MODEL,
                         help='official YOLACT .pth or a checkpoint trained with this toolkit '
                              '(default: %(default)s, the demo model)')
     parser.add_argument('--config', default=None,

@@ -1,6 +1,6 @@
 """YOLACT -> ONNX, with Fast NMS and mask assembly inside the graph.
 
-The graph (DESIGN.md, "ONNX model"):
+The graph (README, "The model contract"):
     images uint8 [B, H, W, 3] BGR  -> cast, normalise, BGR->RGB, NHWC->NCHW  (export/graph.py)
     -> YOLACT -> softmax(conf) -> decode(loc, priors) -> drop the background column
     -> yolact::FastNMS -> yolact::MaskAssembly                              (export/postprocess_nodes.py)

@@ -2,7 +2,7 @@
 `yolact::MaskAssembly` function nodes (bodies and nodes from plugins/*/onnx_function.py).
 
 The traced network's outputs (names DECODED_HEAD_NAMES, shapes as export.graph.DecodedHead) become
-the ops' inputs, and the graph's outputs become the DESIGN.md contract:
+the ops' inputs, and the graph's outputs become the model contract (README, "The model contract"):
 num_dets int32 [B], boxes float32 [B, D, 4], scores float32 [B, D], classes int32 [B, D],
 masks float32 [B, D, Hp, Wp].
 """

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         description='COCO box and mask AP, AP50, AP75 (pycocotools COCOeval) of a model on a COCO dataset.')
     parser.add_argument('--model', type=Path, default=DEFAULT_MODEL,
                         help='model file any runtime backend loads: .pth (torch), ... '
-                             '(default: the demo model, assets/demo/yolact_tiny_shapes.pth)')
+                             '(default: the demo model, runtime/assets/yolact_tiny_shapes.pth)')
     parser.add_argument('--backend', default='auto', choices=['auto', *BACKENDS],
                         help='inference backend; auto picks it from the file suffix (default: auto)')
     parser.add_argument('--data', required=True, type=Path, help='COCO instances JSON with the ground truth')

@@ -3,7 +3,10 @@
     python -m plugins.compile_ptx --config yolact_base --arch 80 90 --dtype fp32 fp16 --out build/ptx
 
 The kernels are specialised exactly as the TensorRT plugins specialise them for a model of that
-config (its thresholds, top_k, max detections, class count, mask dimension, crop padding). Prints
+config (its thresholds, top_k, max detections, class count, mask dimension, crop padding); the
+runtime's paste kernel (paste_masks, the same for every model) is what `make ptx` ships as package
+data in runtime/tensorrt/ptx/, so GPU hosts paste masks without triton. --out writes each PTX with
+a JSON beside it: the line below plus the kernel's constexprs and the triton version. Prints
 one line (or, with --json, one JSON object) per compiled kernel: its PTX entry name, parameters
 (exactly the plugin's inputs, int32 scalars and outputs), shared memory, and the properties the
 exactness relies on (no FMA contraction in Fast NMS, correctly rounded division).
@@ -23,10 +26,11 @@ from runtime.files import write_atomic
 
 
 def kernel_specs(config, *, cross_class: bool):
-    """(name, jit function, signature(float_type) callable, constexprs, num_warps) of both kernels for
-    a model config (model.config.YolactConfig)."""
+    """(name, jit function, signature(float_type) callable, constexprs, num_warps) of the plugins'
+    kernels for a model config (model.config.YolactConfig), and of the runtime's paste kernel."""
     from plugins.fast_nms import kernels as nms
     from plugins.mask_assembly import kernels as masks
+    from runtime.tensorrt import paste_kernel as paste
 
     nms_config = nms.FastNMSKernelConfig(
         config.conf_thresh, config.nms_thresh, config.nms_top_k, config.max_num_detections, cross_class,
@@ -34,7 +38,9 @@ def kernel_specs(config, *, cross_class: bool):
     mask_config = masks.MaskAssemblyKernelConfig(config.max_num_detections, config.mask_dim, config.crop_padding)
     return [('fast_nms', nms.fast_nms_kernel, nms.signature, nms_config.constexprs(), nms_config.num_warps),
             ('mask_assembly', masks.mask_assembly_kernel, masks.signature, mask_config.constexprs(),
-             mask_config.num_warps)]
+             mask_config.num_warps),
+            ('paste_masks', paste.paste_masks_kernel, paste.signature, paste.PasteKernelConfig().constexprs(),
+             paste.PasteKernelConfig().num_warps)]
 
 
 def describe(kernel: AotKernel, name: str, arch: int, float_type: str, seconds: float) -> dict:
@@ -51,6 +57,12 @@ def describe(kernel: AotKernel, name: str, arch: int, float_type: str, seconds: 
         'ptx_chars': len(kernel.ptx), 'seconds': round(seconds, 1)}
 
 
+def triton_version() -> str:
+    import triton
+
+    return triton.__version__
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog='python -m plugins.compile_ptx', description=__doc__.split('\n\n')[0])
     parser.add_argument('--config', default='yolact_base', help='model config whose attributes specialise the kernels')
@@ -58,8 +70,10 @@ def main(argv=None) -> int:
                         help='CUDA compute capabilities, e.g. 80 (A100) 86 89 90 (H100)')
     parser.add_argument('--dtype', nargs='+', choices=('fp32', 'fp16'), default=['fp32'],
                         help='float type of the kernels\' float inputs and outputs')
-    parser.add_argument('--kernel', nargs='+', choices=('fast_nms', 'mask_assembly'),
-                        default=['fast_nms', 'mask_assembly'], help='which kernels to compile')
+    parser.add_argument('--kernel', nargs='+', choices=('fast_nms', 'mask_assembly', 'paste_masks'),
+                        default=['fast_nms', 'mask_assembly'],
+                        help='which kernels to compile (paste_masks: the runtime\'s, the same for every '
+                             'config)')
     parser.add_argument('--cross-class', action='store_true', help='Fast NMS across classes instead of per class')
     parser.add_argument('--out', type=Path, help='folder to write <kernel>.sm_<arch>.<dtype>.ptx into')
     parser.add_argument('--json', action='store_true', help='print one JSON object per kernel instead of a table')
@@ -84,7 +98,11 @@ def main(argv=None) -> int:
                     return 1
                 info = describe(kernel, name, arch, float_type, time.perf_counter() - start)
                 if args.out:
-                    write_atomic(args.out / f'{name}.sm_{arch}.{float_type}.ptx', kernel.ptx.encode())
+                    stem = f'{name}.sm_{arch}.{float_type}'
+                    write_atomic(args.out / f'{stem}.ptx', kernel.ptx.encode())
+                    descriptor = dict(info, constexprs=constexprs, triton=triton_version())
+                    del descriptor['seconds']  # the file stays the same when nothing changed
+                    write_atomic(args.out / f'{stem}.json', (json.dumps(descriptor, indent=1) + '\n').encode())
                 if args.json:
                     print(json.dumps(info), flush=True)
                 else:

@@ -1,4 +1,4 @@
-"""Names of the exported ONNX model's interface (DESIGN.md, "ONNX model") and the reader of its
+"""Names of the exported ONNX model's interface (README, "The model contract") and the reader of its
 metadata: the one home of these names, which the exporter, calib, the engine builder and the
 runtime all import. The runtime owns them because it consumes the interface."""
 

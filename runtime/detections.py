@@ -1,12 +1,21 @@
-"""One image's detections: the one result type every backend's output becomes (numpy, no torch)."""
+"""One image's detections: the one result type every backend's output becomes (numpy, no torch),
+and what the Python API returns (README "Python API"): names, plot(), save(), to_coco_json()."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as mask_utils
+
+from runtime.errors import ToolkitError
+
+
+class DetectionsError(ToolkitError, ValueError):
+    """A Detections method that needs something these Detections do not carry; the message says what."""
 
 
 @dataclass(frozen=True)
@@ -16,6 +25,10 @@ class Detections:
     boxes: float32 [N, 4] x1, y1, x2, y2 in image pixels (ordered, clipped to the image);
     scores: float32 [N]; classes: int64 [N] 0-based class indices (background excluded);
     masks: bool [N, H, W] on the image grid; image_size: (H, W) of the image in pixels.
+    What the Python API attaches (runtime.api.Model; empty or None where a pipeline made them):
+    class_names / category_ids: the model's class names and dataset category ids, indexed by
+    `classes`; image: the uint8 [H, W, 3] BGR image they were found in (for plot and save);
+    file_name: the file it was read from ('' for an array).
     Select with an index array, a boolean array or a slice: `dets[dets.scores > 0.5]`.
     """
 
@@ -24,6 +37,10 @@ class Detections:
     classes: np.ndarray
     masks: np.ndarray
     image_size: tuple[int, int]
+    class_names: tuple[str, ...] = ()
+    category_ids: tuple[int, ...] = ()
+    image: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+    file_name: str = ''
 
     def __post_init__(self):
         n = len(self.scores)
@@ -33,6 +50,8 @@ class Detections:
                 f'Detections fields disagree: boxes {self.boxes.shape}, scores {self.scores.shape}, classes '
                 f'{self.classes.shape}, masks {self.masks.shape} for image size {self.image_size}; expected '
                 f'[N, 4], [N], [N], [N, {height}, {width}]')
+        if self.image is not None and self.image.shape != (height, width, 3):
+            raise ValueError(f'Detections image is {self.image.shape}, not [{height}, {width}, 3]')
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -40,12 +59,39 @@ class Detections:
     def __getitem__(self, selection) -> 'Detections':
         if isinstance(selection, (int, np.integer)):
             selection = [selection]  # keep the leading N axis: one detection is Detections of length 1
-        return Detections(self.boxes[selection], self.scores[selection], self.classes[selection],
-                          self.masks[selection], self.image_size)
+        return dataclasses.replace(self, boxes=self.boxes[selection], scores=self.scores[selection],
+                                   classes=self.classes[selection], masks=self.masks[selection])
 
-    def to_coco_json(self, image_id: int, file_name: str, class_names: Sequence[str],
-                     category_ids: Sequence[int]) -> list[dict]:
-        """COCO results entries, one per detection.
+    @property
+    def names(self) -> list[str]:
+        """The class name of each detection ([N] str)."""
+        if len(self) and not self.class_names:
+            raise DetectionsError('these Detections carry no class names: get them from runtime.load(...), or '
+                                  'look classes up in the model\'s metadata.class_names')
+        return [self.class_names[c] for c in self.classes.tolist()]
+
+    def plot(self) -> np.ndarray:
+        """A copy of the image (uint8 [H, W, 3] BGR) with each mask tinted, its box outlined and
+        labelled '<class name> <score>' (runtime.draw.draw_detections)."""
+        from runtime.draw import draw_detections  # runtime.draw imports this module
+
+        if self.image is None:
+            raise DetectionsError('these Detections carry no image to draw on: get them from runtime.load(...), '
+                                  'or call runtime.draw.draw_detections(image, detections, class_names)')
+        return draw_detections(self.image, self, self.class_names)
+
+    def save(self, path: str | Path) -> Path:
+        """Write plot() to `path`, encoded by its suffix (.jpg, .png, ...), atomically; returns the path."""
+        from runtime.images import write_image
+
+        path = Path(path)
+        write_image(path, self.plot())
+        return path
+
+    def to_coco_json(self, image_id: int, file_name: str | None = None, class_names: Sequence[str] | None = None,
+                     category_ids: Sequence[int] | None = None) -> list[dict]:
+        """COCO results entries, one per detection; file_name, class_names and category_ids default
+        to the ones these Detections carry.
 
         Each: image_id, file_name, class_index (0-based, as predicted), category_id (the
         dataset's id of that class, category_ids[class_index]), category_name, bbox [x, y, w, h]
@@ -54,6 +100,12 @@ class Detections:
         """
         if len(self) == 0:
             return []
+        file_name = self.file_name if file_name is None else file_name
+        class_names = self.class_names if class_names is None else class_names
+        category_ids = self.category_ids if category_ids is None else category_ids
+        if not class_names or not category_ids:
+            raise DetectionsError('to_coco_json needs the class names and category ids: get the detections from '
+                                  'runtime.load(...), or pass the model\'s metadata.class_names and category_ids')
         # pycocotools encodes column-major [H, W, N] uint8 stacks in one call.
         rles = mask_utils.encode(np.asfortranarray(self.masks.transpose(1, 2, 0).astype(np.uint8)))
         results = []

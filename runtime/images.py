@@ -1,5 +1,6 @@
 """Reading image files and resizing them to a model's input: the one pre-processing the runtime, the
-calibration and the evaluation share (numpy + cv2; no torch, so deployment hosts import it)."""
+calibration and the evaluation share (numpy + cv2; no torch, so deployment hosts import it); and
+writing annotated images."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import cv2
 import numpy as np
 
 from runtime.errors import ToolkitError
+from runtime.files import write_atomic
 
 # File suffixes taken as images when a folder is scanned (files named explicitly are always tried).
 IMAGE_SUFFIXES = frozenset({'.jpg', '.jpeg', '.jpe', '.png', '.bmp', '.dib', '.tif', '.tiff', '.webp',
@@ -32,6 +34,10 @@ _JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 class ImageLoadError(ToolkitError, ValueError):
     """An image file that cannot be read; the message names the file and the reason."""
+
+
+class ImageWriteError(ToolkitError, OSError):
+    """An image that cannot be encoded for the file name it should be written to."""
 
 
 def header_size(path: Path) -> tuple[int, int] | None:
@@ -135,3 +141,17 @@ def resize_to_input(image: np.ndarray, input_size: tuple[int, int]) -> np.ndarra
     if image.shape[:2] == (height, width):
         return image
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def write_image(path: str | Path, image: np.ndarray) -> None:
+    """Encode uint8 [H, W, 3] BGR by the file suffix (.jpg, .png, ...) and write it atomically.
+    Raises ImageWriteError for a suffix OpenCV cannot encode (nothing is written)."""
+    path = Path(path)
+    try:
+        ok, encoded = cv2.imencode(path.suffix, image)
+    except cv2.error:  # OpenCV raises for a suffix it has no encoder for
+        ok = False
+    if not ok:
+        raise ImageWriteError(f'{path}: OpenCV cannot encode {path.suffix or "a name without a suffix"} images: '
+                              'name the file .jpg, .png, .bmp, .tif or .webp')
+    write_atomic(path, encoded.tobytes())

@@ -11,23 +11,20 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-import cv2
-import numpy as np
 from tqdm import tqdm
 
+from runtime.api import DEFAULT_SCORE_THRESHOLD
+from runtime.assets import DEMO_MODEL
 from runtime.backends import BACKENDS, open_backend
 from runtime.draw import draw_detections
 from runtime.errors import ToolkitError
 from runtime.files import check_writable, describe_os_error, write_atomic
-from runtime.images import DEFAULT_MAX_PIXELS
+from runtime.images import DEFAULT_MAX_PIXELS, write_image
 from runtime.pipeline import IMAGE_SUFFIXES, ImageLoadError, batches, find_images, load_image, predict
 from runtime.tensorrt.backend import prefer_engine
 from runtime.video import is_video, run_videos, video_target
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / 'assets' / 'demo' / 'yolact_tiny_shapes.pth'
-# The original's display code shows detections from 0.15-0.3 up; below that a trained model's
-# output is mostly duplicates and background. COCO evaluation wants every detection: use 0.
-DEFAULT_SCORE_THRESHOLD = 0.3
+DEFAULT_MODEL = DEMO_MODEL
 # Annotated images keep the input's format when OpenCV writes it, else become PNG.
 _WRITABLE_SUFFIXES = frozenset({'.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp'})
 
@@ -57,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                              f'{", ".join(sorted(IMAGE_SUFFIXES))} (any case)')
     parser.add_argument('--model', type=Path, default=DEFAULT_MODEL,
                         help='model file: .pth checkpoint (torch) or the formats of the other backends '
-                             '(default: the demo model, assets/demo/yolact_tiny_shapes.pth)')
+                             '(default: the demo model shipped with the package, '
+                             'runtime/assets/yolact_tiny_shapes.pth)')
     parser.add_argument('--backend', default='auto', choices=['auto', *BACKENDS],
                         help='inference backend; auto picks it from the model file suffix (default: auto)')
     parser.add_argument('--config', default=None,
@@ -167,14 +165,6 @@ def refuse_overwriting_inputs(inputs: list[Path], outputs: list[tuple[Path, str]
             raise InputError(f'{option} would write {path} over the input {path.resolve()}: choose another {option}')
 
 
-def write_image(path: Path, image: np.ndarray) -> None:
-    """Encode by the file suffix and write atomically."""
-    ok, encoded = cv2.imencode(path.suffix, image)
-    if not ok:
-        raise OSError(f'OpenCV could not encode {path.suffix} for {path}')
-    write_atomic(path, encoded.tobytes())
-
-
 def backend_options(args: argparse.Namespace) -> dict:
     """The open_backend options the command line sets (only those given, so every backend takes them)."""
     options = {}
@@ -201,6 +191,8 @@ def run(args: argparse.Namespace, inputs: list[InputImage], problems: list[str])
         return 1
     backend = open_backend(args.model, args.backend, **backend_options(args))
     print(f'{args.model}: {backend.description}', file=sys.stderr)
+    for warning in backend.warnings:
+        print(f'warning: {warning}', file=sys.stderr)
     results, processed, skipped = [], 0, len(problems)
     with backend, tqdm(total=len(inputs), unit='image', desc='infer') as progress:
         meta = backend.metadata

@@ -1,10 +1,13 @@
-"""Mask pasting for the runtime (numpy and numba, no torch): prototype-grid masks -> binary image masks.
+"""Mask pasting for the runtime (numpy, and numba where installed; no torch): prototype-grid masks ->
+binary image masks.
 
 Equal to model.postprocess.paste_masks (bilinear resize with align_corners=False, > threshold,
 cleared outside the box), but it interpolates only the pixels inside each box, with per-axis
 bilinear taps, so its cost follows the boxes' area rather than N * H * W. The blend is compiled
 with numba, because in numpy (a dozen calls per box, each a pass over the box) 100 detections
-at 640x480 took longer than the post-processing before them.
+at 640x480 took longer than the post-processing before them. numba is optional (the `numba`
+install extra, ~200 MB with llvmlite): without it the same float32 operations run as numpy
+array expressions per box, which give the same masks bit for bit, more slowly.
 """
 
 from __future__ import annotations
@@ -12,9 +15,13 @@ from __future__ import annotations
 import mmap
 import warnings
 
-import numba
 import numpy as np
-from numba.core.caching import FunctionCache
+
+try:
+    import numba
+    from numba.core.caching import FunctionCache
+except ImportError:  # a host installed without the `numba` extra: _paste_boxes_numpy pastes
+    numba = FunctionCache = None
 
 
 def box_pixel_ranges(lo: np.ndarray, hi: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -60,20 +67,21 @@ def zeroed_masks(count: int, height: int, width: int) -> np.ndarray:
     return np.frombuffer(buffer, dtype=bool).reshape(count, height, width)
 
 
-class _RepairingCache(FunctionCache):
-    """numba's on-disk cache of one function, except that an entry it cannot load (a file truncated
-    or overwritten: numba raises from pickle) is dropped with one warning and compiled afresh, and
-    the new machine code replaces it, instead of every later run failing."""
+if numba is not None:  # only the compiled paste has a cache to repair
+    class _RepairingCache(FunctionCache):
+        """numba's on-disk cache of one function, except that an entry it cannot load (a file truncated
+        or overwritten: numba raises from pickle) is dropped with one warning and compiled afresh, and
+        the new machine code replaces it, instead of every later run failing."""
 
-    def load_overload(self, sig, target_context):
-        try:
-            return super().load_overload(sig, target_context)
-        except Exception as e:  # whatever unpickling garbage raises; only the cache read is inside
-            name = f'{self._py_func.__module__}.{self._py_func.__qualname__}'
-            warnings.warn(f'numba cache of {name} in {self._cache_path} is corrupt ({type(e).__name__}: {e}); '
-                          'recompiling it', RuntimeWarning, stacklevel=2)
-            self.flush()  # an empty index: the fresh compile is saved over the corrupt entry
-            return None
+        def load_overload(self, sig, target_context):
+            try:
+                return super().load_overload(sig, target_context)
+            except Exception as e:  # whatever unpickling garbage raises; only the cache read is inside
+                name = f'{self._py_func.__module__}.{self._py_func.__qualname__}'
+                warnings.warn(f'numba cache of {name} in {self._cache_path} is corrupt ({type(e).__name__}: {e}); '
+                              'recompiling it', RuntimeWarning, stacklevel=2)
+                self.flush()  # an empty index: the fresh compile is saved over the corrupt entry
+                return None
 
 
 def _compiled(function):
@@ -91,9 +99,8 @@ def _compiled(function):
     return dispatcher
 
 
-@_compiled
-def _paste_boxes(masks, rows, x_first, x_stop, y_first, y_stop, x0, x1, wx0, wx1, y0, y1, wy0, wy1,
-                 threshold, out):
+def _paste_boxes_loop(masks, rows, x_first, x_stop, y_first, y_stop, x0, x1, wx0, wx1, y0, y1, wy0, wy1,
+                      threshold, out):
     # Horizontal pass over the prototype rows a box needs, then a vertical blend per output row.
     # runtime/tensorrt/paste_kernel.py repeats these float32 operations in this order, so host and GPU
     # agree to the bit; torch's F.interpolate rounds some values differently in the last place,
@@ -118,6 +125,25 @@ def _paste_boxes(masks, rows, x_first, x_stop, y_first, y_stop, x0, x1, wx0, wx1
             line = out[i, y, first:stop]
             for c in range(columns):
                 line[c] = top[c] * top_weight + bottom[c] * bottom_weight > threshold
+
+
+def _paste_boxes_numpy(masks, rows, x_first, x_stop, y_first, y_stop, x0, x1, wx0, wx1, y0, y1, wy0, wy1,
+                       threshold, out):
+    """_paste_boxes_loop without numba: per box, the same float32 products and sums in the same
+    order as numpy array expressions (each rounds once, as the loop's do), so the masks are equal."""
+    for i in range(len(rows)):
+        first, stop, top_first, top_stop = x_first[i], x_stop[i], y_first[i], y_stop[i]
+        if stop <= first or top_stop <= top_first:
+            continue
+        proto_first = y0[top_first]
+        source = masks[rows[i], proto_first:y1[top_stop - 1] + 1]
+        horizontal = wx0[first:stop] * source[:, x0[first:stop]] + wx1[first:stop] * source[:, x1[first:stop]]
+        ys = slice(top_first, top_stop)
+        top, bottom = horizontal[y0[ys] - proto_first], horizontal[y1[ys] - proto_first]
+        out[i, ys, first:stop] = top * wy0[ys, None] + bottom * wy1[ys, None] > threshold
+
+
+_paste_boxes = _paste_boxes_numpy if numba is None else _compiled(_paste_boxes_loop)
 
 
 def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_hw: tuple[int, int], threshold: float = 0.5,

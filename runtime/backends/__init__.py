@@ -24,10 +24,11 @@ class BackendEntry(NamedTuple):
 # Adding a backend is one entry here.
 BACKENDS: dict[str, BackendEntry] = {
     'torch': BackendEntry('runtime.backends.torch_backend', 'TorchBackend', ('.pth', '.pt'),
-                          'torch (pip install -e .[torch])'),
-    'ort': BackendEntry('runtime.backends.ort_backend', 'OrtBackend', ('.onnx',), 'onnxruntime (pip install -e .[onnx])'),
+                          'torch (pip install "yolact-deploy[torch]")'),
+    'ort': BackendEntry('runtime.backends.ort_backend', 'OrtBackend', ('.onnx',),
+                        'onnxruntime (pip install "yolact-deploy[cpu]", on a GPU host [gpu])'),
     'trt': BackendEntry('runtime.tensorrt.backend', 'TrtBackend', ('.engine',),
-                        'tensorrt (pip install -e .[tensorrt])'),
+                        'tensorrt (pip install "yolact-deploy[gpu]")'),
 }
 
 

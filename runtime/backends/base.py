@@ -37,6 +37,8 @@ class Backend(abc.ABC):
 
     metadata: ModelMetadata of the model (config, class names, input size, thresholds).
     max_batch: the largest batch `infer` accepts, or None for no limit.
+    warnings: what the user should know about how the model runs (e.g. a GPU asked for and not
+    granted), one line each, with the fix; the CLIs print them, runtime.load warns with them.
     """
 
     #: The name `open_backend(..., backend=NAME)` and the CLIs use.
@@ -46,6 +48,7 @@ class Backend(abc.ABC):
         self.path = Path(path)
         self.metadata: ModelMetadata | None = None
         self.max_batch: int | None = None
+        self.warnings: list[str] = []
         self.is_loaded = False
 
     @property

@@ -84,6 +84,20 @@ def default_providers(ort) -> list[str]:
     return ['CPUExecutionProvider']
 
 
+def cuda_fallback_warnings(requested: list[str] | None, granted: list[str]) -> list[str]:
+    """A warning when CUDA was asked for (in `requested`, or by default because a CUDA device is
+    there) but the session runs without it: onnxruntime falls back to the CPU silently at the log
+    level create_session sets (a CPU-only onnxruntime, or a CUDA build for another CUDA major)."""
+    wants_cuda = 'CUDAExecutionProvider' in requested if requested else cuda_device_count() > 0
+    if not wants_cuda or 'CUDAExecutionProvider' in granted:
+        return []
+    import onnxruntime as ort  # create_session imported it
+
+    return [f'CUDA was asked for but onnxruntime {ort.__version__} runs on {", ".join(granted)} (its providers: '
+            f'{", ".join(ort.get_available_providers())}): install the onnxruntime-gpu of this host\'s CUDA, '
+            'pip install "yolact-deploy[gpu]" (CUDA 13) or "yolact-deploy[gpu-cuda12]"']
+
+
 def create_session(path: str | os.PathLike, *, providers: list[str] | None = None,
                    num_threads: int | None = None):
     """An onnxruntime InferenceSession for `path` with every graph optimisation enabled.
@@ -94,7 +108,8 @@ def create_session(path: str | os.PathLike, *, providers: list[str] | None = Non
     try:
         import onnxruntime as ort
     except ImportError as e:
-        raise BackendError(f'the ort backend needs onnxruntime (pip install -e .[onnx]): {e}') from None
+        raise BackendError(f'the ort backend needs onnxruntime (pip install "yolact-deploy[cpu]", on a GPU host '
+                           f'[gpu]): {e}') from None
     path = Path(path)
     if not path.is_file():
         raise BackendError(f'ONNX model not found: {path}')
@@ -155,6 +170,7 @@ class OrtBackend(Backend):
 
     def _load_impl(self) -> None:
         session = create_session(self.path, providers=self.requested_providers, num_threads=self.num_threads)
+        self.warnings = cuda_fallback_warnings(self.requested_providers, session.get_providers())
         metadata = read_session_metadata(session, self.path)
         self._check_interface(session, metadata)
         self._check_options(metadata)

@@ -35,7 +35,7 @@ class TorchBackend(Backend):
         try:
             import torch
         except ImportError as e:
-            raise BackendError(f'the torch backend needs torch (pip install -e .[torch]): {e}') from None
+            raise BackendError(f'the torch backend needs torch (pip install "yolact-deploy[torch]"): {e}') from None
         from model.checkpoint import load_model
         from model.config import metadata_from_config
         from model.preprocess import Normalize

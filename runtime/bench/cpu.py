@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from model.config import get_config
+from runtime.assets import DEMO_MODEL
 from runtime.bench import precision as bench_precision
 from runtime.bench import tensorrt as trt_bench
 from runtime.contract import INPUT_NAME, RAW_OUTPUTS
@@ -41,7 +42,6 @@ STAGES = ('pre', 'network', 'post', 'paste')
 IMAGE_HW = (480, 640)
 DETECTIONS = 100  # per image, as the post-processing target is stated for
 DEFAULT_MODELS = ('yolact_resnet50', 'demo')
-DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / 'assets' / 'demo' / 'yolact_tiny_shapes.pth'
 WORK_FOLDER = Path('build/bench')
 # numpy's BLAS threads keep spinning on the cores for ~0.1 s after a matrix product; a network timed
 # in that window ran at half speed (the demo model's first 10 runs: 11-16 ms instead of 6.7).
@@ -298,7 +298,7 @@ def prepare_model(spec: str, folder: Path) -> BenchModel:
     from export.reference_bench import export_variants, random_checkpoint
 
     if spec == 'demo':
-        checkpoint = DEMO_CHECKPOINT
+        checkpoint = DEMO_MODEL
         if not checkpoint.is_file():
             raise FileNotFoundError(f'the demo model {checkpoint} is missing')
     elif spec.endswith(('.pth', '.pt')):

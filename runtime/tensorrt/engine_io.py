@@ -1,7 +1,7 @@
 """What a TensorRT engine's inputs and outputs look like, checked against the model contract, and
 which bytes to copy back: the pure (device-free) half of the TensorRT backend.
 
-Contract (DESIGN.md): input `images` uint8 [B, H, W, 3] BGR at the model size; outputs `num_dets`
+Contract (README, "The model contract"): input `images` uint8 [B, H, W, 3] BGR at the model size; outputs `num_dets`
 int32 [B], `boxes` float [B, D, 4] (xyxy, relative 0..1), `scores` float [B, D], `classes` int32
 [B, D] (0-based), `masks` float [B, D, Hp, Wp] (prototype resolution). Rows past num_dets are
 padding, so only the first num_dets rows of each image are downloaded from the device.

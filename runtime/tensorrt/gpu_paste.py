@@ -5,15 +5,20 @@ uint8 box regions come back (no torch, no Triton launcher: PTX through cuda-pyth
 - `build_paste_rounds` (numpy): the kernel's tables, from runtime.paste's own tap and box-range
   functions, grouped into rounds whose output fits a memory budget; `scatter_round` unpacks a
   round's output into bool [N, H, W] masks.
-- `load_paste_kernel`: compiles the kernel for this GPU at backend load (Triton's AOT compiler,
-  cached by Triton under TRITON_CACHE_DIR), or says why it cannot.
+- `load_paste_kernel`: loads the kernel at backend load: the PTX shipped as package data
+  (SHIPPED_PTX, compiled by `make ptx`), so no triton at run time; on a GPU older than the
+  shipped PTX's architecture, compiled for it by Triton's AOT compiler when triton is installed
+  (cached by Triton under TRITON_CACHE_DIR); or says why it cannot.
 - `PasteWorkspace`: one lane's device and pinned buffers and the upload / launch / download.
 - `paste_on_gpu`: the rule that picks device or host pasting per image.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
@@ -32,6 +37,11 @@ REGION_COLUMNS = 5
 # Kernel parameters, in paste_kernel's order: 7 input pointers, threshold, Hp, Wp, output pointer.
 PARAM_KINDS = ('ptr',) * 7 + ('f32', 'i32', 'i32', 'ptr')
 _TRITON_FLOAT_TYPES = {np.dtype(np.float32): 'fp32', np.dtype(np.float16): 'fp16'}
+# The paste kernel as PTX, compiled ahead of time by `make ptx` (python -m plugins.compile_ptx
+# --kernel paste_masks), one <kernel>.sm_<arch>.<fp32|fp16>.ptx per masks dtype with its JSON
+# descriptor (entry name, threads, shared memory, constexprs). PTX for sm_80 runs on every later GPU:
+# the driver compiles it for the device at load.
+SHIPPED_PTX = Path(__file__).resolve().parent / 'ptx'
 # Bytes of packed output (device and pinned host buffers) per round: larger pastes take several
 # rounds rather than growing the buffers (a 4K frame's 100 full-image boxes would need 0.8 GB).
 DEFAULT_MEMORY_BUDGET = 64 * 1024 * 1024
@@ -190,32 +200,57 @@ def compile_paste_kernel(arch: int, masks_dtype) -> AotKernel:
                        num_warps=config.num_warps)
 
 
+def shipped_paste_ptx(compute_capability: int, masks_dtype) -> tuple[str, dict] | None:
+    """(PTX text, its JSON descriptor) of the shipped paste kernel for masks of `masks_dtype`
+    with the highest architecture the device runs (<= compute_capability, e.g. 90), or None."""
+    float_type = _TRITON_FLOAT_TYPES[np.dtype(masks_dtype)]
+    shipped = []
+    for path in SHIPPED_PTX.glob(f'paste_masks.sm_*.{float_type}.ptx'):
+        arch = int(re.fullmatch(r'paste_masks\.sm_(\d+)\..*', path.name).group(1))
+        if arch <= compute_capability:
+            shipped.append((arch, path))
+    if not shipped:
+        return None
+    _, path = max(shipped)
+    return path.read_text(), json.loads(path.with_suffix('.json').read_text())
+
+
 def load_paste_kernel(masks_dtype):
-    """Compile the paste kernel for the current CUDA device and load it: (PtxKernel, (BLOCK_Y,
-    BLOCK_X)). PasteKernelUnavailable says why not (no triton, masks of another dtype, a failed
-    compile or a driver that refuses the PTX)."""
+    """Load the paste kernel for the current CUDA device: (PtxKernel, (BLOCK_Y, BLOCK_X)). The
+    shipped PTX where the device runs it, else compiled here by triton. PasteKernelUnavailable says
+    why not (masks of another dtype, an old GPU without triton, a failed compile or a driver that
+    refuses the PTX, e.g. one older than its PTX ISA version)."""
     if np.dtype(masks_dtype) not in _TRITON_FLOAT_TYPES:
         raise PasteKernelUnavailable(f'the engine\'s masks are {np.dtype(masks_dtype)}, the kernel takes float32 '
                                      f'or float16')
-    try:
-        from plugins.triton_compile import KernelCompileError
-        from runtime.tensorrt.paste_kernel import PasteKernelConfig
-    except ImportError as e:
-        raise PasteKernelUnavailable(f'triton is not installed ({e}); pip install triton to paste on the GPU') from None
     from runtime.cuda.module import PtxKernel
 
     major, minor = cuda_mem.device_info()['compute_capability'].split('.')
+    compute_capability = int(major) * 10 + int(minor)
+    shipped = shipped_paste_ptx(compute_capability, masks_dtype)
+    if shipped is not None:
+        ptx, info = shipped
+        name, threads, shared_bytes = info['name'], info['threads'], info['shared_bytes']
+        block_hw = (info['constexprs']['BLOCK_Y'], info['constexprs']['BLOCK_X'])
+    else:
+        try:
+            from plugins.triton_compile import KernelCompileError
+            from runtime.tensorrt.paste_kernel import PasteKernelConfig
+        except ImportError as e:
+            raise PasteKernelUnavailable(f'no shipped PTX runs on sm_{compute_capability} and triton is not installed '
+                                         f'({e}); pip install triton to paste on the GPU') from None
+        try:
+            compiled = compile_paste_kernel(compute_capability, masks_dtype)
+        except KernelCompileError as e:
+            raise PasteKernelUnavailable(str(e)) from None
+        ptx, name, threads, shared_bytes = compiled.ptx, compiled.name, compiled.threads, compiled.shared_bytes
+        config = PasteKernelConfig()
+        block_hw = (config.block_y, config.block_x)
     try:
-        compiled = compile_paste_kernel(int(major) * 10 + int(minor), masks_dtype)
-    except KernelCompileError as e:
-        raise PasteKernelUnavailable(str(e)) from None
-    try:
-        kernel = PtxKernel(compiled.ptx, compiled.name, PARAM_KINDS, threads=compiled.threads,
-                           shared_bytes=compiled.shared_bytes)
+        kernel = PtxKernel(ptx, name, PARAM_KINDS, threads=threads, shared_bytes=shared_bytes)
     except cuda_mem.CudaError as e:
         raise PasteKernelUnavailable(f'the driver could not load the paste kernel: {e}') from None
-    config = PasteKernelConfig()
-    return kernel, (config.block_y, config.block_x)
+    return kernel, block_hw
 
 
 class PasteWorkspace:

@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from runtime.assets import DEMO_MODEL
+
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get('YOLACT_BUILD_DIR', ROOT / 'build'))
 DEMO_NAME = 'yolact_tiny_shapes'
-CHECKPOINT = ROOT / 'assets' / 'demo' / f'{DEMO_NAME}.pth'
+CHECKPOINT = DEMO_MODEL
 # The evaluation split of the synthetic shapes set (python -m model.data.shapes --out build/shapes ...).
 SHAPES_VAL = BUILD / 'shapes' / 'val.json'
 MAX_BATCH = int(os.environ.get('YOLACT_GPU_MAX_BATCH', '8'))

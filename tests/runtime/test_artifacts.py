@@ -4,7 +4,7 @@ from runtime.artifacts import engine_path, export_path, precision_path
 
 
 def test_export_names_follow_the_checkpoint_and_the_options():
-    checkpoint = 'assets/demo/yolact_tiny_shapes.pth'
+    checkpoint = 'runtime/assets/yolact_tiny_shapes.pth'
     assert export_path(checkpoint).as_posix() == 'build/yolact_tiny_shapes.onnx'
     assert export_path('yolact_base_54_800000.pth', postprocess=False).as_posix() == 'build/yolact_base_54_800000.raw.onnx'
     assert export_path(checkpoint, cross_class=True).as_posix() == 'build/yolact_tiny_shapes.cross_class.onnx'
@@ -19,4 +19,4 @@ def test_precision_variants_lie_beside_the_fp32_model():
 def test_engines_lie_beside_their_onnx_and_a_checkpoint_names_its_default_export():
     assert engine_path('build/a.onnx').as_posix() == 'build/a.engine'
     assert engine_path('x/y.cross_class.int8.onnx').as_posix() == 'x/y.cross_class.int8.engine'
-    assert engine_path('assets/demo/yolact_tiny_shapes.pth').as_posix() == 'build/yolact_tiny_shapes.engine'
+    assert engine_path('runtime/assets/yolact_tiny_shapes.pth').as_posix() == 'build/yolact_tiny_shapes.engine'

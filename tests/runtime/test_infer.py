@@ -15,6 +15,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from model.config import yolact_tiny
+import runtime.images as images_module
 import runtime.infer as infer_module
 from runtime.infer import collect_inputs, main
 
@@ -269,7 +270,8 @@ def test_outputs_that_cannot_be_written_are_one_line_before_the_work(tiny_checkp
         f'error: cannot write --json {tmp_path / "dets.json"}: no space left on the device: free some space or '
         'choose another path')
     assert (tmp_path / 'out' / 'a.png').is_file() and not (tmp_path / 'dets.json').exists()
-    monkeypatch.setattr(infer_module, 'write_atomic', lambda path, data: full_disk(Path(path).with_suffix('.json'), data))
+    # Annotated images are written by runtime.images.write_image.
+    monkeypatch.setattr(images_module, 'write_atomic', lambda path, data: full_disk(Path(path).with_suffix('.json'), data))
     assert main([str(photo), '--model', str(tiny_checkpoint), '--out', str(tmp_path / 'full')]) == 1
     assert capsys.readouterr().err.splitlines()[-1] == (
         f'error: cannot write {tmp_path / "full" / "a.png"}: no space left on the device: free some space or '

@@ -1,6 +1,6 @@
-"""The rule DESIGN.md states: runtime/ is the bottom layer a deployment host installs alone. It imports
-nothing from model/, export/, calib/, engines/ or torch at module level; only the torch backend
-imports the reference, lazily, when it loads a .pth."""
+"""The rule README "The pipeline" states: runtime/ is the bottom layer a deployment host installs alone.
+It imports nothing from model/, export/, calib/, engines/ or torch at module level; only the torch
+backend imports the reference, lazily, when it loads a .pth."""
 
 import ast
 import subprocess
@@ -11,6 +11,7 @@ import pytest
 
 from export.onnx_export import export_onnx
 from model.checkpoint import load_model
+from runtime.assets import SAMPLE_IMAGE
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_TIME = ('torch', 'model', 'export', 'calib', 'engines')
@@ -54,7 +55,7 @@ def test_runtime_module_imports_no_build_time_package(name):
     assert module_level == [], f'{name} imports build-time code at module level: {module_level}'
     allowed = LAZY_ALLOWED.get(name, set())
     assert [entry for entry in lazy if entry.split(': ')[1] not in allowed] == [], \
-        f'{name} imports build-time code inside a function; only the torch backend may (DESIGN.md)'
+        f'{name} imports build-time code inside a function; only the torch backend may (README, "The pipeline")'
 
 
 def test_the_scan_sees_both_kinds_of_import(tmp_path):
@@ -66,7 +67,7 @@ def test_the_scan_sees_both_kinds_of_import(tmp_path):
 def test_infer_runs_an_onnx_model_with_the_build_time_packages_unimportable(tiny_checkpoint, tmp_path):
     model, cfg = load_model(tiny_checkpoint)
     onnx_path = export_onnx(model, cfg, tmp_path / 'tiny.onnx')
-    image = ROOT / 'assets' / 'sample.jpg'
+    image = SAMPLE_IMAGE
     blocked = ', '.join(repr(name) for name in BUILD_TIME)
     code = (f'import sys\n'
             f'for name in ({blocked}):\n'

@@ -146,3 +146,28 @@ def test_infer_refuses_wrong_inputs(onnx_path, images):
             backend.infer(images.astype(np.float32))
     with pytest.raises(BackendError, match='not loaded'):
         backend.infer(images)
+
+
+# --- execution providers ------------------------------------------------------------------------
+
+def test_cuda_asked_for_and_not_granted_is_a_warning(onnx_path, monkeypatch, capsys, tmp_path):
+    import runtime
+    from runtime.backends import ort_backend
+
+    with OrtBackend(onnx_path) as backend:  # no CUDA device here: CUDA is not asked for
+        assert backend.warnings == []
+    with OrtBackend(onnx_path, providers=['CUDAExecutionProvider', 'CPUExecutionProvider']) as backend:
+        assert backend.providers == ['CPUExecutionProvider']
+        (warning,) = backend.warnings
+    assert warning.startswith('CUDA was asked for but onnxruntime') and 'runs on CPUExecutionProvider' in warning
+    assert 'yolact-deploy[gpu]' in warning
+    # A host with a CUDA device asks for CUDA by default; the CLI says when it was not granted.
+    monkeypatch.setattr(ort_backend, 'cuda_device_count', lambda: 1)
+    image = tmp_path / 'a.png'
+    cv2.imwrite(str(image), np.zeros((40, 50, 3), np.uint8))
+    assert infer_main([str(image), '--model', str(onnx_path), '--out', str(tmp_path / 'out')]) == 0
+    err = capsys.readouterr().err
+    assert 'onnxruntime on CPUExecutionProvider' in err
+    assert f'warning: {warning}' in err.splitlines()
+    with pytest.warns(RuntimeWarning, match='CUDA was asked for'):
+        runtime.load(onnx_path).close()

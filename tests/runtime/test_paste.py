@@ -122,3 +122,38 @@ def test_a_corrupt_numba_cache_is_recompiled_with_one_warning(tmp_path):
     assert 'is corrupt' in repaired.stderr and 'recompiling it' in repaired.stderr
     again = run()  # the fresh machine code was saved over the corrupt entry: no warning any more
     assert again.returncode == 0 and again.stdout.strip() == '32' and 'Warning' not in again.stderr
+
+
+@pytest.mark.parametrize('image_hw', [(480, 640), (37, 201), (333, 17)])
+def test_numpy_fallback_pastes_the_same_masks_as_the_numba_loop(image_hw, monkeypatch):
+    """Hosts without numba paste with _paste_boxes_numpy: the same float32 operations, so the same bits."""
+    pytest.importorskip('numba')
+    import runtime.paste as paste
+
+    rng = np.random.default_rng(7 + sum(image_hw))
+    masks, boxes = random_case(rng, 24, (69, 69))
+    masks = 0.5 + (masks - 0.5) * 0.01  # values near the threshold, where rounding decides
+    rows = rng.permutation(24)[:20]
+    compiled = paste_masks(masks, boxes[rows], image_hw, 0.5, rows=rows)
+    monkeypatch.setattr(paste, '_paste_boxes', paste._paste_boxes_numpy)
+    fallback = paste_masks(masks, boxes[rows], image_hw, 0.5, rows=rows)
+    assert compiled.any()
+    np.testing.assert_array_equal(fallback, compiled)
+
+
+def test_runtime_pastes_without_numba_installed(tmp_path):
+    code = ('import sys; sys.modules["numba"] = None\n'
+            'import numpy as np\n'
+            'import runtime.paste as paste\n'
+            'assert paste._paste_boxes is paste._paste_boxes_numpy\n'
+            'rng = np.random.default_rng(3)\n'
+            'masks = rng.random((3, 20, 20), dtype=np.float32)\n'
+            'boxes = np.array([[0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1], [0.5, 0.5, 0.4, 0.3]], np.float32)\n'
+            f'np.save({str(tmp_path / "masks.npy")!r}, paste.paste_masks(masks, boxes, (90, 70), 0.5))\n')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[2], timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rng = np.random.default_rng(3)
+    masks = rng.random((3, 20, 20), dtype=np.float32)
+    boxes = np.array([[0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1], [0.5, 0.5, 0.4, 0.3]], np.float32)
+    np.testing.assert_array_equal(np.load(tmp_path / 'masks.npy'), paste_masks(masks, boxes, (90, 70), 0.5))

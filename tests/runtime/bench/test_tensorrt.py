@@ -33,8 +33,8 @@ def test_bench_source_on_a_host_without_tensorrt():
 def test_model_engines_are_make_engine_names(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / 'build').mkdir()
-    assert model_engines('assets/demo/yolact_tiny_shapes.pth') == []
+    assert model_engines('runtime/assets/yolact_tiny_shapes.pth') == []
     for name in ('yolact_tiny_shapes.int8.engine', 'yolact_tiny_shapes.engine', 'other.fp16.engine'):
         (tmp_path / 'build' / name).write_bytes(b'')
-    assert [p.as_posix() for p in model_engines('assets/demo/yolact_tiny_shapes.pth')] == [
+    assert [p.as_posix() for p in model_engines('runtime/assets/yolact_tiny_shapes.pth')] == [
         'build/yolact_tiny_shapes.engine', 'build/yolact_tiny_shapes.int8.engine']

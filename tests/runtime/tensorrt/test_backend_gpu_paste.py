@@ -206,8 +206,9 @@ def test_gpu_paste_option_reaches_the_backend():
 
 @pytest.mark.gpu
 def test_compiled_kernel_on_the_device_equals_paste_masks():
-    """The PTX compiled for this GPU, loaded and launched through the driver API on device masks
-    laid out as TensorRT writes them ([B, D, Hp, Wp], float32 and float16), against paste_masks."""
+    """The paste kernel load_paste_kernel gives (the shipped PTX on sm_80 and later), launched through
+    the driver API on device masks laid out as TensorRT writes them ([B, D, Hp, Wp], float32 and
+    float16), against paste_masks."""
     pytest.importorskip('triton')
     rng = np.random.default_rng(21)
     batch, max_dets, proto_hw = 2, 7, (23, 17)

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.tensorrt.gpu_paste import PARAM_KINDS, PasteKernelUnavailable, load_paste_kernel, paste_on_gpu
+from runtime.cuda import memory as cuda_mem
+from runtime.tensorrt.gpu_paste import (PARAM_KINDS, SHIPPED_PTX, PasteKernelUnavailable, load_paste_kernel,
+                                         paste_on_gpu, shipped_paste_ptx)
 
 ROOT = Path(__file__).resolve().parents[3]
 # How each launcher parameter kind appears in the PTX entry.
@@ -52,10 +54,62 @@ def test_kernel_compiles_to_launchable_ptx_without_torch():
         assert not kernel['torch_imported'], 'the TensorRT path must not import torch'
 
 
-def test_loader_says_why_without_triton(monkeypatch):
+def test_loader_says_why_without_triton_on_a_gpu_older_than_the_shipped_ptx(monkeypatch):
+    monkeypatch.setattr(cuda_mem, 'device_info', lambda: {'compute_capability': '7.5'})
     monkeypatch.setitem(sys.modules, 'runtime.tensorrt.paste_kernel', None)  # import fails as without triton
-    with pytest.raises(PasteKernelUnavailable, match='triton is not installed.*pip install triton'):
+    with pytest.raises(PasteKernelUnavailable, match='no shipped PTX runs on sm_75 and triton is not installed.*'
+                                                     'pip install triton'):
         load_paste_kernel(np.float32)
+
+
+def test_shipped_ptx_for_the_highest_architecture_the_gpu_runs():
+    assert shipped_paste_ptx(75, np.float32) is None
+    for compute_capability, dtype in ((80, np.float32), (90, np.float16), (120, np.float32)):
+        ptx, info = shipped_paste_ptx(compute_capability, dtype)
+        assert '.target sm_80' in ptx and info['arch'] == 80
+        assert info['dtype'] == {np.float32: 'fp32', np.float16: 'fp16'}[dtype]
+        assert f'.entry {info["name"]}(' in ptx
+        assert info['param_types'] == [PTX_PARAM_TYPES[kind] for kind in PARAM_KINDS]
+        assert info['fma_f32'] == 0  # paste_masks' rounding: separate multiplies and adds
+
+
+def test_loader_launches_the_shipped_ptx_without_triton(monkeypatch):
+    """A GPU host installed without triton (the gpu profile) loads the PTX shipped in the package."""
+    from runtime.cuda import module
+
+    class RecordedKernel:
+        def __init__(self, ptx, name, param_kinds, *, threads, shared_bytes):
+            self.ptx, self.name, self.param_kinds, self.threads, self.shared_bytes = ptx, name, param_kinds, threads, \
+                shared_bytes
+
+    monkeypatch.setattr(cuda_mem, 'device_info', lambda: {'compute_capability': '9.0'})
+    monkeypatch.setattr(module, 'PtxKernel', RecordedKernel)
+    monkeypatch.setitem(sys.modules, 'triton', None)
+    monkeypatch.setitem(sys.modules, 'runtime.tensorrt.paste_kernel', None)
+    kernel, block_hw = load_paste_kernel(np.float16)
+    assert kernel.ptx == (SHIPPED_PTX / 'paste_masks.sm_80.fp16.ptx').read_text()
+    assert (kernel.name, kernel.param_kinds, kernel.threads, kernel.shared_bytes) == (
+        'paste_masks_kernel', PARAM_KINDS, 128, 0)
+    assert block_hw == (4, 128)
+
+
+def test_shipped_ptx_is_what_make_ptx_compiles_now(tmp_path):
+    """The shipped PTX is current: `make ptx` with the triton it was compiled with gives the same files."""
+    triton = pytest.importorskip('triton')
+    shipped = sorted(SHIPPED_PTX.iterdir())
+    compiled_with = {json.loads(p.read_text())['triton'] for p in shipped if p.suffix == '.json'}
+    if compiled_with != {triton.__version__}:
+        pytest.skip(f'the shipped PTX was compiled with triton {compiled_with}, this is {triton.__version__}: '
+                    'compare after make ptx')
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    env.setdefault('TRITON_CACHE_DIR', str(ROOT / 'build' / 'triton-cache'))
+    result = subprocess.run([sys.executable, '-m', 'plugins.compile_ptx', '--kernel', 'paste_masks', '--arch', '80',
+                             '--dtype', 'fp32', 'fp16', '--out', str(tmp_path)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in shipped] == sorted(p.name for p in tmp_path.iterdir())
+    for path in shipped:
+        assert (tmp_path / path.name).read_text() == path.read_text(), f'{path.name} is stale: run make ptx'
 
 
 def test_loader_refuses_masks_it_has_no_kernel_for():
