@@ -17,9 +17,7 @@ import numpy as np
 from runtime.artifacts import engine_path
 from runtime.cuda import memory as cuda_mem
 from runtime.metadata import PRECISIONS
-from runtime.pipeline import resize_to_input
 from runtime.tensorrt.backend import TrtBackend, import_tensorrt, trt_unavailable_reason
-from runtime.tensorrt.sidecar import read_sidecar
 
 BATCH_SIZES = (1, 8, 32)
 STREAM_COUNTS = (1, 2, 4)
@@ -109,8 +107,7 @@ def bench_rows(context) -> tuple[list[dict], list[str]]:
             notes.append(f'{model.label}: no TensorRT engine; make export && make calib && '
                          f'make engine PRECISION=fp32|fp16|int8 MAX_BATCH={max(BATCH_SIZES)}')
             continue
-        input_size = read_sidecar(engines[0]).metadata.input_size
-        images = np.stack([resize_to_input(image, input_size) for image in context.images])
+        images = np.stack(context.images)  # at their own size, IMAGE_HW: the engine resizes
         model_rows, model_notes = trt_rows(engines, images, iterations=context.iterations, warmup=context.warmup)
         for row in model_rows:
             row['model'] = model.label
