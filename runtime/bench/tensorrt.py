@@ -32,7 +32,7 @@ def host_versions() -> dict[str, str]:
 
 def measure(backend: TrtBackend, images: np.ndarray, batch: int, iterations: int, warmup: int) -> dict:
     """Run `iterations` batches of `batch` images (taken round-robin from `images`, uint8
-    [N, H, W, 3] at the model size) through backend.infer_batches after `warmup` unmeasured ones.
+    [N, H, W, 3], one size: the engine resizes) through backend.infer_batches after `warmup` unmeasured ones.
 
     Returns {'batch', 'streams', 'latency_p50_ms', 'latency_p99_ms', 'images_per_s'}. Latency is per
     batch, from when the scheduler takes it to when its RawDetections are returned; with several
@@ -63,7 +63,7 @@ def measure(backend: TrtBackend, images: np.ndarray, batch: int, iterations: int
 def trt_rows(engines: Sequence[str | Path], images: np.ndarray, *, batch_sizes=BATCH_SIZES,
              stream_counts=STREAM_COUNTS, iterations: int = 50, warmup: int = 5) -> tuple[list[dict], list[str]]:
     """Benchmark rows for every engine x batch size x stream count, and notes for the batch sizes
-    above an engine's profile (left out). images: uint8 [N, H, W, 3] at the model size. Each row:
+    above an engine's profile (left out). images: uint8 [N, H, W, 3], one size. Each row:
     'backend' 'trt', 'precision', the `measure` fields and 'gpu_memory_mb' (device memory in use
     with the backend loaded, minus what was in use before: engine, contexts, buffers)."""
     rows, notes = [], []
