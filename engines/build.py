@@ -17,8 +17,8 @@ otherwise TensorRT builds the ONNX function bodies of yolact::FastNMS and yolact
 standard layers, and the log says which happened.
 
 Outputs are written atomically: the engine, then `FILE.engine.json` (engines/sidecar.py). An engine
-whose sidecar shows the same ONNX bytes, TensorRT, targets, batch and plugins is reused unless
-`--force`.
+whose sidecar shows the same ONNX bytes, TensorRT, targets, batch, image range and plugins is
+reused unless `--force`.
 """
 
 from __future__ import annotations

@@ -133,9 +133,10 @@ def fit_to_profile(images: np.ndarray, io: EngineIO, source: str) -> np.ndarray:
     height, width = images.shape[1:3]
     max_h, max_w = io.max_image
     if height > max_h or width > max_w:
+        needed = f'{max(height, max_h)}x{max(width, max_w)}'
         raise EngineIOError(f'{source}: the image is {height}x{width}, larger than the engine\'s profile allows '
-                            f'({max_h}x{max_w}); {REBUILD_HINT} --max-image {max(height, max_h)}x{max(width, max_w)} '
-                            f'(make engine MAX_IMAGE=...)')
+                            f'({max_h}x{max_w}); rebuild the engine with --max-image {needed} '
+                            f'(make engine MAX_IMAGE={needed})')
     min_h, min_w = io.min_image
     if height >= min_h and width >= min_w:
         return images
