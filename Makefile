@@ -42,16 +42,21 @@ export: setup
 bench: setup
 	$(PY) -m runtime.bench $(BENCH_FLAGS)
 
-# make engine [PRECISION=fp32|fp16|int8] [MODEL=build/NAME.onnx] [MAX_BATCH=8] [ENGINE_FLAGS=--force]:
+# make engine [PRECISION=fp32|fp16|int8] [MODEL=build/NAME.onnx] [MAX_BATCH=8] [MIN_IMAGE=32x32]
+#             [OPT_IMAGE=1080x1920] [MAX_IMAGE=3840x3840] [ENGINE_FLAGS=--force]:
 # MODEL names the fp32 export; fp16 and int8 take its calibrated sibling NAME.PRECISION.onnx
-# (make calib). Writes NAME[.PRECISION].engine and its .engine.json sidecar beside the model.
+# (make calib). The image sizes (HEIGHTxWIDTH) are the engine's profile: larger images are refused,
+# smaller ones enlarged on the host. Writes NAME[.PRECISION].engine and its .engine.json sidecar beside the model.
 .PHONY: engine
 MODEL ?= build/yolact_tiny_shapes.onnx
 PRECISION ?= fp32
 MAX_BATCH ?= 8
+MIN_IMAGE ?= 32x32
+OPT_IMAGE ?= 1080x1920
+MAX_IMAGE ?= 3840x3840
 ENGINE_SOURCE = $(if $(filter fp32,$(PRECISION)),$(MODEL),$(basename $(MODEL)).$(PRECISION).onnx)
 engine: setup
-	$(PY) -m engines.build --model $(ENGINE_SOURCE) --precision $(PRECISION) --max-batch $(MAX_BATCH) $(ENGINE_FLAGS)
+	$(PY) -m engines.build --model $(ENGINE_SOURCE) --precision $(PRECISION) --max-batch $(MAX_BATCH) --min-image $(MIN_IMAGE) --opt-image $(OPT_IMAGE) --max-image $(MAX_IMAGE) $(ENGINE_FLAGS)
 
 # make calib [PRECISION=fp16|int8] [MODEL=build/NAME.onnx] [CALIB_IMAGES=build/shapes/train.json]
 #            [CALIB_FLAGS='--count 100 --method entropy --keep-sensitive']:

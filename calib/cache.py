@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +30,18 @@ INT8_MAX = 127
 MIN_AMAX = float(np.finfo(np.float16).tiny) * INT8_MAX
 
 
-def calibration_key(network: onnx.ModelProto, images: np.ndarray, method: str) -> str:
+def calibration_key(network: onnx.ModelProto, images: Sequence[np.ndarray], method: str) -> str:
     """Hex digest of what determines the calibration result.
 
-    network: the model part that is calibrated; images: uint8 [N, H, W, 3] as fed to it.
+    network: the model part that is calibrated; images: uint8 [H, W, 3] each, at its own size, as
+    fed to it (the graph resizes them), so each image's size counts as well as its pixels.
     """
     digest = hashlib.sha256()
     digest.update(network.SerializeToString(deterministic=True))
-    digest.update(repr((images.shape, str(images.dtype), method)).encode())
-    digest.update(np.ascontiguousarray(images).tobytes())
+    digest.update(repr((len(images), method)).encode())
+    for image in images:
+        digest.update(repr((image.shape, str(image.dtype))).encode())
+        digest.update(np.ascontiguousarray(image).tobytes())
     return digest.hexdigest()
 
 

@@ -89,10 +89,9 @@ def convert_model(model_path: str | os.PathLike, precision: str, images: str | o
     if not output.parent.is_dir():
         raise CalibrationError(f'cannot write {output}: folder {output.parent} does not exist (create it first)')
     model = load_fp32_model(model_path)
-    meta = model_metadata(model)
     if count is None:
         count = min(DEFAULT_COUNT[precision], len(image_paths(images)))
-    pixels = load_calibration_images(images, meta.input_size, count)
+    pixels = load_calibration_images(images, count)
     log.info('%s: %d calibration images from %s', precision, len(pixels), images)
 
     if precision == 'fp16':

@@ -4,41 +4,51 @@ TensorRT 10+ is strongly typed from the ONNX, so FP16 means FP16 tensors in the 
 converts node by node and keeps in FP32 any node whose inputs or outputs exceed FP16's safe range
 on real data (it runs the calibration images through the model to see). The uint8 `images` input
 and every network output keep their types (`keep_io_types`), so the post-processing, re-attached
-afterwards (calib/graph.py), reads FP32 as before and runs in FP32.
+afterwards (calib/graph.py), reads FP32 as before and runs in FP32. The pre-processing (cast, resize,
+normalisation) stays FP32 too (calib.graph.preprocessing_nodes).
 """
 
 from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from calib.graph import join_postprocess, producing_convs, split_postprocess
+from calib.graph import join_postprocess, preprocessing_nodes, producing_convs, split_postprocess
 from runtime.contract import INPUT_NAME
+from runtime.pipeline import same_size_groups
 
 
 
-def convert_fp16(model: onnx.ModelProto, images: np.ndarray, *, keep_sensitive: bool = False) -> onnx.ModelProto:
+def convert_fp16(model: onnx.ModelProto, images: Sequence[np.ndarray], *,
+                 keep_sensitive: bool = False) -> onnx.ModelProto:
     """The FP16 version of `model`, an exported YOLACT ONNX model.
 
-    images: uint8 [N, H, W, 3] BGR at the model's input size: AutoCast's reference data.
+    images: uint8 [H, W, 3] BGR each, at their own size as the runtime feeds them: AutoCast's
+        reference data (one batch per size).
     keep_sensitive: keep the convolutions producing the prototypes and the mask coefficients FP32.
     """
     from modelopt.onnx.autocast import convert_to_mixed_precision
 
     split = split_postprocess(model)
-    kept = producing_convs(split.network, split.mask_inputs) if keep_sensitive else []
+    kept = preprocessing_nodes(split.network)
+    if keep_sensitive:
+        kept += producing_convs(split.network, split.mask_inputs)
     with tempfile.TemporaryDirectory(prefix='yolact-fp16-') as tmp:
         network_path = Path(tmp) / 'network.onnx'
         onnx.save(split.network, network_path)
-        # AutoCast reads its reference inputs from an .npz keyed by input name.
-        data_path = Path(tmp) / 'calibration.npz'
-        np.savez(data_path, **{INPUT_NAME: images})
+        # AutoCast reads its reference inputs from .npz files keyed by input name, one batch per
+        # file in a folder: a batch holds images of one size.
+        data_path = Path(tmp) / 'calibration'
+        data_path.mkdir()
+        for index, group in enumerate(same_size_groups(images)):
+            np.savez(data_path / f'{index:06d}.npz', **{INPUT_NAME: np.stack([images[i] for i in group])})
         network = convert_to_mixed_precision(
             str(network_path), low_precision_type='fp16', keep_io_types=True,
-            nodes_to_exclude=[f'^{re.escape(name)}$' for name in kept] or None,
+            nodes_to_exclude=[f'^{re.escape(name)}$' for name in kept],
             calibration_data=str(data_path), providers=['cpu'])
     return join_postprocess(network, split, 'fp16')

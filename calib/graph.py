@@ -145,15 +145,11 @@ def _copy(proto):
     return out
 
 
-def producing_convs(model: onnx.ModelProto, tensors) -> list[str]:
-    """Names of the Conv nodes nearest upstream of `tensors` (walking back through non-Conv nodes).
-
-    For the mask inputs these are the ProtoNet's last convolution and the prediction head's
-    mask-coefficient convolutions (one per FPN level): the layers kept in higher precision by
-    `--keep-sensitive`.
-    """
+def _walk_back(model: onnx.ModelProto, tensors) -> tuple[list[str], list[str]]:
+    """(names of the non-Conv nodes, names of the Conv nodes) reached walking back from `tensors`
+    through non-Conv nodes, in the order reached."""
     producer = {o: n for n in model.graph.node for o in n.output}
-    found, seen = [], set()
+    passed, convs, seen = [], [], set()
     queue = deque(tensors)
     while queue:
         node = producer.get(queue.popleft())
@@ -161,10 +157,32 @@ def producing_convs(model: onnx.ModelProto, tensors) -> list[str]:
             continue
         seen.add(node.name)
         if node.op_type == 'Conv':
-            found.append(node.name)
+            convs.append(node.name)
         else:
+            passed.append(node.name)
             queue.extend(node.input)
-    return found
+    return passed, convs
+
+
+def producing_convs(model: onnx.ModelProto, tensors) -> list[str]:
+    """Names of the Conv nodes nearest upstream of `tensors` (walking back through non-Conv nodes).
+
+    For the mask inputs these are the ProtoNet's last convolution and the prediction head's
+    mask-coefficient convolutions (one per FPN level): the layers kept in higher precision by
+    `--keep-sensitive`.
+    """
+    return _walk_back(model, tensors)[1]
+
+
+def preprocessing_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes that compute the first convolution's input from the images: the cast, the
+    resize to the model size and the normalisation (model/preprocess.py). They stay FP32 in the FP16
+    and INT8 models: the resize's coordinates reach the input's size (thousands) and its weights
+    need float32's 24 bits to give the original's pixels.
+    """
+    first_conv = next(n for n in model.graph.node if n.op_type == 'Conv')
+    upstream = set(_walk_back(model, first_conv.input[:1])[0])
+    return [n.name for n in model.graph.node if n.name in upstream]  # in graph order
 
 
 def after_last_convolutions(model: onnx.ModelProto) -> list[str]:

@@ -1,7 +1,8 @@
 """Calibration images: chosen from a folder or a COCO JSON, pre-processed exactly as at inference.
 
 Calibration ranges are only right for the pixels the deployed model will see, so the images go
-through the runtime's own loading and resizing (runtime/pipeline.py), not a second copy of it.
+through the runtime's own loading (runtime/images.py), not a second copy of it, and into the model
+at their own size, as the runtime sends them: the graph resizes them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from tqdm import tqdm
 
 from calib.graph import CalibrationError
 from model.data.coco import CocoDataset, DatasetError
-from runtime.images import IMAGE_SUFFIXES, find_images, load_image, resize_to_input
+from runtime.images import IMAGE_SUFFIXES, find_images, load_image
 
 
 def image_paths(source: str | Path) -> list[Path]:
@@ -50,13 +51,10 @@ def select(paths: list[Path], count: int | None) -> list[Path]:
     return [paths[int(i)] for i in np.linspace(0, len(paths) - 1, count).round()]
 
 
-def load_calibration_images(source: str | Path, input_size: tuple[int, int], count: int | None = None) -> np.ndarray:
-    """Calibration images as the model's input: uint8 [N, H, W, 3] BGR, (H, W) = input_size.
+def load_calibration_images(source: str | Path, count: int | None = None) -> list[np.ndarray]:
+    """Calibration images as the runtime feeds them: uint8 [H, W, 3] BGR each, at its own size.
 
     source: a folder of images or a COCO instances JSON; count: how many (default all).
     """
     paths = select(image_paths(source), count)
-    batch = np.empty((len(paths), *input_size, 3), np.uint8)
-    for i, path in enumerate(tqdm(paths, desc='loading calibration images', unit='img', leave=False)):
-        batch[i] = resize_to_input(load_image(path), input_size)
-    return batch
+    return [load_image(path) for path in tqdm(paths, desc='loading calibration images', unit='img', leave=False)]

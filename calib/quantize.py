@@ -3,7 +3,8 @@
 TensorRT 10+ takes INT8 from Q/DQ nodes in the ONNX (no calibrator at build time), so the
 precision is decided here. Steps:
 1. split off the post-processing (calib/graph.py): it stays FP32 and gets no Q/DQ, nor does
-   anything after the last convolutions (head reshapes, softmax, box decoding);
+   anything after the last convolutions (head reshapes, softmax, box decoding) or before the
+   first (the pre-processing: cast, resize, normalisation);
 2. calibrate the network's activation ranges with onnxruntime's calibrator over the images, in
    chunks (a progress bar, and memory bounded by one chunk); the ranges go to the cache
    (calib/cache.py), and a later run with the same network, images and method reads them back;
@@ -27,6 +28,7 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +40,8 @@ from onnxruntime.quantization.registry import QDQRegistry
 from tqdm import tqdm
 
 from calib.cache import cache_file, calibration_key, read_amax, write_cache
-from calib.graph import (CalibrationError, after_last_convolutions, join_postprocess, producing_convs,
-                         split_postprocess)
+from calib.graph import (CalibrationError, after_last_convolutions, join_postprocess, preprocessing_nodes,
+                         producing_convs, split_postprocess)
 from runtime.contract import INPUT_NAME
 
 
@@ -75,9 +77,9 @@ class Int8Result:
 
 
 class _ChunkReader(CalibrationDataReader):
-    """Feeds images [N, H, W, 3] uint8 one at a time (batch 1, as the calibrator expects)."""
+    """Feeds images (uint8 [H, W, 3] each, any size) one at a time (batch 1, as the calibrator expects)."""
 
-    def __init__(self, images: np.ndarray):
+    def __init__(self, images: Sequence[np.ndarray]):
         self._images = iter(images)
 
     def get_next(self):
@@ -85,10 +87,11 @@ class _ChunkReader(CalibrationDataReader):
         return None if image is None else {INPUT_NAME: image[None]}
 
 
-def calibrate_amax(network_path: Path, images: np.ndarray, method: str, work_dir: Path) -> dict[str, float]:
+def calibrate_amax(network_path: Path, images: Sequence[np.ndarray], method: str,
+                   work_dir: Path) -> dict[str, float]:
     """Largest absolute value to represent for each float tensor of the network.
 
-    images: uint8 [N, H, W, 3] BGR at the model's input size (pre-processed as at inference).
+    images: uint8 [H, W, 3] BGR each, at their own size (the graph resizes, as at inference).
     """
     # modelopt patches onnxruntime's calibrators process-wide the first time it quantises (bounded
     # memory, its EP set-up, node names instead of op types to choose tensors). Patch first, so
@@ -121,12 +124,12 @@ def check_int8_options(method: str, layout: str) -> None:
         raise CalibrationError(f'unknown INT8 layout {layout!r}: choose one of {", ".join(LAYOUTS)}')
 
 
-def quantize_int8(model: onnx.ModelProto, images: np.ndarray, *, method: str = 'entropy',
+def quantize_int8(model: onnx.ModelProto, images: Sequence[np.ndarray], *, method: str = 'entropy',
                   keep_sensitive: bool = False, cache_dir: str | os.PathLike, model_name: str,
                   layout: str = 'tensorrt') -> Int8Result:
     """The INT8 (Q/DQ) version of `model`, an exported YOLACT ONNX model.
 
-    images: uint8 [N, H, W, 3] BGR calibration images at the model's input size.
+    images: uint8 [H, W, 3] BGR calibration images, each at its own size as the runtime feeds them.
     layout: 'tensorrt' or 'onnxruntime' (see the module's notes); both use the same cached ranges.
     keep_sensitive: leave the convolutions producing the prototypes and the mask coefficients
         unquantised (FP32). The result's kept_fp32 lists every convolution left in FP32.
@@ -153,9 +156,9 @@ def quantize_int8(model: onnx.ModelProto, images: np.ndarray, *, method: str = '
         onnx.save(split.network, network_path)
         if not cache_hit:
             write_cache(cache, calibrate_amax(network_path, images, method, work))
-        excluded = (*kept, *after_last_convolutions(split.network))
+        excluded = (*preprocessing_nodes(split.network), *kept, *after_last_convolutions(split.network))
         if layout == 'tensorrt':
-            quantized = _place_qdq(network_path, images[:1], cache, excluded, work)
+            quantized = _place_qdq(network_path, images[0][None], cache, excluded, work)
         else:
             # Read back even when just written, so a cache hit and a miss give the same model.
             quantized = _place_qdq_onnxruntime(network_path, read_amax(cache), excluded)

@@ -1,20 +1,24 @@
 """ONNX -> serialized TensorRT engine, with its JSON sidecar.
 
     python -m engines.build --model build/yolact_tiny_shapes.fp16.onnx [--output FILE.engine]
-                            [--max-batch 8] [--force]
+                            [--max-batch 8] [--min-image 32x32] [--opt-image 1080x1920]
+                            [--max-image 3840x3840] [--force]
     make engine [PRECISION=fp32|fp16|int8] [MODEL=build/yolact_tiny_shapes.onnx] [MAX_BATCH=8]
+                [MIN_IMAGE=32x32] [OPT_IMAGE=1080x1920] [MAX_IMAGE=3840x3840]
 
 Precision is the graph's (calib/ makes the fp16 and int8 graphs; the network is strongly typed), so
 the builder takes no precision flag beyond a check that the model is the one asked for. The engine
-has one optimisation profile over the batch dimension (1..max batch, tuned for max batch). With
+has one optimisation profile over the batch (1..max batch, tuned for max batch) and the image's
+height and width (the graph resizes each image to the model size; by default 32x32 up to 3840x3840,
+4K frames in either orientation, tuned for 1080x1920 camera frames). With
 `tensorrt` on a GPU host, kernel timings persist in a timing cache; TensorRT-RTX builds on the CPU
 without one (a cache would make it query a GPU). The yolact plugins are registered when present;
 otherwise TensorRT builds the ONNX function bodies of yolact::FastNMS and yolact::MaskAssembly as
 standard layers, and the log says which happened.
 
 Outputs are written atomically: the engine, then `FILE.engine.json` (engines/sidecar.py). An engine
-whose sidecar shows the same ONNX bytes, TensorRT, targets, batch and plugins is reused unless
-`--force`.
+whose sidecar shows the same ONNX bytes, TensorRT, targets, batch, image range and plugins is
+reused unless `--force`.
 """
 
 from __future__ import annotations
@@ -44,6 +48,11 @@ from runtime.tensorrt.sidecar import EngineInfo, EngineSidecar, SidecarError, pl
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 8
+# The image (height, width) range of the optimisation profile: 32 px (below it the runtime
+# enlarges on the host) up to 4K frames in either orientation; tuned for 1080p camera frames.
+DEFAULT_MIN_IMAGE = (32, 32)
+DEFAULT_OPT_IMAGE = (1080, 1920)
+DEFAULT_MAX_IMAGE = (3840, 3840)
 TIMING_CACHE_NAME = 'tensorrt.timing.cache'
 
 
@@ -131,7 +140,7 @@ def _load_timing_cache(config, path: Path):
 
 # Sidecar fields that describe how an engine was made (not when, nor its own bytes).
 _BUILD_SETTINGS = ('tensorrt_flavour', 'tensorrt_version', 'build_gpu', 'compute_capabilities', 'max_batch',
-                   'plugins', 'onnx_sha256')
+                   'plugins', 'min_image', 'opt_image', 'max_image', 'onnx_sha256')
 
 
 def _reusable(engine_path: Path, wanted: EngineInfo, precision: str) -> EngineSidecar | None:
@@ -171,18 +180,29 @@ def _targets(trt: TensorRT, compute_capability: str | None) -> tuple[str | None,
     return gpu[0], (gpu[1],)
 
 
-def _make_config(trt: TensorRT, builder, network, source: OnnxSource, max_batch: int, targets: tuple[str, ...],
-                 verbose: bool):
+def check_image_range(min_image: tuple[int, int], opt_image: tuple[int, int], max_image: tuple[int, int]) -> None:
+    """EngineBuildError unless each (height, width) is positive and min <= opt <= max on both axes."""
+    for flag, size in (('--min-image', min_image), ('--opt-image', opt_image), ('--max-image', max_image)):
+        if len(size) != 2 or min(size) < 1:
+            raise EngineBuildError(f'{flag} {size}: give a height and a width of at least 1, e.g. 1080x1920')
+    for axis, name in ((0, 'height'), (1, 'width')):
+        if not min_image[axis] <= opt_image[axis] <= max_image[axis]:
+            raise EngineBuildError(f'image {name}s must satisfy --min-image <= --opt-image <= --max-image; got '
+                                   f'{min_image[axis]}, {opt_image[axis]}, {max_image[axis]}')
+
+
+def _make_config(trt: TensorRT, builder, source: OnnxSource, max_batch: int, images: dict[str, tuple[int, int]],
+                 targets: tuple[str, ...], verbose: bool):
     """The builder config: one profile over the batch (min 1, opt = max = max_batch; a fixed batch
-    is its own range), the layer detail kept in the engine, a progress bar, and for TensorRT-RTX its
-    targets. Returns (config, progress monitor): the monitor must outlive the build."""
+    is its own range) and the image size (images: min_image, opt_image, max_image as (H, W)), the
+    layer detail kept in the engine, a progress bar, and for TensorRT-RTX its targets. Returns
+    (config, progress monitor): the monitor must outlive the build."""
     module = trt.module
     config = builder.create_builder_config()
     profile = builder.create_optimization_profile()
-    sample_shape = tuple(network.get_input(0).shape)[1:]
     min_batch = source.input_batch or 1
-    profile.set_shape(source.input_name, (min_batch, *sample_shape), (max_batch, *sample_shape),
-                      (max_batch, *sample_shape))
+    profile.set_shape(source.input_name, (min_batch, *images['min_image'], 3), (max_batch, *images['opt_image'], 3),
+                      (max_batch, *images['max_image'], 3))
     config.add_optimization_profile(profile)
     config.profiling_verbosity = (module.ProfilingVerbosity.DETAILED if verbose
                                   else module.ProfilingVerbosity.LAYER_NAMES_ONLY)
@@ -197,12 +217,16 @@ def _make_config(trt: TensorRT, builder, network, source: OnnxSource, max_batch:
 
 
 def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | None = None, *,
-                 max_batch: int = DEFAULT_MAX_BATCH, precision: str | None = None, force: bool = False,
+                 max_batch: int = DEFAULT_MAX_BATCH, min_image: tuple[int, int] = DEFAULT_MIN_IMAGE,
+                 opt_image: tuple[int, int] = DEFAULT_OPT_IMAGE, max_image: tuple[int, int] = DEFAULT_MAX_IMAGE,
+                 precision: str | None = None, force: bool = False,
                  flavour: str = 'auto', compute_capability: str | None = None,
                  timing_cache: str | os.PathLike | None = None, use_timing_cache: bool = True,
                  verbose: bool = False) -> tuple[Path, EngineSidecar]:
     """Build (or reuse) the engine for `onnx_path`; returns (engine path, its sidecar).
 
+    min_image / opt_image / max_image: the profile's image (height, width) range; the runtime
+    refuses larger images and enlarges smaller ones on the host.
     precision: when given, the model's precision must be this one (a guard for `make engine
     PRECISION=...`). flavour: 'auto' | 'tensorrt' | 'tensorrt-rtx'. compute_capability: TensorRT-RTX
     targets ('8.6,12.0', 'current'; default: all but Turing). timing_cache: file for TensorRT on a GPU
@@ -213,6 +237,8 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
         raise EngineBuildError(f'unknown precision {precision!r}: use one of {", ".join(PRECISIONS)}')
     if max_batch < 1:
         raise EngineBuildError(f'--max-batch must be at least 1, got {max_batch}')
+    images = dict(min_image=tuple(min_image), opt_image=tuple(opt_image), max_image=tuple(max_image))
+    check_image_range(**images)
     source = load_onnx(onnx_path)
     if precision is not None and source.metadata.precision != precision:
         raise EngineBuildError(f'{source.path} is a {source.metadata.precision} model, not {precision}: pass the '
@@ -239,7 +265,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
     _describe_network(network, verbose)
 
     wanted = EngineInfo(tensorrt_flavour=trt.flavour, tensorrt_version=trt.version, build_gpu=build_gpu,
-                        compute_capabilities=targets, max_batch=max_batch, plugins=plugins,
+                        compute_capabilities=targets, max_batch=max_batch, plugins=plugins, **images,
                         onnx_file=str(source.path), onnx_sha256=source.sha256, engine_sha256='', built_at='')
     if not force:
         existing = _reusable(engine_path, wanted, source.metadata.precision)
@@ -248,7 +274,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
                      trt.display_name)
             return engine_path, existing
 
-    config, progress = _make_config(trt, builder, network, source, max_batch, targets, verbose)
+    config, progress = _make_config(trt, builder, source, max_batch, images, targets, verbose)
     cache = None
     if trt.is_rtx:
         if timing_cache is not None:
@@ -280,6 +306,14 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
     return engine_path, sidecar
 
 
+def _image_size(text: str) -> tuple[int, int]:
+    """'1080x1920' -> (1080, 1920): an image height and width, for argparse."""
+    height, sep, width = text.lower().partition('x')
+    if not sep or not height.strip().isdigit() or not width.strip().isdigit():
+        raise argparse.ArgumentTypeError(f'{text!r} is not HEIGHTxWIDTH, e.g. 1080x1920')
+    return int(height), int(width)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog='python -m engines.build',
@@ -289,6 +323,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--output', help='engine file to write (default: the model path with .engine)')
     parser.add_argument('--max-batch', type=int, default=DEFAULT_MAX_BATCH,
                         help='largest batch the engine accepts; its profile covers 1..N (default %(default)s)')
+    for flag, default, role in (('--min-image', DEFAULT_MIN_IMAGE, 'smallest image (smaller ones are enlarged '
+                                                                   'on the host)'),
+                                ('--opt-image', DEFAULT_OPT_IMAGE, 'image size TensorRT tunes for'),
+                                ('--max-image', DEFAULT_MAX_IMAGE, 'largest image the engine accepts')):
+        parser.add_argument(flag, type=_image_size, default=default, metavar='HxW',
+                            help=f'{role} (default {default[0]}x{default[1]})')
     parser.add_argument('--precision', choices=PRECISIONS,
                         help='check that the model has this precision (make engine passes PRECISION)')
     parser.add_argument('--force', action='store_true',
@@ -312,7 +352,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format='%(message)s')
     try:
         engine_path, sidecar = build_engine(
-            args.model, args.output, max_batch=args.max_batch, precision=args.precision, force=args.force,
+            args.model, args.output, max_batch=args.max_batch, min_image=args.min_image, opt_image=args.opt_image,
+            max_image=args.max_image, precision=args.precision, force=args.force,
             flavour=args.flavour, compute_capability=args.compute_capability, timing_cache=args.timing_cache,
             use_timing_cache=not args.no_timing_cache, verbose=args.verbose)
     except ToolkitError as e:  # EngineBuildError, SidecarError, MetadataError: each names the fix
@@ -321,7 +362,8 @@ def main(argv=None) -> int:
     info = sidecar.engine
     print(f'{engine_path} ({engine_path.stat().st_size / 1e6:.1f} MB) and {sidecar_path(engine_path).name}: '
           f'{sidecar.metadata.precision}, {info.tensorrt_flavour} {info.tensorrt_version}, '
-          f'compute capability {", ".join(info.compute_capabilities)}, batch 1..{info.max_batch}')
+          f'compute capability {", ".join(info.compute_capabilities)}, batch 1..{info.max_batch}, images '
+          f'{info.min_image[0]}x{info.min_image[1]} to {info.max_image[0]}x{info.max_image[1]}')
     return 0
 
 

@@ -81,9 +81,10 @@ def _read_metadata(model: onnx.ModelProto, source: str) -> ModelMetadata:
         raise EngineBuildError(str(e)) from None
 
 
-def _check_input(model: onnx.ModelProto, metadata: ModelMetadata, source: str) -> tuple[str, int | None]:
-    """The single image input must be uint8 [B, H, W, 3] at metadata.input_size; returns its name
-    and fixed batch size (None when the batch dimension is symbolic)."""
+def _check_input(model: onnx.ModelProto, source: str) -> tuple[str, int | None]:
+    """The single image input must be uint8 [B, H, W, 3] with symbolic H and W (images at their own
+    size, resized inside the graph); returns its name and fixed batch size (None when the batch
+    dimension is symbolic)."""
     initializers = {t.name for t in model.graph.initializer}
     inputs = [v for v in model.graph.input if v.name not in initializers]
     if len(inputs) != 1:
@@ -92,13 +93,12 @@ def _check_input(model: onnx.ModelProto, metadata: ModelMetadata, source: str) -
     value = inputs[0]
     tensor = value.type.tensor_type
     dims = [d.dim_value if d.HasField('dim_value') else None for d in tensor.shape.dim]
-    height, width = metadata.input_size
-    expected = f'uint8 [B, {height}, {width}, 3]'
     dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type) if tensor.elem_type else None
-    if tensor.elem_type != onnx.TensorProto.UINT8 or dims[1:] != [height, width, 3]:
+    if tensor.elem_type != onnx.TensorProto.UINT8 or dims[1:] != [None, None, 3]:
         shown = ['?' if d is None else d for d in dims]
         raise EngineBuildError(f'{source}: input {value.name!r} is {dtype} {shown}, the model contract is '
-                               f'{expected} (BGR images at the model size); {_REEXPORT}')
+                               f'uint8 [B, H, W, 3] with any H and W (BGR images at their own size, resized '
+                               f'inside the graph); {_REEXPORT}')
     return value.name, dims[0]
 
 
@@ -126,7 +126,7 @@ def load_onnx(path: str | os.PathLike) -> OnnxSource:
         raise EngineBuildError(f'{source} fails the ONNX checker (truncated or corrupted?): {first_line}; '
                                f'{_REEXPORT}') from None
     metadata = _read_metadata(model, source)
-    input_name, input_batch = _check_input(model, metadata, source)
+    input_name, input_batch = _check_input(model, source)
     precision = graph_precision(model)
     if precision != metadata.precision:
         raise EngineBuildError(f'{source}: its metadata says {metadata.precision} but its graph is {precision} '

@@ -1,4 +1,4 @@
-"""The torch part of the exported graph: uint8 images in, the network's decoded outputs out.
+"""The torch part of the exported graph: uint8 images of any size in, the network's decoded outputs out.
 
 Fast NMS and mask assembly are not traced from torch: the exporter appends them afterwards as the
 `yolact::FastNMS` / `yolact::MaskAssembly` ONNX function nodes (export/postprocess_nodes.py), so
@@ -14,7 +14,7 @@ from torch import nn
 
 from model.box_coding import decode
 from model.config import YolactConfig
-from model.preprocess import Normalize
+from model.preprocess import Preprocess
 
 
 class DecodedHead(NamedTuple):
@@ -46,21 +46,22 @@ class RawHead(NamedTuple):
 
 
 class DeployNetwork(nn.Module):
-    """Normalisation + YOLACT + softmax (+ box decoding) for export.
+    """Pre-processing (resize to cfg.input_size and normalisation, model.preprocess.Preprocess) +
+    YOLACT + softmax (+ box decoding) for export.
 
-    forward(images uint8 [B, H, W, 3] BGR at the model size (cfg.input_size))
+    forward(images uint8 [B, H, W, 3] BGR at their own size, H, W >= 1)
         -> DecodedHead (decode=True) or RawHead (decode=False).
     """
 
     def __init__(self, yolact: nn.Module, cfg: YolactConfig, *, decode_boxes: bool = True):
         super().__init__()
-        self.normalize = Normalize(cfg)
+        self.preprocess = Preprocess(cfg)
         self.yolact = yolact.eval()
         self.variances = tuple(cfg.variances)
         self.decode_boxes = decode_boxes
 
     def forward(self, images: torch.Tensor):
-        out = self.yolact(self.normalize(images))
+        out = self.yolact(self.preprocess(images))
         conf = torch.softmax(out.conf, dim=-1)
         priors = self.yolact.priors
         if not self.decode_boxes:

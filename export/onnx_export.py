@@ -1,7 +1,8 @@
 """YOLACT -> ONNX, with Fast NMS and mask assembly inside the graph.
 
 The graph (README, "The model contract"):
-    images uint8 [B, H, W, 3] BGR  -> cast, normalise, BGR->RGB, NHWC->NCHW  (export/graph.py)
+    images uint8 [B, H, W, 3] BGR, any H and W
+    -> cast, resize to the model size, normalise, BGR->RGB, NHWC->NCHW      (export/graph.py)
     -> YOLACT -> softmax(conf) -> decode(loc, priors) -> drop the background column
     -> yolact::FastNMS -> yolact::MaskAssembly                              (export/postprocess_nodes.py)
     -> num_dets int32 [B], boxes float32 [B, D, 4] xyxy relative, scores float32 [B, D],
@@ -9,8 +10,8 @@ The graph (README, "The model contract"):
 `postprocess=False` stops after the network: loc, conf (softmax), coef, proto (NHWC), priors.
 
 Tracing uses torch.export (the dynamo exporter): it gives a graph whose only shape arithmetic is
-the batch dimension and keeps interpolation to exact sizes (`Resize` with `sizes`), which stays
-exact for any batch. The trace is then folded and cleaned until nothing changes
+the input's batch, height and width (the resize taps, model/preprocess.py) and keeps interpolation
+to exact sizes (`Resize` with `sizes`), which stays exact for any batch. The trace is then folded and cleaned until nothing changes
 (export/cleanup.py) before the post-processing ops are appended.
 """
 
@@ -30,7 +31,7 @@ from export.graph import DeployNetwork
 from export.postprocess_nodes import DECODED_HEAD_NAMES, append_postprocess
 from model.config import YolactConfig, metadata_from_config
 from runtime import __version__
-from runtime.contract import BATCH_DIM, INPUT_NAME, METADATA_KEY, RAW_OUTPUTS, metadata_from_props
+from runtime.contract import BATCH_DIM, HEIGHT_DIM, INPUT_NAME, METADATA_KEY, RAW_OUTPUTS, WIDTH_DIM, metadata_from_props
 from runtime.errors import ToolkitError
 from runtime.files import write_atomic
 from runtime.metadata import ModelMetadata
@@ -65,17 +66,19 @@ def _quiet_loggers(*names: str):
 
 
 def trace_network(network: DeployNetwork, cfg: YolactConfig, output_names) -> onnx.ModelProto:
-    """torch.export the network with a dynamic batch dimension; returns the raw ONNX trace."""
+    """torch.export the network with dynamic batch, height and width; returns the raw ONNX trace."""
     height, width = cfg.input_size
-    # Batch 2, not 1: torch.export specialises a dimension whose example size is 0 or 1.
-    example = torch.zeros((2, height, width, 3), dtype=torch.uint8)
+    # Batch 2, not 1: torch.export specialises a dimension whose example size is 0 or 1. Height and
+    # width differ from each other and from the model size, so that no dimension is tied to another.
+    example = torch.zeros((2, height + 3, width + 5, 3), dtype=torch.uint8)
     with warnings.catch_warnings(), _quiet_loggers(*_EXPORTER_LOGGERS), torch.no_grad():
         # torch.export warns about its own internals (pytree spec deprecations); they are not ours.
         warnings.simplefilter('ignore', FutureWarning)
         program = torch.onnx.export(
             network, (example,), dynamo=True, opset_version=OPSET, verbose=False, optimize=True,
             input_names=[INPUT_NAME], output_names=list(output_names),
-            dynamic_shapes={'images': {0: torch.export.Dim(BATCH_DIM)}})
+            dynamic_shapes={'images': {0: torch.export.Dim(BATCH_DIM), 1: torch.export.Dim(HEIGHT_DIM),
+                                       2: torch.export.Dim(WIDTH_DIM)}})
     return program.model_proto
 
 
@@ -89,8 +92,8 @@ def attach_metadata(model: onnx.ModelProto, meta: ModelMetadata) -> None:
     model.graph.name = meta.config
     model.producer_name = 'yolact-deploy'
     model.producer_version = __version__
-    model.doc_string = (f'YOLACT {meta.config}: uint8 BGR NHWC images at {meta.input_size[0]}x'
-                        f'{meta.input_size[1]} in; see {METADATA_KEY} for classes and thresholds')
+    model.doc_string = (f'YOLACT {meta.config}: uint8 BGR NHWC images of any size in, resized to '
+                        f'{meta.input_size[0]}x{meta.input_size[1]} inside; see {METADATA_KEY} for classes and thresholds')
 
 
 def read_metadata(model: onnx.ModelProto, source: str = 'ONNX model') -> ModelMetadata:

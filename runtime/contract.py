@@ -9,7 +9,10 @@ from collections.abc import Mapping
 from runtime.metadata import MetadataError, ModelMetadata
 
 INPUT_NAME = 'images'
+# The input's dynamic dimensions: uint8 [batch, height, width, 3], each image at its own size.
 BATCH_DIM = 'batch'
+HEIGHT_DIM = 'height'
+WIDTH_DIM = 'width'
 # With post-processing (the default): num_dets int32 [B], boxes float32 [B, D, 4] xyxy relative,
 # scores float32 [B, D], classes int32 [B, D] 0-based, masks float32 [B, D, Hp, Wp].
 POSTPROCESS_OUTPUTS = ('num_dets', 'boxes', 'scores', 'classes', 'masks')

@@ -1,6 +1,7 @@
-"""Reading image files and resizing them to a model's input: the one pre-processing the runtime, the
-calibration and the evaluation share (numpy + cv2; no torch, so deployment hosts import it); and
-writing annotated images."""
+"""Reading image files, and writing annotated ones: the one loading the runtime, the calibration and
+the evaluation share (numpy + cv2; no torch, so deployment hosts import it). Models resize images
+inside their graph; the host only enlarges an image below a TensorRT engine's minimum size
+(`enlarge_to`)."""
 
 from __future__ import annotations
 
@@ -134,11 +135,14 @@ def find_images(path: str | Path, problems: list[str] | None = None) -> list[Pat
                   for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES)
 
 
-def resize_to_input(image: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
-    """uint8 [H, W, 3] -> uint8 [h, w, 3] at the model's input_size (h, w): bilinear (cv2.INTER_LINEAR),
-    aspect ratio not kept, as the original's evaluation."""
-    height, width = input_size
-    if image.shape[:2] == (height, width):
+def enlarge_to(image: np.ndarray, min_size: tuple[int, int]) -> np.ndarray:
+    """uint8 [H, W, 3] -> uint8 [max(H, h), max(W, w), 3] for min_size (h, w): bilinear (cv2.INTER_LINEAR),
+    only the sides below the minimum stretched; `image` itself when it is already large enough.
+
+    For a TensorRT engine whose optimisation profile starts above the image's size: the engine
+    resizes everything else itself, so this runs only on images smaller than its minimum."""
+    height, width = max(image.shape[0], min_size[0]), max(image.shape[1], min_size[1])
+    if (height, width) == image.shape[:2]:
         return image
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
 

@@ -1,6 +1,7 @@
-"""From image files to Detections around any backend (numpy + cv2, no torch): loading and resizing
-to the model input (runtime.images, shared with calibration), batching, turning the model's
-padded outputs into Detections, and `predict_batches`, the same over a stream of batches (video)."""
+"""From image files to Detections around any backend (numpy + cv2, no torch): loading
+(runtime.images, shared with calibration), batching images of one size together (the model resizes
+them inside), turning the model's padded outputs into Detections, and `predict_batches`, the same
+over a stream of batches (video)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from runtime.backends.base import Backend, RawDetections
 from runtime.detections import Detections
-from runtime.images import IMAGE_SUFFIXES, ImageLoadError, find_images, load_image, resize_to_input  # noqa: F401 (the runtime's API too)
+from runtime.images import IMAGE_SUFFIXES, ImageLoadError, find_images, load_image  # noqa: F401 (the runtime's API too)
 from runtime.paste import paste_masks
 
 
@@ -67,37 +68,56 @@ def to_detections(raw: RawDetections, image_sizes: Sequence[tuple[int, int]], *,
     return results
 
 
+def same_size_groups(images: Sequence[np.ndarray]) -> list[list[int]]:
+    """Indices of `images` grouped by (H, W), in order of each size's first image (ascending within a
+    group): each group is one batch, since a batch holds images of one size."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, image in enumerate(images):
+        groups.setdefault(image.shape, []).append(index)
+    return list(groups.values())
+
+
 def predict(backend: Backend, images: Sequence[np.ndarray], *, score_threshold: float) -> list[Detections]:
-    """Detections for one batch of images of any size (uint8 [H, W, 3] BGR each): resized to the
-    model input and run in one `backend.detect` call (masks pasted with the model's mask_threshold,
-    on the GPU where the backend can)."""
-    meta = backend.metadata
-    return backend.detect(np.stack([resize_to_input(image, meta.input_size) for image in images]),
-                          [image.shape[:2] for image in images], score_threshold=score_threshold,
-                          mask_threshold=meta.mask_threshold)
+    """Detections for images of any sizes (uint8 [H, W, 3] BGR each), in their order: each size is one
+    `backend.detect` call at that size (the model resizes inside; masks pasted with the model's
+    mask_threshold, on the GPU where the backend can)."""
+    ((_, detections),) = predict_batches(backend, [images], score_threshold=score_threshold)
+    return detections
 
 
 def predict_batches(backend: Backend, image_batches: Iterable[Sequence[np.ndarray]], *,
                     score_threshold: float) -> Iterator[tuple[Sequence[np.ndarray], list[Detections]]]:
-    """(images, their Detections) for each batch of images (uint8 [H, W, 3] BGR, any size), in order:
-    runtime.pipeline.predict batch after batch, except that a backend with `detect_batches` (the
-    TensorRT backend: --streams N, masks pasted on its GPU) gets the batches as a stream, so it
-    overlaps them."""
+    """(images, their Detections) for each batch of images (uint8 [H, W, 3] BGR, any sizes), in order.
+
+    The images of a batch go to the model at their own size, one model batch per size (a video's
+    frames share one); the Detections come back in the batch's order. A backend with
+    `detect_batches` (the TensorRT backend: --streams N, masks pasted on its GPU) gets the model
+    batches as a stream, so it overlaps them; others get one `detect` call each."""
     meta = backend.metadata
     taken: deque = deque()
 
     def model_inputs() -> Iterator[tuple[np.ndarray, list[tuple[int, int]]]]:
         for images in image_batches:
-            taken.append(images)
-            yield np.stack([resize_to_input(image, meta.input_size) for image in images]), \
-                [image.shape[:2] for image in images]
+            groups = same_size_groups(images)
+            taken.append((images, groups))
+            for group in groups:
+                yield np.stack([images[i] for i in group]), [images[i].shape[:2] for i in group]
 
     detect_batches = getattr(backend, 'detect_batches', None)
     if detect_batches is not None:
-        for detections in detect_batches(model_inputs(), score_threshold=score_threshold,
-                                         mask_threshold=meta.mask_threshold):
-            yield taken.popleft(), detections
-        return
-    for inputs, image_sizes in model_inputs():
-        yield taken.popleft(), to_detections(backend.infer(inputs), image_sizes, score_threshold=score_threshold,
-                                             mask_threshold=meta.mask_threshold)
+        results = detect_batches(model_inputs(), score_threshold=score_threshold, mask_threshold=meta.mask_threshold)
+    else:
+        results = (backend.detect(inputs, image_sizes, score_threshold=score_threshold,
+                                  mask_threshold=meta.mask_threshold) for inputs, image_sizes in model_inputs())
+    done: list[list[Detections]] = []
+    for detections in results:
+        done.append(detections)
+        images, groups = taken[0]
+        if len(done) == len(groups):
+            taken.popleft()
+            ordered: list[Detections | None] = [None] * len(images)
+            for group, group_detections in zip(groups, done):
+                for index, dets in zip(group, group_detections):
+                    ordered[index] = dets
+            done = []
+            yield images, ordered

@@ -137,7 +137,7 @@ def resize_masks(masks: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
 
 
 def resize(ex: Example, cfg: YolactConfig) -> Example:
-    """Resize to cfg.input_size (aspect ratio not kept, cv2.INTER_LINEAR, as the runtime does)."""
+    """Resize to cfg.input_size (aspect ratio not kept, cv2.INTER_LINEAR)."""
     height, width = ex.image.shape[:2]
     out_h, out_w = cfg.input_size
     image = cv2.resize(ex.image, (out_w, out_h), interpolation=cv2.INTER_LINEAR)

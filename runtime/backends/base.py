@@ -80,7 +80,7 @@ class Backend(abc.ABC):
     def infer(self, images: np.ndarray) -> RawDetections:
         """Detect instances in a batch of images.
 
-        images: uint8 [B, H, W, 3] BGR, already resized to metadata.input_size (H, W).
+        images: uint8 [B, H, W, 3] BGR, any H, W >= 1 (the model resizes them to metadata.input_size).
         Returns RawDetections: the arrays named in RAW_OUTPUT_NAMES, in the ONNX contract's
         shapes and dtypes, as numpy arrays the caller owns. Batches larger than max_batch run in
         chunks of max_batch.
@@ -95,8 +95,8 @@ class Backend(abc.ABC):
 
     def detect(self, images: np.ndarray, image_sizes: Sequence[tuple[int, int]], *, score_threshold: float,
                mask_threshold: float) -> list[Detections]:
-        """Detections for a batch: images as `infer` takes them (uint8 [B, H, W, 3] BGR at
-        metadata.input_size), image_sizes the (H, W) of each original image. Keeps detections with
+        """Detections for a batch: images as `infer` takes them (uint8 [B, H, W, 3] BGR, one size),
+        image_sizes the (H, W) of each original image. Keeps detections with
         score >= score_threshold, boxes in image pixels, masks pasted into the original images
         (value > mask_threshold, inside the box).
 
@@ -111,16 +111,15 @@ class Backend(abc.ABC):
 
     def _checked_images(self, images: np.ndarray) -> np.ndarray:
         """`images` contiguous, or BackendError when the backend is not loaded or they are not a
-        non-empty uint8 [B, H, W, 3] batch at the model's input size."""
+        non-empty uint8 [B, H, W, 3] batch with H, W >= 1."""
         if not self.is_loaded:
             raise BackendError(f'{type(self).__name__} for {self.path} is not loaded: call load() or use it '
                                'in a with-statement')
-        height, width = self.metadata.input_size
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 \
-                or images.shape[1:] != (height, width, 3):
+                or images.shape[3] != 3 or 0 in images.shape[1:3]:
             got = f'{images.dtype} {images.shape}' if isinstance(images, np.ndarray) else type(images).__name__
-            raise BackendError(f'images must be uint8 [B, {height}, {width}, 3] BGR (the model input size); '
-                               f'got {got}: resize with runtime.pipeline.resize_to_input')
+            raise BackendError(f'images must be uint8 [B, H, W, 3] BGR, one size per batch (H, W >= 1); got {got}: '
+                               'stack images of equal size, or use runtime.pipeline.predict, which groups them')
         if len(images) == 0:
             raise BackendError('infer got an empty batch: pass at least one image')
         return np.ascontiguousarray(images)

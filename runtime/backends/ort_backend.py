@@ -189,12 +189,13 @@ class OrtBackend(Backend):
         if sorted(outputs) != sorted(POSTPROCESS_OUTPUTS):
             raise BackendError(f'{self.path} has outputs {outputs}, not {list(POSTPROCESS_OUTPUTS)}: '
                                'export the model with python -m export')
-        height, width = metadata.input_size
+        # Height and width are symbolic: the graph resizes each image to metadata.input_size itself.
         if len(inputs) != 1 or inputs[0].name != INPUT_NAME or inputs[0].type != 'tensor(uint8)' \
-                or list(inputs[0].shape[1:]) != [height, width, 3]:
+                or len(inputs[0].shape) != 4 or inputs[0].shape[3] != 3 \
+                or any(isinstance(dim, int) for dim in inputs[0].shape[1:3]):
             got = ', '.join(f'{i.name} {i.type} {i.shape}' for i in inputs)
-            raise BackendError(f'{self.path} takes {got}, not {INPUT_NAME} uint8 [batch, {height}, {width}, 3] '
-                               'as its metadata says: export the model with python -m export')
+            raise BackendError(f'{self.path} takes {got}, not {INPUT_NAME} uint8 [batch, height, width, 3] (images '
+                               'of any size, resized inside the graph): export the model again with python -m export')
 
     def _check_options(self, metadata: ModelMetadata) -> None:
         if self.config_name is not None and self.config_name != metadata.config:

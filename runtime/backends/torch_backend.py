@@ -1,5 +1,6 @@
 """The PyTorch backend: runs a .pth checkpoint (official YOLACT weights or this toolkit's own) with
-the reference model and post-processing. The only runtime module that imports torch."""
+the reference model and post-processing. The only runtime module that imports torch. Images go in at
+their own size: the pre-processing is model.preprocess.Preprocess, the module the exporter traces."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class TorchBackend(Backend):
         self.max_dets = max_dets
         self.device = device
         self.num_threads = num_threads
-        self._model = self._normalize = self._cfg = None
+        self._model = self._preprocess = self._cfg = None
 
     def _load_impl(self) -> None:
         try:
@@ -38,13 +39,13 @@ class TorchBackend(Backend):
             raise BackendError(f'the torch backend needs torch (pip install "yolact-deploy[torch]"): {e}') from None
         from model.checkpoint import load_model
         from model.config import metadata_from_config
-        from model.preprocess import Normalize
+        from model.preprocess import Preprocess
 
         if self.num_threads is not None:
             torch.set_num_threads(self.num_threads)
         model, cfg = load_model(self.path, self.config_name, map_location=self.device)
         self._model, self._cfg = model.to(self.device).eval(), cfg
-        self._normalize = Normalize(cfg).to(self.device)
+        self._preprocess = Preprocess(cfg).to(self.device)
         self.metadata = metadata_from_config(cfg, cross_class=self.cross_class, max_dets=self.max_dets)
         self.max_batch = None
 
@@ -54,10 +55,10 @@ class TorchBackend(Backend):
         from model.postprocess import detect
 
         with torch.inference_mode():
-            batch = self._normalize(torch.from_numpy(images).to(self.device))
+            batch = self._preprocess(torch.from_numpy(images).to(self.device))
             out = detect(self._model(batch), self._model.priors, self._cfg, cross_class=self.cross_class,
                          max_dets=self.metadata.max_dets)
         return {name: tensor.cpu().numpy() for name, tensor in out._asdict().items()}
 
     def _close_impl(self) -> None:
-        self._model = self._normalize = self._cfg = None
+        self._model = self._preprocess = self._cfg = None

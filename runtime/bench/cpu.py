@@ -36,7 +36,7 @@ from runtime.bench import tensorrt as trt_bench
 from runtime.contract import INPUT_NAME, RAW_OUTPUTS
 from runtime.errors import ToolkitError
 from runtime.files import write_atomic
-from runtime.pipeline import resize_to_input, to_detections
+from runtime.pipeline import to_detections
 
 STAGES = ('pre', 'network', 'post', 'paste')
 IMAGE_HW = (480, 640)
@@ -186,11 +186,11 @@ def stage_row(samples: dict[str, np.ndarray], *, batch: int, gmac: float, matmul
 def _common_stages(context: BenchContext, model: BenchModel, batch: int):
     """The pre-processing and pasting callables, which do not depend on the backend."""
     images = [context.images[i % len(context.images)] for i in range(batch)]
-    input_size = get_config(model.config).input_size
     mask_threshold = get_config(model.config).mask_threshold
 
     def pre():
-        return np.stack([resize_to_input(image, input_size) for image in images])
+        # The host only stacks: the graph resizes (the images share one size, IMAGE_HW).
+        return np.stack(images)
 
     def paste(raw):
         return to_detections(raw, [IMAGE_HW] * batch, score_threshold=0, mask_threshold=mask_threshold)

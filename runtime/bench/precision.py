@@ -14,12 +14,10 @@ import onnx
 
 from calib.convert import CACHE_FOLDER, quiet_modelopt
 from calib.fp16 import convert_fp16
-from calib.graph import model_metadata
 from calib.quantize import quantize_int8
 from export.onnx_export import save_model
 from runtime.artifacts import precision_path
 from runtime.contract import INPUT_NAME
-from runtime.images import resize_to_input
 
 ROUNDS = 3  # alternations of fp32 / fp16 / int8 / int8-ort timing
 # Row label -> calib's INT8 layout (None: FP16).
@@ -57,8 +55,7 @@ def precision_rows(context) -> tuple[list[dict], list[str]]:
 
     rows, notes = [], []
     for model in context.models:
-        input_size = model_metadata(onnx.load(model.raw_onnx, load_external_data=False)).input_size
-        calibration = np.stack([resize_to_input(image, input_size) for image in context.images])
+        calibration = np.stack(context.images)  # at their own size, as the runtime feeds them
         paths = {'fp32': model.raw_onnx}
         paths.update({p: converted_network(model.raw_onnx, p, calibration) for p in VARIANTS})
         sessions = {p: create_session(path, num_threads=context.threads) for p, path in paths.items()}

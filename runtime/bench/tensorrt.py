@@ -17,9 +17,7 @@ import numpy as np
 from runtime.artifacts import engine_path
 from runtime.cuda import memory as cuda_mem
 from runtime.metadata import PRECISIONS
-from runtime.pipeline import resize_to_input
 from runtime.tensorrt.backend import TrtBackend, import_tensorrt, trt_unavailable_reason
-from runtime.tensorrt.sidecar import read_sidecar
 
 BATCH_SIZES = (1, 8, 32)
 STREAM_COUNTS = (1, 2, 4)
@@ -34,7 +32,7 @@ def host_versions() -> dict[str, str]:
 
 def measure(backend: TrtBackend, images: np.ndarray, batch: int, iterations: int, warmup: int) -> dict:
     """Run `iterations` batches of `batch` images (taken round-robin from `images`, uint8
-    [N, H, W, 3] at the model size) through backend.infer_batches after `warmup` unmeasured ones.
+    [N, H, W, 3], one size: the engine resizes) through backend.infer_batches after `warmup` unmeasured ones.
 
     Returns {'batch', 'streams', 'latency_p50_ms', 'latency_p99_ms', 'images_per_s'}. Latency is per
     batch, from when the scheduler takes it to when its RawDetections are returned; with several
@@ -65,7 +63,7 @@ def measure(backend: TrtBackend, images: np.ndarray, batch: int, iterations: int
 def trt_rows(engines: Sequence[str | Path], images: np.ndarray, *, batch_sizes=BATCH_SIZES,
              stream_counts=STREAM_COUNTS, iterations: int = 50, warmup: int = 5) -> tuple[list[dict], list[str]]:
     """Benchmark rows for every engine x batch size x stream count, and notes for the batch sizes
-    above an engine's profile (left out). images: uint8 [N, H, W, 3] at the model size. Each row:
+    above an engine's profile (left out). images: uint8 [N, H, W, 3], one size. Each row:
     'backend' 'trt', 'precision', the `measure` fields and 'gpu_memory_mb' (device memory in use
     with the backend loaded, minus what was in use before: engine, contexts, buffers)."""
     rows, notes = [], []
@@ -109,8 +107,7 @@ def bench_rows(context) -> tuple[list[dict], list[str]]:
             notes.append(f'{model.label}: no TensorRT engine; make export && make calib && '
                          f'make engine PRECISION=fp32|fp16|int8 MAX_BATCH={max(BATCH_SIZES)}')
             continue
-        input_size = read_sidecar(engines[0]).metadata.input_size
-        images = np.stack([resize_to_input(image, input_size) for image in context.images])
+        images = np.stack(context.images)  # at their own size, IMAGE_HW: the engine resizes
         model_rows, model_notes = trt_rows(engines, images, iterations=context.iterations, warmup=context.warmup)
         for row in model_rows:
             row['model'] = model.label

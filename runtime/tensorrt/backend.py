@@ -38,7 +38,8 @@ from runtime.detections import Detections
 from runtime.paste import paste_masks
 from runtime.pipeline import kept_detections, make_detections
 from runtime.tensorrt.engine_io import (DETECTION_OUTPUTS, INPUT_NAME, REBUILD_HINT, EngineIO, EngineIOError, TensorSpec,
-                                       check_num_dets, download_segments, gather_detections, validate_engine_io)
+                                       check_num_dets, download_segments, fit_to_profile, gather_detections,
+                                       validate_engine_io)
 from runtime.tensorrt.gpu_paste import ImagePaste, PasteKernelUnavailable, PasteWorkspace, load_paste_kernel, paste_on_gpu
 from runtime.tensorrt.loader import TensorRTUnavailable, load_tensorrt, make_logger
 from runtime.tensorrt.scheduling import CAPTURE, EAGER, REPLAY, GraphPolicy, pipelined
@@ -119,7 +120,7 @@ def check_engine(path: str | os.PathLike, trt, gpu: tuple[str, str] | None,
 
 
 def describe_engine(engine, trt) -> EngineIO:
-    """The I/O tensors of a deserialised ICudaEngine and the batch range of profile 0."""
+    """The I/O tensors of a deserialised ICudaEngine and the batch and image ranges of profile 0."""
     tensors = []
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
@@ -127,17 +128,18 @@ def describe_engine(engine, trt) -> EngineIO:
             name=name, dtype=np.dtype(trt.nptype(engine.get_tensor_dtype(name))),
             shape=tuple(int(d) for d in engine.get_tensor_shape(name)),
             is_input=engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT))
-    image_shape = next((t.shape for t in tensors if t.name == INPUT_NAME), (1,))
-    if image_shape[0] >= 0:  # a static batch: no profile to ask
-        batches = (image_shape[0],) * 3
+    image_shape = next((t.shape for t in tensors if t.name == INPUT_NAME), (1, 1, 1, 3))
+    if min(image_shape) >= 0:  # a static input: no profile to ask
+        shapes = [image_shape] * 3
     else:
-        batches = tuple(int(s[0]) for s in engine.get_tensor_profile_shape(INPUT_NAME, 0))
-    return EngineIO(tuple(tensors), *batches)
+        shapes = [tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(INPUT_NAME, 0)]
+    return EngineIO(tuple(tensors), *(s[0] for s in shapes), *(tuple(s[1:3]) for s in shapes))
 
 
 class _Lane:
     """One execution context with its own stream, device buffers, pinned host buffers and CUDA
-    graph. Buffers are sized for `capacity` images and grow (never shrink) on demand."""
+    graph. Output buffers are sized for `capacity` images and the input buffer for
+    `input_capacity` bytes (images come at their own size); both grow (never shrink) on demand."""
 
     def __init__(self, engine, io: EngineIO, use_graphs: bool):
         self.io = io
@@ -147,20 +149,23 @@ class _Lane:
         self.stream = cuda_mem.Stream()
         self.policy = GraphPolicy(use_graphs)
         self.graph: cuda_mem.CudaGraph | None = None
-        self.capacity = 0
+        self.capacity = self.input_capacity = 0
+        self.input_shape: tuple[int, ...] = ()  # of the batch submitted last
         self.device: dict[str, cuda_mem.DeviceBuffer] = {}
         self.host: dict[str, cuda_mem.PinnedBuffer] = {}
         self.paste: PasteWorkspace | None = None  # set when masks are pasted on the GPU
 
-    def _ensure_capacity(self, batch: int) -> None:
-        if batch <= self.capacity:
+    def _ensure_capacity(self, batch: int, input_nbytes: int) -> None:
+        if batch <= self.capacity and input_nbytes <= self.input_capacity:
             return
+        capacity, input_capacity = max(batch, self.capacity), max(input_nbytes, self.input_capacity)
         self._free_buffers()
         for spec in self.io.tensors:
-            self.device[spec.name] = cuda_mem.DeviceBuffer(spec.nbytes_for(batch))
-            self.host[spec.name] = cuda_mem.PinnedBuffer(spec.nbytes_for(batch))
+            nbytes = input_capacity if spec.name == INPUT_NAME else spec.nbytes_for(capacity)
+            self.device[spec.name] = cuda_mem.DeviceBuffer(nbytes)
+            self.host[spec.name] = cuda_mem.PinnedBuffer(nbytes)
             self.context.set_tensor_address(spec.name, self.device[spec.name].ptr)
-        self.capacity = batch
+        self.capacity, self.input_capacity = capacity, input_capacity
         self.policy.buffers_changed()
 
     def _host_view(self, name: str, batch: int) -> np.ndarray:
@@ -169,23 +174,24 @@ class _Lane:
 
     def _enqueue(self, batch: int) -> None:
         """Upload, inference, num_dets download: the part of a batch that a CUDA graph replays."""
-        images = self.io[INPUT_NAME]
-        self.stream.copy_to_device(self.device[INPUT_NAME].ptr, self.host[INPUT_NAME].ptr, images.nbytes_for(batch))
+        input_nbytes = int(np.prod(self.input_shape, dtype=np.int64))  # uint8
+        self.stream.copy_to_device(self.device[INPUT_NAME].ptr, self.host[INPUT_NAME].ptr, input_nbytes)
         if not self.context.execute_async_v3(self.stream.ptr):
             raise cuda_mem.CudaError('TensorRT execute_async_v3 failed (see the TensorRT log above)')
         self.stream.copy_to_host(self.host['num_dets'].ptr, self.device['num_dets'].ptr,
                                  self.io['num_dets'].nbytes_for(batch))
 
     def submit(self, images: np.ndarray) -> int:
-        """Enqueue one batch (uint8 [B, H, W, 3]) asynchronously; returns B for collect()."""
+        """Enqueue one batch (uint8 [B, H, W, 3], inside the profile) asynchronously; returns B for collect()."""
         batch = int(images.shape[0])
-        self._ensure_capacity(batch)
-        np.copyto(self._host_view(INPUT_NAME, batch), images)
-        action, reshape = self.policy.next(batch)
+        self._ensure_capacity(batch, images.nbytes)
+        self.input_shape = tuple(int(d) for d in images.shape)
+        np.copyto(self.host[INPUT_NAME].view(np.uint8, self.input_shape), images)
+        action, reshape = self.policy.next(self.input_shape)
         if reshape:
             self._free_graph()
-            if not self.context.set_input_shape(INPUT_NAME, self.io[INPUT_NAME].shape_for(batch)):
-                raise EngineIOError(f'TensorRT refused input shape {self.io[INPUT_NAME].shape_for(batch)}')
+            if not self.context.set_input_shape(INPUT_NAME, self.input_shape):
+                raise EngineIOError(f'TensorRT refused input shape {self.input_shape}')
         if action == EAGER:
             self._enqueue(batch)
         elif action == REPLAY:
@@ -260,7 +266,7 @@ class _Lane:
         self._free_graph()
         for buffer in [*self.device.values(), *self.host.values()]:
             buffer.free()
-        self.device, self.host, self.capacity = {}, {}, 0
+        self.device, self.host, self.capacity, self.input_capacity = {}, {}, 0, 0
 
     def free(self) -> None:
         self._free_buffers()
@@ -361,7 +367,7 @@ class TrtBackend(Backend):
         self._engine = self._runtime = None
 
     def _infer_impl(self, images: np.ndarray) -> RawDetections:
-        """images uint8 [B, H, W, 3] BGR at metadata.input_size, B <= max_batch -> RawDetections
+        """images uint8 [B, H, W, 3] BGR inside the profile (see _checked_images), B <= max_batch -> RawDetections
         (num_dets int32 [B], boxes float32 [B, D, 4] xyxy relative, scores float32 [B, D], classes
         int32 [B, D], masks float32 [B, D, Hp, Wp]; rows past num_dets zero)."""
         self.io.check_batch(len(images))
@@ -407,6 +413,11 @@ class TrtBackend(Backend):
 
         return pipelined(self._checked_batches(images_only()), self._lanes, _Lane.submit, collect)
 
+    def _checked_images(self, images: np.ndarray) -> np.ndarray:
+        """Backend's checks, then the engine profile's image range (runtime.tensorrt.engine_io.fit_to_profile:
+        refused above it, enlarged on the host below it)."""
+        return fit_to_profile(super()._checked_images(images), self.io, str(self.path))
+
     def _checked_batches(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Each batch contiguous, after Backend.infer's checks and the engine profile's batch range
         (the backend must be loaded now; the batches are checked as they are taken)."""
@@ -415,14 +426,11 @@ class TrtBackend(Backend):
 
         def checked():
             for images in batches:
-                height, width = self.metadata.input_size
-                if not isinstance(images, np.ndarray) or images.dtype != np.uint8 \
-                        or images.shape[1:] != (height, width, 3) or len(images) == 0:
-                    self.infer(images)  # raises Backend.infer's error for this batch
+                images = self._checked_images(images)
                 if len(images) > self.max_batch:
                     raise BackendError(f'infer_batches takes at most {self.max_batch} images per batch, got '
                                        f'{len(images)}: split the batch (infer() does it for you)')
                 self.io.check_batch(len(images))
-                yield np.ascontiguousarray(images)
+                yield images
 
         return checked()

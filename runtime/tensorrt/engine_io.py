@@ -1,7 +1,8 @@
 """What a TensorRT engine's inputs and outputs look like, checked against the model contract, and
 which bytes to copy back: the pure (device-free) half of the TensorRT backend.
 
-Contract (README, "The model contract"): input `images` uint8 [B, H, W, 3] BGR at the model size; outputs `num_dets`
+Contract (README, "The model contract"): input `images` uint8 [B, H, W, 3] BGR at the image's own size (the engine
+resizes; H and W within its optimisation profile, `fit_to_profile`); outputs `num_dets`
 int32 [B], `boxes` float [B, D, 4] (xyxy, relative 0..1), `scores` float [B, D], `classes` int32
 [B, D] (0-based), `masks` float [B, D, Hp, Wp] (prototype resolution). Rows past num_dets are
 padding, so only the first num_dets rows of each image are downloaded from the device.
@@ -9,12 +10,14 @@ padding, so only the first num_dets rows of each image are downloaded from the d
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from runtime.contract import INPUT_NAME, POSTPROCESS_OUTPUTS as OUTPUT_NAMES
 from runtime.errors import ToolkitError
+from runtime.images import enlarge_to
 from runtime.metadata import ModelMetadata
 from runtime.tensorrt.sidecar import rebuild_hint
 
@@ -25,6 +28,8 @@ _FLOAT_OUTPUTS = ('boxes', 'scores', 'masks')
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 REBUILD_HINT = rebuild_hint()
 
+log = logging.getLogger(__name__)
+
 
 class EngineIOError(ToolkitError, ValueError):
     """The engine's inputs/outputs do not match the model contract or its sidecar."""
@@ -32,7 +37,8 @@ class EngineIOError(ToolkitError, ValueError):
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One engine I/O tensor. shape: as the engine reports it, -1 for the dynamic batch dim."""
+    """One engine I/O tensor. shape: as the engine reports it, -1 for a dynamic dimension (the batch;
+    for `images` also its height and width, which `EngineIO` bounds)."""
 
     name: str
     dtype: np.dtype
@@ -53,12 +59,15 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class EngineIO:
-    """The engine's I/O tensors and the batch range of its optimisation profile 0."""
+    """The engine's I/O tensors and the batch and image (H, W) ranges of its optimisation profile 0."""
 
     tensors: tuple[TensorSpec, ...]
     min_batch: int
     opt_batch: int
     max_batch: int
+    min_image: tuple[int, int]
+    opt_image: tuple[int, int]
+    max_image: tuple[int, int]
 
     def __getitem__(self, name: str) -> TensorSpec:
         for spec in self.tensors:
@@ -69,10 +78,6 @@ class EngineIO:
     @property
     def max_dets(self) -> int:
         return int(self['scores'].shape[1])
-
-    def nbytes_for(self, batch: int) -> int:
-        """Device bytes all I/O tensors take at this batch size."""
-        return sum(s.nbytes_for(batch) for s in self.tensors)
 
     def check_batch(self, batch: int) -> None:
         if not self.min_batch <= batch <= self.max_batch:
@@ -95,11 +100,10 @@ def validate_engine_io(io: EngineIO, metadata: ModelMetadata, source: str) -> No
                 if 'num_dets' in missing else '')
         raise EngineIOError(f'{source}: outputs {sorted(outputs)} lack {missing}{hint}; '
                             f'export with post-processing and {REBUILD_HINT}')
-    height, width = metadata.input_size
     image = io[INPUT_NAME]
-    if image.dtype != np.uint8 or tuple(image.shape[1:]) != (height, width, 3):
-        raise EngineIOError(f'{source}: input images is {image.dtype} {list(image.shape)}, the metadata '
-                            f'says uint8 [B, {height}, {width}, 3]; {REBUILD_HINT}')
+    if image.dtype != np.uint8 or len(image.shape) != 4 or image.shape[3] != 3:
+        raise EngineIOError(f'{source}: input images is {image.dtype} {list(image.shape)}, the contract is '
+                            f'uint8 [B, H, W, 3]; {REBUILD_HINT}')
     expected_dtypes = {'num_dets': (np.dtype(np.int32),), 'classes': (np.dtype(np.int32),)}
     ranks = {'num_dets': 1, 'boxes': 3, 'scores': 2, 'classes': 2, 'masks': 4}
     for name in OUTPUT_NAMES:
@@ -116,6 +120,30 @@ def validate_engine_io(io: EngineIO, metadata: ModelMetadata, source: str) -> No
     if not 1 <= io.min_batch <= io.opt_batch <= io.max_batch:
         raise EngineIOError(f'{source}: profile batch range {io.min_batch}/{io.opt_batch}/{io.max_batch} '
                             f'(min/opt/max) is not valid; {REBUILD_HINT}')
+    if not all(1 <= io.min_image[a] <= io.opt_image[a] <= io.max_image[a] for a in (0, 1)):
+        raise EngineIOError(f'{source}: profile image range {io.min_image}/{io.opt_image}/{io.max_image} '
+                            f'(min/opt/max) is not valid; {REBUILD_HINT}')
+
+
+def fit_to_profile(images: np.ndarray, io: EngineIO, source: str) -> np.ndarray:
+    """A batch (uint8 [B, H, W, 3], one size) the engine's profile takes: `images` itself when its
+    size is in range; enlarged on the host (runtime.images.enlarge_to, one log line) when a side is
+    below the profile's minimum. EngineIOError naming the rebuild flag when a side is above its maximum.
+    """
+    height, width = images.shape[1:3]
+    max_h, max_w = io.max_image
+    if height > max_h or width > max_w:
+        needed = f'{max(height, max_h)}x{max(width, max_w)}'
+        raise EngineIOError(f'{source}: the image is {height}x{width}, larger than the engine\'s profile allows '
+                            f'({max_h}x{max_w}); rebuild the engine with --max-image {needed} '
+                            f'(make engine MAX_IMAGE={needed})')
+    min_h, min_w = io.min_image
+    if height >= min_h and width >= min_w:
+        return images
+    enlarged = np.stack([enlarge_to(image, io.min_image) for image in images])
+    log.info('%s: %d image(s) of %dx%d enlarged on the host to %dx%d, the engine\'s smallest', source, len(images),
+             height, width, *enlarged.shape[1:3])
+    return enlarged
 
 
 def check_num_dets(num_dets: np.ndarray, max_dets: int) -> np.ndarray:

@@ -10,7 +10,7 @@ must not be captured) and never again for a batch size whose capture failed.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Callable, Hashable, Iterable, Iterator, Sequence, TypeVar
 
 Item = TypeVar('Item')
 Lane = TypeVar('Lane')
@@ -63,36 +63,37 @@ class GraphPolicy:
     """Per-lane CUDA graph bookkeeping. A graph is bound to the input shape and to the buffer
     addresses it was captured with, so it is dropped when either changes.
 
-    Use: `action, reshape = policy.next(batch)`; after a CAPTURE call `captured(ok)`; call
+    Use: `action, reshape = policy.next(shape)` (shape: the batch's input shape, (B, H, W, 3), or
+    any hashable that changes with it); after a CAPTURE call `captured(ok)`; call
     `buffers_changed()` after reallocating the lane's buffers.
     """
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
-        self.batch: int | None = None  # batch size the context's input shape is set to
+        self.shape: Hashable | None = None  # the input shape the context is set to
         self.has_graph = False
-        self._warm = False  # an eager run at this batch size and these buffers has completed
-        self._failed: set[int] = set()
+        self._warm = False  # an eager run at this shape and these buffers has completed
+        self._failed: set[Hashable] = set()
 
-    def next(self, batch: int) -> tuple[str, bool]:
-        """(action, reshape): reshape is True when the input shape must be set to `batch` first
-        (which also invalidates any graph of the previous size: the caller frees it)."""
-        if batch != self.batch:
-            self.batch, self.has_graph, self._warm = batch, False, True
+    def next(self, shape: Hashable) -> tuple[str, bool]:
+        """(action, reshape): reshape is True when the input shape must be set to `shape` first
+        (which also invalidates any graph of the previous shape: the caller frees it)."""
+        if shape != self.shape:
+            self.shape, self.has_graph, self._warm = shape, False, True
             return EAGER, True
         if self.has_graph:
             return REPLAY, False
-        if self.enabled and self._warm and batch not in self._failed:
+        if self.enabled and self._warm and shape not in self._failed:
             return CAPTURE, False
         self._warm = True
         return EAGER, False
 
     def captured(self, ok: bool) -> None:
-        """Report the outcome of a CAPTURE: on failure this batch size stays eager for good."""
+        """Report the outcome of a CAPTURE: on failure this input shape stays eager for good."""
         if ok:
             self.has_graph = True
         else:
-            self._failed.add(self.batch)
+            self._failed.add(self.shape)
 
     def buffers_changed(self) -> None:
         """The lane's buffers moved: a captured graph points at the old ones."""

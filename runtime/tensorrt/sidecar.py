@@ -10,6 +10,8 @@ and says little about the model inside it. The sidecar records both halves:
                 "build_gpu": "NVIDIA GeForce RTX 4090" | null (TensorRT-RTX builds on the CPU),
                 "compute_capabilities": ["8.9"]   (the engine's targets, "major.minor"),
                 "max_batch": 8, "plugins": ["yolact::FastNMS/1", ...] (TensorRT plugins the engine uses),
+                "min_image": [32, 32], "opt_image": [1080, 1920], "max_image": [3840, 3840]
+                           (the optimisation profile's image (H, W) range; the graph resizes to the model size),
                 "onnx_file": "build/demo.fp16.onnx", "onnx_sha256": "...", "engine_sha256": "...",
                 "built_at": "2026-11-22T04:00:00Z"}}
 
@@ -36,6 +38,8 @@ from runtime.metadata import MetadataError, ModelMetadata
 SIDECAR_FORMAT = 'yolact-engine/1'
 SIDECAR_SUFFIX = '.json'
 TENSORRT_FLAVOURS = ('tensorrt', 'tensorrt_rtx')
+# The engine fields holding the optimisation profile's image sizes, (height, width) each.
+IMAGE_RANGE_FIELDS = ('min_image', 'opt_image', 'max_image')
 
 
 class SidecarError(ToolkitError, ValueError):
@@ -74,6 +78,9 @@ class EngineInfo:
     compute_capabilities: tuple[str, ...]
     max_batch: int
     plugins: tuple[str, ...]
+    min_image: tuple[int, int]
+    opt_image: tuple[int, int]
+    max_image: tuple[int, int]
     onnx_file: str
     onnx_sha256: str
     engine_sha256: str
@@ -115,6 +122,11 @@ class EngineSidecar:
                 values[key] = tuple(values[key])
             if not isinstance(values['max_batch'], int) or values['max_batch'] < 1:
                 raise TypeError('max_batch must be a positive integer')
+            for key in IMAGE_RANGE_FIELDS:
+                if not isinstance(values[key], list) or len(values[key]) != 2 \
+                        or not all(isinstance(v, int) and v >= 1 for v in values[key]):
+                    raise TypeError(f'{key} must be [height, width], positive integers')
+                values[key] = tuple(values[key])
             for key in ('tensorrt_flavour', 'tensorrt_version', 'onnx_file', 'onnx_sha256', 'engine_sha256',
                         'built_at'):
                 if not isinstance(values[key], str):

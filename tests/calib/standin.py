@@ -1,6 +1,7 @@
 """A small stand-in for an exported YOLACT model, built op by op so calibration tests run in seconds.
 
-Same contract as the real export: uint8 NHWC `images` input, normalisation in the graph, Conv+Relu
+Same contract as the real export: uint8 NHWC `images` input of any size, a resize to SIZE x SIZE
+(onnxruntime's Resize; the export's exact taps are model/preprocess.py's) and normalisation in the graph, Conv+Relu
 network, a prototype branch (NHWC) and box/score/coefficient heads, then post-processing as
 model-local functions in domain "yolact" (FastNMS, MaskAssembly) whose bodies contain quantisable
 ops (a MatMul) that must stay FP32, and ModelMetadata under metadata_props.
@@ -76,7 +77,9 @@ def build_standin(seed: int = 0) -> onnx.ModelProto:
     cfg = yolact_tiny
     nodes = [
         h.make_node('Cast', ['images'], ['pixels'], to=T.FLOAT, name='cast_input'),
-        h.make_node('Sub', ['pixels', tensor('mean', np.float32(cfg.mean_bgr))], ['centred'], name='normalise_sub'),
+        h.make_node('Resize', ['pixels', '', '', tensor('input_size', np.array([SIZE, SIZE]))], ['resized'],
+                    axes=[1, 2], mode='linear', name='resize_to_input'),
+        h.make_node('Sub', ['resized', tensor('mean', np.float32(cfg.mean_bgr))], ['centred'], name='normalise_sub'),
         h.make_node('Div', ['centred', tensor('std', np.float32(cfg.std_bgr))], ['normalised'], name='normalise_div'),
         h.make_node('Transpose', ['normalised'], ['x'], perm=[0, 3, 1, 2], name='to_nchw'),
     ]
@@ -122,7 +125,7 @@ def build_standin(seed: int = 0) -> onnx.ModelProto:
         h.make_node('MaskAssembly', ['proto', 'coef', 'det_indices'], ['masks'], domain='yolact', name='mask_assembly'),
     ]
     graph = h.make_graph(
-        nodes, 'standin', [h.make_tensor_value_info('images', T.UINT8, ['batch', SIZE, SIZE, 3])],
+        nodes, 'standin', [h.make_tensor_value_info('images', T.UINT8, ['batch', 'height', 'width', 3])],
         [h.make_tensor_value_info('num_dets', T.INT32, ['batch']),
          h.make_tensor_value_info('masks', T.FLOAT, ['batch', SIZE * SIZE, TOP])], initializers)
     model = h.make_model(graph, opset_imports=[h.make_opsetid('', OPSET), h.make_opsetid('yolact', 1)],

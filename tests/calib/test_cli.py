@@ -11,13 +11,13 @@ from calib.convert import convert_model
 from calib.graph import CalibrationError, model_metadata
 from calib.images import load_calibration_images, select
 from runtime.artifacts import precision_path
-from runtime.pipeline import load_image, resize_to_input
+from runtime.pipeline import load_image
 from tests.calib.standin import SIZE, smooth_images
 
 
 @pytest.fixture(scope='module')
 def image_folder(tmp_path_factory):
-    """Six PNGs at another size than the model's (so they are resized) and a COCO JSON over them."""
+    """Six PNGs at another size than the model's (the graph resizes them) and a COCO JSON over them."""
     folder = tmp_path_factory.mktemp('calibration_images')
     for i, image in enumerate(smooth_images(6, size=3 * SIZE, seed=11)):
         cv2.imwrite(str(folder / f'image_{i}.png'), image[:, :2 * SIZE])
@@ -28,16 +28,16 @@ def image_folder(tmp_path_factory):
     return folder
 
 
-def test_images_are_preprocessed_by_the_runtime(image_folder):
-    pixels = load_calibration_images(image_folder, (SIZE, SIZE), count=3)
-    assert pixels.shape == (3, SIZE, SIZE, 3) and pixels.dtype == np.uint8
-    expected = [resize_to_input(load_image(image_folder / f'image_{i}.png'), (SIZE, SIZE)) for i in (0, 2, 5)]
-    np.testing.assert_array_equal(pixels, np.stack(expected))
+def test_images_are_loaded_by_the_runtime_at_their_own_size(image_folder):
+    pixels = load_calibration_images(image_folder, count=3)
+    expected = [load_image(image_folder / f'image_{i}.png') for i in (0, 2, 5)]
+    assert [p.shape for p in pixels] == [(3 * SIZE, 2 * SIZE, 3)] * 3 and pixels[0].dtype == np.uint8
+    np.testing.assert_array_equal(np.stack(pixels), np.stack(expected))
 
 
 def test_a_coco_json_gives_the_same_images(image_folder):
-    np.testing.assert_array_equal(load_calibration_images(image_folder / 'instances.json', (SIZE, SIZE)),
-                                  load_calibration_images(image_folder, (SIZE, SIZE)))
+    np.testing.assert_array_equal(np.stack(load_calibration_images(image_folder / 'instances.json')),
+                                  np.stack(load_calibration_images(image_folder)))
 
 
 def test_selection_is_spread_over_the_set():

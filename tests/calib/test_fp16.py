@@ -5,7 +5,7 @@ import pytest
 from onnx import TensorProto
 
 from calib.fp16 import convert_fp16
-from calib.graph import model_metadata
+from calib.graph import model_metadata, preprocessing_nodes, split_postprocess
 from tests.calib.standin import COEF_CONV, PROTO_CONV, smooth_images
 
 
@@ -55,3 +55,25 @@ def test_keep_sensitive_keeps_the_mask_convolutions_in_fp32(standin, calibration
     kept = weight_types(convert_fp16(standin, calibration_pixels, keep_sensitive=True))
     assert kept.pop(PROTO_CONV) == kept.pop(COEF_CONV) == TensorProto.FLOAT
     assert set(kept.values()) == {TensorProto.FLOAT16}
+
+
+def test_the_preprocessing_stays_fp32(standin, fp16):
+    """The cast, resize and normalisation compute in float32: no node of theirs reads or writes float16."""
+    inferred = onnx.shape_inference.infer_shapes(fp16)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.input]}
+    nodes = {n.name: n for n in fp16.graph.node}
+    preprocessing = preprocessing_nodes(split_postprocess(standin).network)
+    assert len(preprocessing) == 5
+    for name in preprocessing:
+        tensors = [t for t in [*nodes[name].input, *nodes[name].output] if t in types]
+        assert TensorProto.FLOAT16 not in {types[t] for t in tensors}, name
+    # And the network itself did become FP16 (else this proves nothing).
+    assert TensorProto.FLOAT16 in set(weight_types(fp16).values())
+
+
+def test_images_of_several_sizes_calibrate_and_run(standin):
+    """The runtime sends images at their own size; AutoCast gets one batch per size."""
+    images = [*smooth_images(2, size=24, seed=3), *smooth_images(1, size=40, seed=4)[:, :, :30]]
+    converted = convert_fp16(standin, images)
+    outputs = run(converted, images[2][None])
+    assert np.isfinite(outputs['masks']).all()

@@ -8,7 +8,7 @@ import pytest
 from modelopt.onnx.quantization.calib_utils import import_scales_from_calib_cache
 
 import calib.quantize
-from calib.graph import CalibrationError, model_metadata, producing_convs, split_postprocess
+from calib.graph import CalibrationError, model_metadata, preprocessing_nodes, producing_convs, split_postprocess
 from calib.quantize import CALIBRATION_METHODS, quantize_int8
 from runtime.backends import ort_backend
 from runtime.backends.ort_backend import create_session
@@ -230,3 +230,20 @@ def test_the_onnxruntime_layout_gives_each_convolution_its_own_weight(standin, i
     fp32 = run(split_postprocess(standin).network, images, tmp_path)
     exact = run(split_postprocess(int8_ort.model).network, images, tmp_path)
     assert np.abs(exact['coef'] - fp32['coef']).mean() < 0.015 * np.abs(fp32['coef']).max()
+
+
+def test_the_preprocessing_gets_no_qdq(standin, int8):
+    """Cast, resize and normalisation stay FP32: no input of theirs is dequantised."""
+    made_by = producers(int8.model)
+    nodes = {n.name: n for n in int8.model.graph.node}
+    for name in preprocessing_nodes(split_postprocess(standin).network):
+        assert not [i for i in nodes[name].input if i in made_by and made_by[i].op_type in QDQ], name
+
+
+def test_images_of_several_sizes_calibrate_and_key_the_cache(standin, tmp_path):
+    """Images go in at their own size; the same pixels at another size are another calibration."""
+    images = [*smooth_images(2, size=24, seed=3), smooth_images(1, size=40, seed=4)[0, :, :30]]
+    first = quantize_int8(standin, images, cache_dir=tmp_path, model_name='standin')
+    reshaped = [images[0].reshape(12, 48, 3), *images[1:]]
+    second = quantize_int8(standin, reshaped, cache_dir=tmp_path, model_name='standin')
+    assert not first.cache_hit and not second.cache_hit and first.cache != second.cache

@@ -53,6 +53,7 @@ def test_engine_and_sidecar(built, precision):
     rtx = load_tensorrt('tensorrt-rtx')
     assert info.compute_capabilities == tuple(cc for cc in rtx_compute_capabilities(rtx) if cc not in RTX_NOT_DEFAULT)
     assert info.max_batch == 8
+    assert (info.min_image, info.opt_image, info.max_image) == ((32, 32), (1080, 1920), (3840, 3840))
     assert info.plugins == ()
     assert info.onnx_file == str(onnx_path)
     assert info.onnx_sha256 == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
@@ -77,7 +78,7 @@ def test_function_body_becomes_standard_layers(built, precision):
 
 def test_io_tensors_are_logged(built):
     messages = built['fp16'][3]
-    assert any(m.split() == ['input', 'images', 'UINT8', '(-1,', '16,', '16,', '3)'] for m in messages)
+    assert any(m.split() == ['input', 'images', 'UINT8', '(-1,', '-1,', '-1,', '3)'] for m in messages)
     assert any(m.split()[:3] == ['output', 'scores', 'FLOAT'] for m in messages)
 
 
@@ -203,8 +204,42 @@ def test_make_engine_picks_the_model_of_the_precision():
     # Under `make test` the parent make's MAKEFLAGS/MAKELEVEL would make this one print directory lines.
     env = {k: v for k, v in os.environ.items() if k not in ('MAKEFLAGS', 'MFLAGS', 'MAKELEVEL')}
     result = subprocess.run(['make', '-n', '--no-print-directory', '-o', '.venv/.installed', 'engine',
-                             'PRECISION=int8', 'MODEL=build/demo.onnx', 'MAX_BATCH=4'], cwd=ROOT, env=env,
-                            capture_output=True, text=True, check=True)
+                             'PRECISION=int8', 'MODEL=build/demo.onnx', 'MAX_BATCH=4', 'MAX_IMAGE=720x1280'],
+                            cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     command = result.stdout.strip().splitlines()[-1].split()
     assert command[1:] == ['-m', 'engines.build', '--model', 'build/demo.int8.onnx', '--precision', 'int8',
-                           '--max-batch', '4']
+                           '--max-batch', '4', '--min-image', '32x32', '--opt-image', '1080x1920',
+                           '--max-image', '720x1280']
+
+
+def test_the_profile_covers_the_image_sizes_asked_for(write_toy, monkeypatch):
+    """The engine's profile is what the flags say (images of any size go in; the graph resizes), it
+    builds, and a new range rebuilds. The engine cannot be deserialised without a GPU, so the
+    profile is read where the builder sets it."""
+    profile_class = load_tensorrt('tensorrt-rtx').module.IOptimizationProfile
+    set_shape, shapes = profile_class.set_shape, []
+
+    def recording_set_shape(profile, name, *shapes_of_input):
+        shapes.append((name, *(tuple(s) for s in shapes_of_input)))
+        return set_shape(profile, name, *shapes_of_input)
+
+    monkeypatch.setattr(profile_class, 'set_shape', recording_set_shape)
+    onnx_path = write_toy('fp32')
+    engine_path, sidecar = build_engine(onnx_path, max_batch=2, min_image=(8, 9), opt_image=(48, 64),
+                                        max_image=(96, 128))
+    assert shapes == [('images', (1, 8, 9, 3), (2, 48, 64, 3), (2, 96, 128, 3))]
+    assert (sidecar.engine.min_image, sidecar.engine.opt_image, sidecar.engine.max_image) == ((8, 9), (48, 64), (96, 128))
+    assert read_sidecar(engine_path) == sidecar
+    (_, wider), messages = build_logged(onnx_path, max_batch=2, min_image=(8, 9), opt_image=(48, 64),
+                                        max_image=(200, 128))
+    assert any('was built with another max_image' in m for m in messages)
+    assert shapes[-1] == ('images', (1, 8, 9, 3), (2, 48, 64, 3), (2, 200, 128, 3))
+
+
+def test_bad_image_ranges_are_refused(write_toy, capsys):
+    with pytest.raises(EngineBuildError, match='--min-image <= --opt-image <= --max-image'):
+        build_engine(write_toy('fp32'), min_image=(64, 64), opt_image=(32, 640), max_image=(640, 640))
+    with pytest.raises(SystemExit):
+        main(['--model', str(write_toy('fp32')), '--max-image', '4k'])
+    assert "'4k' is not HEIGHTxWIDTH" in capsys.readouterr().err
+

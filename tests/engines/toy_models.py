@@ -1,7 +1,7 @@
 """Tiny stand-ins for the exported models: the real ones take minutes to build, these seconds.
 
-Each follows the model contract where the builder looks: one uint8 [B, 16, 16, 3] input with a
-symbolic batch, a Cast, two Convs, a model-local function in domain "yolact" (standing in for
+Each follows the model contract where the builder looks: one uint8 [B, H, W, 3] input with a
+symbolic batch, height and width, a Cast, a Resize to 16 x 16, two Convs, a model-local function in domain "yolact" (standing in for
 FastNMS / MaskAssembly: TensorRT must build its body as standard layers), and the
 `yolact.metadata` entry. fp16: float16 weights and compute; int8: Q/DQ around the first Conv.
 """
@@ -48,8 +48,12 @@ def toy_model(precision: str = 'fp32', *, metadata: ModelMetadata | None = None,
     w1 = rng.standard_normal((4, 3, 3, 3)).astype(np.float32) * 0.1
     w2 = rng.standard_normal((2, 4, 1, 1)).astype(np.float32)
     initializers = [numpy_helper.from_array(w2.astype(float_np), 'w2')]
+    initializers.append(numpy_helper.from_array(np.array([TOY_SIZE, TOY_SIZE], np.int64), 'toy_size'))
     nodes = [helper.make_node('Cast', ['images'], ['pixels'], to=float_onnx),
-             helper.make_node('Transpose', ['pixels'], ['x'], perm=[0, 3, 1, 2])]
+             helper.make_node('Transpose', ['pixels'], ['planes'], perm=[0, 3, 1, 2]),
+             helper.make_node('Shape', ['planes'], ['batch_channels'], end=2),
+             helper.make_node('Concat', ['batch_channels', 'toy_size'], ['sizes'], axis=0),
+             helper.make_node('Resize', ['planes', '', '', 'sizes'], ['x'], mode='linear')]
     if precision == 'int8':
         w_scale = np.float32(np.abs(w1).max() / 127)
         initializers += [
@@ -69,7 +73,7 @@ def toy_model(precision: str = 'fp32', *, metadata: ModelMetadata | None = None,
               helper.make_node('Cast', ['c2'], ['scores'], to=TensorProto.FLOAT)]
     batch = 'batch' if fixed_batch is None else fixed_batch
     graph = helper.make_graph(
-        nodes, 'toy_yolact', [helper.make_tensor_value_info('images', TensorProto.UINT8, [batch, TOY_SIZE, TOY_SIZE, 3])],
+        nodes, 'toy_yolact', [helper.make_tensor_value_info('images', TensorProto.UINT8, [batch, 'height', 'width', 3])],
         [helper.make_tensor_value_info('scores', TensorProto.FLOAT, [batch, 2, TOY_SIZE, TOY_SIZE])], initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', TOY_OPSET), helper.make_opsetid('yolact', 1)],
                               functions=[toy_function()] if with_function_body else [], ir_version=10)

@@ -18,9 +18,9 @@ from model.box_coding import decode
 from model.checkpoint import load_model, save_checkpoint
 from model.config import get_config, metadata_from_config
 from model.postprocess import detect
-from model.preprocess import Normalize
+from model.preprocess import Preprocess
 from model.yolact import Yolact
-from runtime.contract import INPUT_NAME, METADATA_KEY, POSTPROCESS_OUTPUTS, RAW_OUTPUTS
+from runtime.contract import BATCH_DIM, HEIGHT_DIM, INPUT_NAME, METADATA_KEY, POSTPROCESS_OUTPUTS, RAW_OUTPUTS, WIDTH_DIM
 from runtime.metadata import ModelMetadata
 
 CONFIG = 'yolact_tiny'
@@ -76,7 +76,7 @@ def run(path, images):
 
 def torch_outputs(model, cfg, images):
     with torch.no_grad():
-        return model(Normalize(cfg)(torch.from_numpy(images)))
+        return model(Preprocess(cfg)(torch.from_numpy(images)))
 
 
 def mask_iou(a, b):
@@ -97,6 +97,23 @@ def test_raw_outputs_equal_torch(raw_path, model_and_cfg, images):
     np.testing.assert_allclose(got['proto'], ref.proto.numpy(), rtol=0, atol=1e-4)
     np.testing.assert_array_equal(got['priors'], model.priors.numpy())
     assert got['proto'].shape[1:] == ref.proto.shape[1:]  # NHWC
+
+
+# Smaller than, wider than, around and far above the model size (yolact_tiny: 320 x 320).
+IMAGE_SIZES = [(1, 1), (5, 7), (97, 1203), (480, 640), (2160, 3840)]
+
+
+@pytest.mark.parametrize('size', IMAGE_SIZES, ids=lambda s: f'{s[0]}x{s[1]}')
+def test_any_image_size_equals_torch(size, raw_path, model_and_cfg):
+    """The graph resizes inside: every size runs, and the network sees what torch's Preprocess gives."""
+    model, cfg = model_and_cfg
+    image = np.random.default_rng(size[0]).integers(0, 256, (1, *size, 3), dtype=np.uint8)
+    got = run(raw_path, image)
+    ref = torch_outputs(model, cfg, image)
+    np.testing.assert_allclose(got['loc'], ref.loc.numpy(), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(got['conf'], torch.softmax(ref.conf, -1).numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got['coef'], ref.coef.numpy(), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(got['proto'], ref.proto.numpy(), rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize('cross_class', [False, True], ids=['per_class', 'cross_class'])
@@ -163,7 +180,7 @@ def test_checker_shape_inference_and_interface(per_class_path, model_and_cfg):
     assert image_input.name == INPUT_NAME
     assert image_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     dims = image_input.type.tensor_type.shape.dim
-    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [*cfg.input_size, 3]
+    assert [d.dim_param for d in dims[:3]] == [BATCH_DIM, HEIGHT_DIM, WIDTH_DIM] and dims[3].dim_value == 3
     inferred_outputs = {o.name: o.type.tensor_type for o in inferred.graph.output}
     assert inferred_outputs['num_dets'].elem_type == onnx.TensorProto.INT32
     assert inferred_outputs['classes'].elem_type == onnx.TensorProto.INT32

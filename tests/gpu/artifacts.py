@@ -55,11 +55,10 @@ def engine_for(precision: str, cross_class: bool) -> Path:
     return engine
 
 
-def shapes_images(count: int, size: tuple[int, int], seed: int = 7) -> np.ndarray:
+def shapes_images(count: int, seed: int = 7) -> np.ndarray:
     """`count` images of the synthetic shapes set the demo model was trained on, uint8
-    [count, H, W, 3] BGR resized to the model input as the runtime does."""
+    [count, S, S, 3] BGR at their own size, as the runtime feeds them (the model resizes)."""
     from model.data.shapes import generate_image
-    from runtime.pipeline import resize_to_input
 
     rng = np.random.default_rng(seed)
-    return np.stack([resize_to_input(generate_image(rng)[0], size) for _ in range(count)])
+    return np.stack([generate_image(rng)[0] for _ in range(count)])

@@ -28,9 +28,7 @@ def infer_each(backend, images: np.ndarray) -> dict:
 
 @pytest.fixture(scope='module')
 def images():
-    with open_backend(require_file(onnx_path('fp32', False), how_to_make('fp32', False)), 'ort') as ort:
-        size = ort.metadata.input_size
-    return shapes_images(MAX_BATCH, size)
+    return shapes_images(MAX_BATCH)
 
 
 @pytest.fixture(scope='module')

@@ -2,8 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from model.config import yolact_base, yolact_darknet53
-from model.preprocess import Normalize
+import torch.nn.functional as F
+
+from model.config import yolact_base, yolact_darknet53, yolact_tiny
+from model.preprocess import Normalize, Preprocess, ResizeToInput, resize_taps
 
 
 def hand_normalise(images_bgr, mean_bgr, std_bgr):
@@ -39,3 +41,43 @@ def test_darknet_is_rgb_over_255():
 def test_normalize_rejects_channels_first():
     with pytest.raises(ValueError, match=r'\[B, H, W, 3\]'):
         Normalize(yolact_base)(torch.zeros(1, 3, 8, 8))
+
+
+# (H, W) smaller, larger, equal and of odd aspect ratios against yolact_tiny's 320 x 320.
+SIZES = [(1, 1), (5, 7), (97, 1203), (320, 320), (319, 321), (480, 640), (2160, 3840)]
+
+
+@pytest.mark.parametrize('size', SIZES, ids=lambda s: f'{s[0]}x{s[1]}')
+def test_resize_is_torchs_bilinear_to_a_rounding(size):
+    """The taps reproduce F.interpolate(bilinear, align_corners=False) on the float image: at most
+    one float32 rounding of a grey level apart (2**-15 at 255)."""
+    images = torch.from_numpy(np.random.default_rng(size[1]).integers(0, 256, (1, *size, 3), dtype=np.uint8))
+    got = ResizeToInput(yolact_tiny)(images.float())
+    expected = F.interpolate(images.float().permute(0, 3, 1, 2), yolact_tiny.input_size, mode='bilinear',
+                             align_corners=False).permute(0, 2, 3, 1)
+    assert got.shape == (1, *yolact_tiny.input_size, 3)
+    torch.testing.assert_close(got, expected, rtol=0, atol=2**-15 * 2)
+
+
+def test_resize_at_the_model_size_is_the_identity():
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, *yolact_tiny.input_size, 3),
+                                                                dtype=np.uint8)).float()
+    assert torch.equal(ResizeToInput(yolact_tiny)(images), images)
+
+
+def test_taps_round_once_as_torch_does():
+    """480 -> 550 is where a twice-rounded source coordinate (scale * (dst + 0.5), then - 0.5) moves
+    the weights by a float32 step at 255; the taps must give the once-rounded value."""
+    first, second, weight = resize_taps(torch.tensor(480), 550)
+    centres = np.arange(550, dtype=np.float64) + 0.5
+    scale = np.float64(np.float32(480) / np.float32(550))
+    src = np.maximum((scale * centres - 0.5).astype(np.float32), 0)  # exact product, one rounding
+    np.testing.assert_array_equal(first.numpy(), np.floor(src).astype(np.int64))
+    np.testing.assert_array_equal(second.numpy(), np.minimum(np.floor(src) + 1, 479).astype(np.int64))
+    np.testing.assert_array_equal(weight.numpy(), src - np.floor(src))
+
+
+def test_preprocess_is_resize_then_normalize():
+    images = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (1, 40, 70, 3), dtype=np.uint8))
+    expected = Normalize(yolact_tiny)(ResizeToInput(yolact_tiny)(images.float()))
+    assert torch.equal(Preprocess(yolact_tiny)(images), expected)

@@ -43,8 +43,8 @@ def test_backend_lifetime_and_input_checks(tmp_path):
     with pytest.raises(BackendError, match='not loaded'):
         backend.infer(images)
     with backend:
-        with pytest.raises(BackendError, match=r'uint8 \[B, 320, 320, 3\].*resize_to_input'):
-            backend.infer(np.zeros((1, 300, 320, 3), np.uint8))
+        with pytest.raises(BackendError, match=r'uint8 \[B, H, W, 3\].*one size per batch'):
+            backend.infer(np.zeros((1, 300, 320, 4), np.uint8))
         with pytest.raises(BackendError, match='uint8'):
             backend.infer(images.astype(np.float32))
         with pytest.raises(BackendError, match='empty batch'):
@@ -100,6 +100,54 @@ def test_torch_backend_returns_the_onnx_contract(tiny_checkpoint, cross_class):
     assert np.all(np.diff(raw['scores'][0, :n]) <= 0)
     assert not raw['scores'][0, n:].any() and not raw['masks'][0, n:].any()
     assert np.all((raw['classes'][0, :n] >= 0) & (raw['classes'][0, :n] < len(yolact_tiny.class_names)))
+
+
+def original_fast_base_transform(images, cfg):
+    """dbolya/yolact utils/augmentations.py FastBaseTransform (cfg.preserve_aspect_ratio False, the
+    normalising transform), as written there: uint8 [B, H, W, 3] BGR -> float32 [B, 3, S, S] RGB."""
+    import torch
+    import torch.nn.functional as F
+
+    img = torch.from_numpy(images).float()  # eval.py: torch.from_numpy(cv2.imread(path)).float()
+    mean = torch.tensor(cfg.mean_bgr, dtype=torch.float32)[None, :, None, None]
+    std = torch.tensor(cfg.std_bgr, dtype=torch.float32)[None, :, None, None]
+    img = img.permute(0, 3, 1, 2).contiguous()
+    img = F.interpolate(img, cfg.input_size, mode='bilinear', align_corners=False)
+    img = (img - mean) / std
+    return img[:, (2, 1, 0), :, :].contiguous()
+
+
+class _NetworkInput(Exception):
+    """Raised by the forward pre-hook below with the network's input: the test needs no more of the network."""
+
+
+def test_official_checkpoint_sees_the_originals_preprocessing(tmp_path):
+    """An official-layout checkpoint in the torch backend: the network's input, for images smaller
+    than, equal to and larger than the model size and of an odd aspect ratio, is the original's
+    float pre-processing (resize of the float image, then normalisation)."""
+    import torch
+
+    from model.config import yolact_resnet50
+    from model.yolact import Yolact
+
+    torch.manual_seed(0)
+    path = tmp_path / 'yolact_resnet50_54_800000.pth'  # the official file name gives the config
+    torch.save(Yolact(yolact_resnet50).state_dict(), path)  # the original's key layout, random weights
+    side = yolact_resnet50.input_size[0]
+    rng = np.random.default_rng(0)
+    with open_backend(path, backend='torch') as backend:
+        def capture(module, args):
+            raise _NetworkInput(args[0])
+
+        backend._model.register_forward_pre_hook(capture)
+        for size in [(side // 3, side // 2), (side, side), (side + 97, 2 * side + 31), (37, 1203)]:
+            images = rng.integers(0, 256, (2, *size, 3), dtype=np.uint8)
+            with pytest.raises(_NetworkInput) as caught:
+                backend.infer(images)
+            network_input = caught.value.args[0]
+            expected = original_fast_base_transform(images, yolact_resnet50)
+            assert network_input.shape == (2, 3, side, side)
+            torch.testing.assert_close(network_input, expected, rtol=0, atol=1e-5)
 
 
 def test_the_runtime_imports_without_torch():

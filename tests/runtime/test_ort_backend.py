@@ -97,9 +97,9 @@ def test_cli_images_and_video(onnx_path, tmp_path, capsys):
 
 # --- bad model files ----------------------------------------------------------------------------
 
-def tiny_onnx(path, outputs, metadata: str | None):
-    """A small valid ONNX file with the contract's input and the given output names."""
-    images = helper.make_tensor_value_info('images', TensorProto.UINT8, ['batch', *yolact_tiny.input_size, 3])
+def tiny_onnx(path, outputs, metadata: str | None, image_dims=('batch', 'height', 'width', 3)):
+    """A small valid ONNX file with the contract's input (or `image_dims`) and the given output names."""
+    images = helper.make_tensor_value_info('images', TensorProto.UINT8, list(image_dims))
     nodes = [helper.make_node('Cast', ['images'], [name], to=TensorProto.FLOAT) for name in outputs]
     graph = helper.make_graph(nodes, 'g', [images],
                               [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs])
@@ -123,6 +123,9 @@ def test_bad_files_are_refused_with_the_fix(onnx_path, tmp_path):
         tiny_onnx(tmp_path / 'raw.onnx', RAW_OUTPUTS, meta): '--no-postprocess',
         tiny_onnx(tmp_path / 'foreign.onnx', ['num_dets', 'boxes', 'scores', 'classes', 'masks'], None): 'python -m export',
         tiny_onnx(tmp_path / 'badmeta.onnx', ['num_dets', 'boxes', 'scores', 'classes', 'masks'], '{"config": 1'): 'JSON',
+        # An export from before the resize moved into the graph: images at the model size only.
+        tiny_onnx(tmp_path / 'fixed_size.onnx', ['num_dets', 'boxes', 'scores', 'classes', 'masks'], meta,
+                  ('batch', *yolact_tiny.input_size, 3)): 'any size, resized inside the graph',
     }
     for path, message in cases.items():
         with pytest.raises(BackendError, match=message):
@@ -140,8 +143,8 @@ def test_options_must_match_the_export(onnx_path):
 
 def test_infer_refuses_wrong_inputs(onnx_path, images):
     with open_backend(onnx_path) as backend:
-        with pytest.raises(BackendError, match='resize_to_input'):
-            backend.infer(images[:, :100])
+        with pytest.raises(BackendError, match=r'H, W >= 1'):
+            backend.infer(images[:, :0])
         with pytest.raises(BackendError, match='uint8'):
             backend.infer(images.astype(np.float32))
     with pytest.raises(BackendError, match='not loaded'):

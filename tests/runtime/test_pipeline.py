@@ -1,12 +1,15 @@
-"""Image loading (grayscale, alpha, 16-bit, broken files), folder scanning, resizing, batching and
-the conversion of the model's padded outputs into Detections."""
+"""Image loading (grayscale, alpha, 16-bit, broken files), folder scanning, batching (one size per
+model batch, results in input order) and the conversion of the model's padded outputs into Detections."""
 
 import cv2
 import numpy as np
 import pytest
 
 from runtime.paste import paste_masks
-from runtime.pipeline import ImageLoadError, batches, find_images, load_image, resize_to_input, to_detections
+from model.config import metadata_from_config, yolact_tiny
+from runtime.backends.base import Backend
+from runtime.pipeline import (ImageLoadError, batches, find_images, load_image, predict, predict_batches,
+                              same_size_groups, to_detections)
 
 
 @pytest.fixture
@@ -64,11 +67,7 @@ def test_find_images_recurses_by_suffix(tmp_path):
         find_images(tmp_path / 'nope')
 
 
-def test_resize_and_batches(rng):
-    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    resized = resize_to_input(image, (32, 40))
-    np.testing.assert_array_equal(resized, cv2.resize(image, (40, 32), interpolation=cv2.INTER_LINEAR))
-    assert resize_to_input(image, (48, 64)) is image
+def test_batches():
     assert list(batches(range(5), 2)) == [[0, 1], [2, 3], [4]]
     with pytest.raises(ValueError, match='at least 1'):
         list(batches(range(3), 0))
@@ -99,3 +98,66 @@ def test_to_detections_thresholds_scales_and_pastes(rng):
 
     everything, _ = to_detections(raw, [(40, 50), (7, 9)], score_threshold=0, mask_threshold=0.5)
     assert len(everything) == 3
+
+
+class SizeRecordingBackend(Backend):
+    """A stand-in model that records the shape of every batch it gets; each image's one detection has
+    the image's first pixel / 255 as its score, so results show which image they belong to."""
+
+    name = 'size-recording'
+
+    def __init__(self, path, streamed=False):
+        super().__init__(path)
+        self.shapes = []
+        if streamed:  # the TensorRT backend's shape: batches as a stream
+            self.detect_batches = self._detect_batches
+
+    def _load_impl(self):
+        self.metadata = metadata_from_config(yolact_tiny)
+
+    def _infer_impl(self, images):
+        self.shapes.append(images.shape)
+        batch, dets = len(images), self.metadata.max_dets
+        scores = np.zeros((batch, dets), np.float32)
+        scores[:, 0] = images[:, 0, 0, 0] / 255
+        boxes = np.zeros((batch, dets, 4), np.float32)
+        boxes[:, 0] = [0, 0, 1, 1]
+        return {'num_dets': np.ones(batch, np.int32), 'boxes': boxes, 'scores': scores,
+                'classes': np.zeros((batch, dets), np.int32), 'masks': np.ones((batch, dets, 4, 4), np.float32)}
+
+    def _close_impl(self):
+        pass
+
+    def _detect_batches(self, inputs, *, score_threshold, mask_threshold):
+        for images, image_sizes in inputs:
+            yield self.detect(images, image_sizes, score_threshold=score_threshold, mask_threshold=mask_threshold)
+
+
+def mixed_images():
+    """Six images of three sizes, interleaved; image i's first pixel is 10 * (i + 1)."""
+    sizes = [(5, 7), (40, 30), (5, 7), (1, 1), (40, 30), (5, 7)]
+    images = [np.zeros((*size, 3), np.uint8) for size in sizes]
+    for i, image in enumerate(images):
+        image[0, 0, 0] = 10 * (i + 1)
+    return images
+
+
+def test_same_size_groups_keep_first_appearance_order():
+    assert same_size_groups(mixed_images()) == [[0, 2, 5], [1, 4], [3]]
+
+
+@pytest.mark.parametrize('streamed', [False, True], ids=['detect', 'detect_batches'])
+def test_images_go_in_at_their_own_size_one_size_per_batch(tmp_path, streamed):
+    images = mixed_images()
+    with SizeRecordingBackend(tmp_path / 'm', streamed=streamed) as backend:
+        detections = predict(backend, images, score_threshold=0)
+        assert backend.shapes == [(3, 5, 7, 3), (2, 40, 30, 3), (1, 1, 1, 3)]
+        # Results come back in the input order, each sized to its own image.
+        assert [float(d.scores[0]) for d in detections] == pytest.approx([10 * (i + 1) / 255 for i in range(6)])
+        assert [d.image_size for d in detections] == [image.shape[:2] for image in images]
+        assert [d.masks.shape[1:] for d in detections] == [image.shape[:2] for image in images]
+        # Over a stream of batches, each batch comes back whole and in order.
+        streamed_out = list(predict_batches(backend, [images[:3], images[3:]], score_threshold=0))
+    assert [len(got) for got, _ in streamed_out] == [3, 3]
+    assert [float(d.scores[0]) for _, dets in streamed_out for d in dets] == \
+        pytest.approx([10 * (i + 1) / 255 for i in range(6)])

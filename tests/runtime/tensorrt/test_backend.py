@@ -31,6 +31,7 @@ def make_engine(tmp_path, flavour='tensorrt', version=HOST_TRT.version, build_gp
     path.write_bytes(np.random.default_rng(0).bytes(4096))
     info = EngineInfo(tensorrt_flavour=flavour, tensorrt_version=version, build_gpu=build_gpu,
                       compute_capabilities=tuple(ccs), max_batch=8, plugins=tuple(plugins),
+                      min_image=(32, 32), opt_image=(1080, 1920), max_image=(3840, 3840),
                       onnx_file='build/demo.fp16.onnx', onnx_sha256='0' * 64, engine_sha256=file_sha256(path),
                       built_at='2026-11-22T04:00:00Z')
     write_sidecar(path, EngineSidecar(META, info))
@@ -140,23 +141,25 @@ class _FakeEngine:
 
     def get_tensor_profile_shape(self, name, index):
         assert (name, index) == ('images', 0)
-        return [(b, 550, 550, 3) for b in self.profile]
+        return [(b, *hw, 3) for b, hw in zip(self.profile, ((32, 32), (1080, 1920), (3840, 3840)))]
 
 
 def test_describe_engine_reads_dtypes_shapes_and_profile():
     trt = pytest.importorskip('tensorrt_rtx')
     t = trt.DataType
-    tensors = {'images': (t.UINT8, (-1, 550, 550, 3)), 'num_dets': (t.INT32, (-1,)),
+    tensors = {'images': (t.UINT8, (-1, -1, -1, 3)), 'num_dets': (t.INT32, (-1,)),
                'boxes': (t.FLOAT, (-1, 100, 4)), 'scores': (t.FLOAT, (-1, 100)),
                'classes': (t.INT32, (-1, 100)), 'masks': (t.HALF, (-1, 100, 138, 138))}
     io = describe_engine(_FakeEngine(trt, tensors, (1, 4, 16)), trt)
     assert (io.min_batch, io.opt_batch, io.max_batch) == (1, 4, 16)
+    assert (io.min_image, io.opt_image, io.max_image) == ((32, 32), (1080, 1920), (3840, 3840))
     assert io['images'].is_input and not io['masks'].is_input
     assert io['masks'].dtype == np.float16 and io['num_dets'].dtype == np.int32
     assert io['boxes'].shape == (-1, 100, 4)
     static = dict(tensors, images=(t.UINT8, (2, 550, 550, 3)))
     io = describe_engine(_FakeEngine(trt, static, None), trt)
     assert (io.min_batch, io.opt_batch, io.max_batch) == (2, 2, 2)
+    assert io.min_image == io.max_image == (550, 550)
 
 
 def test_registered_plugin_keys_reads_the_registry():

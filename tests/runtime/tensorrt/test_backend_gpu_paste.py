@@ -248,7 +248,7 @@ def test_engine_detections_are_the_same_pasted_on_the_gpu_and_on_the_host():
     engine = engine_for('fp32', False)
     with TrtBackend(engine) as on_gpu, TrtBackend(engine, gpu_paste=False) as on_host:
         assert on_gpu._lanes[0].paste is not None, 'the paste kernel did not load (see the log)'
-        images = shapes_images(on_gpu.max_batch, on_gpu.metadata.input_size)
+        images = shapes_images(on_gpu.max_batch)
         sizes = [(480 + 16 * i, 640 - 8 * i) for i in range(len(images))]
         kwargs = dict(score_threshold=0.05, mask_threshold=on_gpu.metadata.mask_threshold)
         expected = on_host.detect(images, sizes, **kwargs)

@@ -10,26 +10,28 @@ from hypothesis import strategies as st
 
 from model.config import get_config, metadata_from_config
 from runtime.tensorrt.engine_io import (EngineIO, EngineIOError, TensorSpec, check_num_dets, download_segments,
-                            gather_detections, validate_engine_io)
+                                       fit_to_profile, gather_detections, validate_engine_io)
 
 META = metadata_from_config(get_config('yolact_base'))
 D = META.max_dets
 HP = 138
 
 
-def contract_io(max_dets=D, size=META.input_size, masks_dtype=np.float32, batches=(1, 8, 32),
+IMAGES = ((32, 32), (1080, 1920), (3840, 3840))  # the builder's default profile
+
+
+def contract_io(max_dets=D, images_dtype=np.uint8, masks_dtype=np.float32, batches=(1, 8, 32), images=IMAGES,
                 drop=(), extra=()):
-    """EngineIO of an engine built from our ONNX contract (dynamic batch)."""
-    h, w = size
+    """EngineIO of an engine built from our ONNX contract (dynamic batch, height and width)."""
     tensors = [
-        TensorSpec('images', np.dtype(np.uint8), (-1, h, w, 3), True),
+        TensorSpec('images', np.dtype(images_dtype), (-1, -1, -1, 3), True),
         TensorSpec('num_dets', np.dtype(np.int32), (-1,), False),
         TensorSpec('boxes', np.dtype(np.float32), (-1, max_dets, 4), False),
         TensorSpec('scores', np.dtype(np.float32), (-1, max_dets), False),
         TensorSpec('classes', np.dtype(np.int32), (-1, max_dets), False),
         TensorSpec('masks', np.dtype(masks_dtype), (-1, max_dets, HP, HP), False),
     ] + list(extra)
-    return EngineIO(tuple(t for t in tensors if t.name not in drop), *batches)
+    return EngineIO(tuple(t for t in tensors if t.name not in drop), *batches, *images)
 
 
 def test_contract_engine_passes_and_sizes_follow_the_batch():
@@ -38,9 +40,7 @@ def test_contract_engine_passes_and_sizes_follow_the_batch():
     assert io.max_dets == D
     assert io['masks'].shape_for(8) == (8, D, HP, HP)
     assert io['masks'].row_nbytes == HP * HP * 4
-    assert io['images'].nbytes_for(2) == 2 * 550 * 550 * 3
     assert io['num_dets'].nbytes_for(8) == 32
-    assert io.nbytes_for(1) == 550 * 550 * 3 + 4 + D * (16 + 4 + 4 + HP * HP * 4)
 
 
 def test_fp16_outputs_are_accepted():
@@ -48,7 +48,8 @@ def test_fp16_outputs_are_accepted():
 
 
 @pytest.mark.parametrize('io, words', [
-    (contract_io(size=(512, 512)), ['550', '550', 'make engine']),
+    (contract_io(images_dtype=np.float32), ['float32', 'uint8 [B, H, W, 3]', 'make engine']),
+    (contract_io(images=((64, 64), (32, 640), (640, 640))), ['image range', 'make engine']),
     (contract_io(max_dets=50), ['max_dets=100', '50', 'make engine']),
     (contract_io(drop=('num_dets', 'boxes')), ['no-postprocess', 'num_dets']),
     (contract_io(masks_dtype=np.int32), ['masks', 'int32']),
@@ -133,3 +134,24 @@ def test_gather_keeps_real_rows_and_zeroes_stale_padding():
 def test_spec_is_immutable():
     with pytest.raises(dataclasses.FrozenInstanceError):
         contract_io()['images'].shape = (1,)
+
+
+def test_images_inside_the_profile_go_in_as_they_are():
+    images = np.zeros((2, 480, 640, 3), np.uint8)
+    assert fit_to_profile(images, contract_io(), 'x.engine') is images
+
+
+def test_images_above_the_profile_are_refused_naming_the_rebuild_flag():
+    with pytest.raises(EngineIOError, match=r'4000x640, larger than .*3840x3840.*--max-image 4000x3840'):
+        fit_to_profile(np.zeros((1, 4000, 640, 3), np.uint8), contract_io(), 'x.engine')
+
+
+def test_images_below_the_profile_are_enlarged_on_the_host_with_one_log_line(caplog):
+    images = np.random.default_rng(0).integers(0, 256, (2, 5, 700, 3), dtype=np.uint8)
+    with caplog.at_level('INFO', logger='runtime.tensorrt.engine_io'):
+        fitted = fit_to_profile(images, contract_io(), 'x.engine')
+    assert fitted.shape == (2, 32, 700, 3) and fitted.dtype == np.uint8
+    # Bilinear along the short side only: each column's mean is kept within rounding.
+    np.testing.assert_allclose(fitted.mean(1), images.mean(1), atol=3)
+    assert [r.getMessage() for r in caplog.records] == \
+        ["x.engine: 2 image(s) of 5x700 enlarged on the host to 32x700, the engine's smallest"]

@@ -21,13 +21,13 @@ D, HP, SIZE = 6, 5, 8
 META = metadata_from_config(get_config('yolact_base'), max_dets=D)
 META = ModelMetadata.from_dict(dict(META.to_dict(), input_size=(SIZE, SIZE)))
 IO = EngineIO((
-    TensorSpec('images', np.dtype(np.uint8), (-1, SIZE, SIZE, 3), True),
+    TensorSpec('images', np.dtype(np.uint8), (-1, -1, -1, 3), True),
     TensorSpec('num_dets', np.dtype(np.int32), (-1,), False),
     TensorSpec('boxes', np.dtype(np.float32), (-1, D, 4), False),
     TensorSpec('scores', np.dtype(np.float32), (-1, D), False),
     TensorSpec('classes', np.dtype(np.int32), (-1, D), False),
     TensorSpec('masks', np.dtype(np.float16), (-1, D, HP, HP), False),
-), 1, 2, 4)
+), 1, 2, 4, (SIZE, SIZE), (SIZE, SIZE), (4 * SIZE, 4 * SIZE))
 GARBAGE = 77  # what the simulated engine writes into padding rows
 
 
@@ -160,11 +160,11 @@ class SimContext:
         return True
 
     def execute_async_v3(self, stream_ptr):
-        batch, addresses = self.shape[0], dict(self.addresses)  # bound at enqueue, as TensorRT does
+        shape, addresses = self.shape, dict(self.addresses)  # bound at enqueue, as TensorRT does
 
         def op():
             self.dev.executions += 1
-            images = memory_at(addresses['images'], IO['images'].nbytes_for(batch)).reshape(batch, SIZE, SIZE, 3)
+            images = memory_at(addresses['images'], int(np.prod(shape))).reshape(shape)
             outputs, _ = expected_outputs(images)
             for name, value in outputs.items():
                 value = np.ascontiguousarray(value.astype(IO[name].dtype))
@@ -193,8 +193,8 @@ def make_backend(dev, streams=1, graphs=True, max_batch=None):
     return backend
 
 
-def random_images(rng, batch):
-    return rng.integers(0, 256, (batch, SIZE, SIZE, 3), dtype=np.uint8)
+def random_images(rng, batch, size=(SIZE, SIZE)):
+    return rng.integers(0, 256, (batch, *size, 3), dtype=np.uint8)
 
 
 def assert_trimmed(raw, images):
@@ -259,6 +259,28 @@ def test_growing_batch_reallocates_and_rebinds(sim):
     backend.close()
 
 
+def test_images_go_in_at_their_own_size(sim):
+    """Each batch at its own (H, W) inside the profile: the input shape follows it, a larger image
+    grows the input buffer, a graph is bound to one shape; below the minimum is enlarged, above
+    the maximum refused."""
+    rng = np.random.default_rng(5)
+    backend = make_backend(sim)
+    lane = backend._lanes[0]
+    for size in [(SIZE, 3 * SIZE), (SIZE, 3 * SIZE), (4 * SIZE, 2 * SIZE), (SIZE, SIZE)]:
+        images = random_images(rng, 2, size)
+        assert_trimmed(backend.infer(images), images)
+        assert lane.context.shape == (2, *size, 3)
+    assert lane.input_capacity == 2 * 4 * SIZE * 2 * SIZE * 3
+    assert lane.graph is None  # the last shape ran once: eager, as the policy wants
+    small = random_images(rng, 1, (3, SIZE))
+    backend.infer(small)
+    assert lane.context.shape == (1, SIZE, SIZE, 3)
+    with pytest.raises(EngineIOError, match=rf'larger than the engine\'s profile allows.*--max-image {5 * SIZE}x{4 * SIZE}'):
+        backend.infer(random_images(rng, 1, (5 * SIZE, SIZE)))
+    backend.close()
+    assert not sim.live
+
+
 def test_streams_keep_order_and_chunk_large_batches(sim):
     rng = np.random.default_rng(5)
     backend = make_backend(sim, streams=3, max_batch=2)
@@ -278,11 +300,11 @@ def test_streams_keep_order_and_chunk_large_batches(sim):
 
 def test_bad_input_and_broken_engine_output(sim):
     backend = make_backend(sim)
-    with pytest.raises(ValueError, match=r'uint8 \[B, 8, 8, 3\]'):
+    with pytest.raises(ValueError, match=r'uint8 \[B, H, W, 3\]'):
         backend.infer(np.zeros((1, SIZE, SIZE, 3), np.float32))
-    with pytest.raises(ValueError, match=r'uint8 \[B, 8, 8, 3\]'):
-        backend.infer(np.zeros((1, 9, SIZE, 3), np.uint8))
-    with pytest.raises(ValueError, match=r'uint8 \[B, 8, 8, 3\]'):
+    with pytest.raises(ValueError, match=r'uint8 \[B, H, W, 3\]'):
+        backend.infer(np.zeros((1, 0, SIZE, 3), np.uint8))
+    with pytest.raises(ValueError, match=r'uint8 \[B, H, W, 3\]'):
         next(backend.infer_batches([np.zeros((1, SIZE, SIZE), np.uint8)]))
     with pytest.raises(BackendError, match='empty batch'):
         backend.infer(np.zeros((0, SIZE, SIZE, 3), np.uint8))

@@ -110,7 +110,7 @@ def test_disabled_policy_is_always_eager():
 
 
 def test_predict_batches_equals_predict_batch_by_batch(sim):  # noqa: F811
-    """Through infer_batches (3 lanes of the simulated TensorRT backend) and through plain infer
+    """Through detect_batches (3 lanes of the simulated TensorRT backend) and through plain detect
     (a backend without it), the Detections equal runtime.pipeline.predict's, batch by batch."""
     from runtime.pipeline import predict
     from runtime.pipeline import predict_batches
@@ -122,7 +122,7 @@ def test_predict_batches_equals_predict_batch_by_batch(sim):  # noqa: F811
     expected = [predict(backend, batch, score_threshold=0.1) for batch in frame_batches]
 
     class WithoutStreams:  # only what predict_batches may use of a Backend
-        metadata, infer = backend.metadata, backend.infer
+        metadata, detect = backend.metadata, backend.detect
 
     for runner in (backend, WithoutStreams()):
         executions = sim.executions

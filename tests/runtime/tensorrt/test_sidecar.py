@@ -25,7 +25,7 @@ def make_sidecar(**engine_fields) -> EngineSidecar:
     metadata = metadata_from_config(get_config('yolact_base'), precision='fp16')
     fields = dict(tensorrt_flavour='tensorrt', tensorrt_version='10.13.0.35', build_gpu='NVIDIA L4',
                   compute_capabilities=('8.9',), max_batch=8, plugins=(plugin_key('FastNMS', 'yolact', '1'),),
-                  onnx_file='build/yolact_base.fp16.onnx', onnx_sha256='0' * 64,
+                  min_image=(32, 32), opt_image=(1080, 1920), max_image=(3840, 3840), onnx_file='build/yolact_base.fp16.onnx', onnx_sha256='0' * 64,
                   engine_sha256=hashlib.sha256(ENGINE_BYTES).hexdigest(), built_at='2026-11-22T04:00:00Z')
     fields.update(engine_fields)
     return EngineSidecar(metadata, EngineInfo(**fields))
@@ -47,6 +47,7 @@ def test_round_trip_and_layout(engine):
     assert data['format'] == 'yolact-engine/1'
     assert data['model'] == json.loads(sidecar.metadata.to_json())
     assert data['engine']['compute_capabilities'] == ['8.9']
+    assert data['engine']['max_image'] == [3840, 3840]
     assert not list(engine.parent.glob('*.tmp'))  # the atomic write leaves nothing behind
 
 
@@ -119,6 +120,9 @@ def test_malformed_sidecar(engine, text, expected):
     (lambda d: d['engine'].update(max_batch='8'), 'max_batch must be a positive integer'),
     (lambda d: d['engine'].update(plugins='yolact::FastNMS/1'), 'plugins must be a list of strings'),
     (lambda d: d['engine'].update(tensorrt_flavour='onnxruntime'), 'tensorrt_flavour must be one of'),
+    (lambda d: d['engine'].update(max_image=[2160]), 'max_image must be [height, width]'),
+    # A sidecar from before the image-size profile: its engine takes images at the model size only.
+    (lambda d: d['engine'].pop('min_image'), 'engine field(s) min_image missing'),
     (lambda d: d['model'].pop('class_names'), 'missing field(s) class_names'),
     (lambda d: d.pop('engine'), 'no "engine" object'),
 ])
