@@ -93,7 +93,7 @@ _RENAMED = {'nms_conf_thresh': 'conf_thresh'}
 def _checked(fields: dict, allowed: dict, source: str, prefix: str = '') -> dict:
     for key, value in fields.items():
         if key not in allowed:
-            raise ConfigError(f'{source}: unknown field {prefix}{key!r}; known fields: '
+            raise ConfigError(f'{source}: unknown field {prefix + key!r}; known fields: '
                               f'{", ".join(prefix + k for k in allowed)}')
         check, words = allowed[key]
         if not check(value):
