@@ -34,9 +34,8 @@ def parse_class_names(value: str | Sequence[str]) -> tuple[str, ...]:
         names = tuple(value)
     else:
         text, source = value, '--class-names'
-        path = Path(value)
-        if path.is_file():
-            text, source = path.read_text(encoding='utf-8'), str(path)
+        if _is_file(value):
+            text, source = Path(value).read_text(encoding='utf-8'), value
         stripped = text.strip()
         if stripped.startswith('['):
             try:
@@ -53,6 +52,13 @@ def parse_class_names(value: str | Sequence[str]) -> tuple[str, ...]:
         raise ConfigError(f'class names must be non-empty strings, got {list(names)!r}: give them comma-separated, '
                           'as a JSON list, or in a file with one name a line')
     return tuple(names)
+
+
+def _is_file(value: str) -> bool:
+    try:
+        return Path(value).is_file()
+    except OSError:  # a list of names longer than a file name can be
+        return False
 
 
 def _is_int(v) -> bool:
