@@ -8,21 +8,24 @@ Two kinds load:
   weights have; the class count always comes from the weights (model.weights_layout), which
   are checked against the base config;
 - the toolkit's own: a dict {'format': FORMAT, 'config': name, 'class_names': [...],
-  'category_ids': [...], 'model': state dict in the official key layout, and optionally
-  'iteration', 'optimizer', 'scheduler', 'epoch', ...}. Its class names override the config's, so
-  a model fine-tuned on another class set loads with its base config.
+  'category_ids': [...], 'model': state dict in the official key layout, 'config_fields': every
+  field of the YolactConfig it was trained with (files written before it was added have none and
+  take the named config), and optionally 'iteration', 'optimizer', 'scheduler', 'epoch', ...}.
+  Its class names override the config's, so a model fine-tuned on another class set loads with
+  its base config, and a config changed by --input-size or --config-file travels with it.
 Every file is read with torch.load(weights_only=True): a checkpoint never runs code. Any file that
 is not a loadable YOLACT checkpoint raises one CheckpointError that says why and what to do.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from model.config import CONFIGS, ConfigError, YolactConfig, config_from_filename, get_config, trained_config_name
+from model.config import CONFIGS, BackboneConfig, ConfigError, YolactConfig, config_from_filename, get_config, trained_config_name
 from model.user_options import configure
 from model.weights_layout import LayoutError, configs_fitting, differences, layout_of_config, read_layout
 from model.yolact import Yolact
@@ -31,6 +34,7 @@ from runtime.files import atomic_output
 
 FORMAT = 'yolact-deploy/1'
 _OWN_FIELDS = ('format', 'config', 'class_names', 'category_ids', 'model')
+CONFIG_FIELDS = 'config_fields'
 _SHOWN_KEYS = 5  # how many differing keys an error message lists
 
 
@@ -45,7 +49,7 @@ def save_checkpoint(path, model: torch.nn.Module, cfg: YolactConfig, **extra) ->
     made of tensors, numbers, strings and containers of them, as weights_only loading allows.
     Written to a temporary file in the same folder, then renamed: never a half-written checkpoint.
     """
-    clash = sorted(set(extra) & set(_OWN_FIELDS))
+    clash = sorted(set(extra) & {*_OWN_FIELDS, CONFIG_FIELDS})
     if clash:
         raise ValueError(f'save_checkpoint: {", ".join(clash)} are written from the model and config; '
                          'do not pass them as extra entries')
@@ -56,7 +60,8 @@ def save_checkpoint(path, model: torch.nn.Module, cfg: YolactConfig, **extra) ->
                          f'names {cfg.num_classes - 1}: pass the config the model was built with')
     checkpoint = {
         'format': FORMAT, 'config': cfg.name, 'class_names': list(cfg.class_names),
-        'category_ids': [int(c) for c in cfg.category_ids], 'model': model.state_dict(), **extra}
+        'category_ids': [int(c) for c in cfg.category_ids], 'model': model.state_dict(),
+        CONFIG_FIELDS: dataclasses.asdict(cfg), **extra}
     path = Path(path)
     with atomic_output(path) as tmp:
         torch.save(checkpoint, tmp)
@@ -139,7 +144,9 @@ def _own_format(obj: dict, path: Path, config) -> tuple[dict, YolactConfig]:
             or not isinstance(ids, (list, tuple)) or len(ids) != len(names)):
         raise CheckpointError(f'{path}: class_names must be a list of strings with one category id each')
     saved_name = obj['config']
-    if config is None:
+    if config is None and CONFIG_FIELDS in obj:
+        cfg = _config_from_fields(obj[CONFIG_FIELDS], path)
+    elif config is None:
         if saved_name not in CONFIGS:
             raise CheckpointError(f'{path} was saved for config {saved_name!r}, which is not a named config: '
                                   'pass the YolactConfig it was trained with')
@@ -162,6 +169,15 @@ def _base_config(path: Path, config) -> YolactConfig | None:
         return config_from_filename(path)
     except ConfigError:
         return None
+
+
+def _config_from_fields(fields, path: Path) -> YolactConfig:
+    """The YolactConfig save_checkpoint stored with dataclasses.asdict (nested tuples as saved)."""
+    try:
+        return YolactConfig(**{**fields, 'backbone': BackboneConfig(**fields['backbone'])})
+    except (TypeError, KeyError) as e:
+        raise CheckpointError(f'{path}: its {CONFIG_FIELDS} do not describe a config of this toolkit version ({e}); '
+                              f'load it with --config NAME') from None
 
 
 def _official_config(state: dict[str, Tensor], path: Path, base: YolactConfig | None, named: bool,
