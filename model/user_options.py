@@ -38,10 +38,7 @@ def parse_class_names(value: str | Sequence[str]) -> tuple[str, ...]:
             text, source = Path(value).read_text(encoding='utf-8'), value
         stripped = text.strip()
         if stripped.startswith('['):
-            try:
-                names = json.loads(stripped)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f'{source}: not a valid JSON list of class names ({e})') from None
+            names = _parse_json(stripped, source)
             if not isinstance(names, list):
                 raise ConfigError(f'{source}: give a JSON list of class names')
         elif source != '--class-names':
@@ -52,6 +49,13 @@ def parse_class_names(value: str | Sequence[str]) -> tuple[str, ...]:
         raise ConfigError(f'class names must be non-empty strings, got {list(names)!r}: give them comma-separated, '
                           'as a JSON list, or in a file with one name a line')
     return tuple(names)
+
+
+def _parse_json(text: str, source) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f'{source}: not valid JSON ({e})') from None
 
 
 def _is_file(value: str) -> bool:
@@ -115,10 +119,7 @@ def read_config_file(path: str | Path) -> dict:
         raise ConfigError(f'config file {path} does not exist')
     text = path.read_text(encoding='utf-8')
     if path.suffix.lower() == '.json':
-        try:
-            fields = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f'{path}: not valid JSON ({e})') from None
+        fields = _parse_json(text, path)
     else:
         import yaml  # only config files need it
 

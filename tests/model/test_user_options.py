@@ -100,6 +100,8 @@ def one_line_error(error_type, call, *expected):
 def test_names_that_do_not_match_the_count(three_class):
     one_line_error(ConfigError, lambda: load_model(three_class, class_names='a,b'),
                    'gives 2 class names but the weights predict 3 classes')
+    one_line_error(ConfigError, lambda: parse_class_names('["a", "b"'), '--class-names: not valid JSON')
+    one_line_error(ConfigError, lambda: parse_class_names('a,,b'), 'class names must be non-empty strings')
 
 
 def test_config_file_with_an_unknown_field_or_a_wrong_type(three_class, tmp_path):
