@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from model.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
+from model.checkpoint import CONFIG_FIELDS, CheckpointError, load_model, read_checkpoint, save_checkpoint
 from model.config import YolactConfig, get_config
 from model.user_options import configure
 from model.data.augment import TrainAugmentation
@@ -45,6 +45,9 @@ from runtime.checkpoint_flags import add_checkpoint_flags, checkpoint_flags
 from runtime.errors import ToolkitError
 
 LOSS_NAMES = ('box', 'conf', 'mask', 'semantic')
+# Config fields the flags set that a resumed run must keep (the schedule's may be extended).
+RESUMED_CONFIG_FIELDS = ('name', 'backbone', 'max_size', 'mask_dim', 'conf_thresh', 'nms_thresh', 'nms_top_k',
+                         'max_num_detections')
 
 
 class TrainingError(ToolkitError, ValueError):
@@ -206,6 +209,12 @@ def run(args: argparse.Namespace) -> Path:
     if resumed is not None and list(resumed['class_names']) != list(cfg.class_names):
         raise TrainingError(f'{args.resume} was trained on the classes {", ".join(resumed["class_names"])}, '
                             f'but {dataset.json_path} has {", ".join(cfg.class_names)}: resume with its data')
+    if resumed is not None and CONFIG_FIELDS in resumed:
+        now = dataclasses.asdict(cfg)
+        changed = [k for k in RESUMED_CONFIG_FIELDS if resumed[CONFIG_FIELDS].get(k) != now[k]]
+        if changed:
+            raise TrainingError(f'{args.resume} was trained with another {", ".join(changed)}: resume with the '
+                                '--config, --input-size and --config-file it was started with')
 
     settings = _resolve_settings(args, cfg, resumed)
     total = _total_iters(args, cfg, len(dataset), settings['batch_size'], resumed)

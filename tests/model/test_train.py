@@ -185,3 +185,13 @@ def test_non_contiguous_category_ids_and_names_survive_training_export_and_evalu
                               and d['category_name'] == names[d['class_index']] for d in detections)
     metrics = evaluate(onnx_path, user_json, Path(shapes).parent, progress=False)
     assert set(metrics) == {'box', 'mask'}
+
+
+def test_resume_with_another_input_size_is_refused(shapes, tmp_path, capsys):
+    out = tmp_path / 'run'
+    assert main([*FAST, '--data', str(shapes), '--iters', '1', '--save-every', '1', '--out', str(out),
+                 '--input-size', '128']) == 0
+    capsys.readouterr()
+    assert main([*FAST, '--data', str(shapes), '--iters', '2', '--out', str(out),
+                 '--resume', str(out / 'yolact_tiny_1.pth')]) == 1
+    assert 'was trained with another max_size' in capsys.readouterr().err
