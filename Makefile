@@ -30,12 +30,16 @@ $(DEMO_ONNX): runtime/assets/yolact_tiny_shapes.pth | setup
 demo: setup $(DEMO_ONNX)
 	$(PY) -m runtime.infer runtime/assets/sample.jpg --model $(DEMO_ONNX) --out out/demo --json out/demo/detections.json
 
-# make export [CHECKPOINT=FILE] [CONFIG=NAME] [EXPORT_FLAGS='--no-postprocess --cross-class --max-dets N']:
+# make export [CHECKPOINT=FILE] [CONFIG=NAME] [CLASS_NAMES='a,b'|FILE] [INPUT_SIZE=N] [CONFIG_FILE=FILE]
+#             [EXPORT_FLAGS='--no-postprocess --cross-class --max-dets N']:
 # writes build/<checkpoint name>.onnx (default: the shipped demo model) with Fast NMS and mask assembly inside.
+# CLASS_NAMES, INPUT_SIZE and CONFIG_FILE describe a checkpoint trained on other data (README, "Your own model").
 .PHONY: export bench
 CHECKPOINT ?= runtime/assets/yolact_tiny_shapes.pth
 export: setup
-	$(PY) -m export --checkpoint $(CHECKPOINT) $(if $(CONFIG),--config $(CONFIG)) $(EXPORT_FLAGS)
+	$(PY) -m export --checkpoint $(CHECKPOINT) $(if $(CONFIG),--config $(CONFIG)) \
+		$(if $(CLASS_NAMES),--class-names '$(CLASS_NAMES)') $(if $(INPUT_SIZE),--input-size $(INPUT_SIZE)) \
+		$(if $(CONFIG_FILE),--config-file $(CONFIG_FILE)) $(EXPORT_FLAGS)
 
 # make bench [BENCH_FLAGS='--models yolact_resnet50 demo --batches 1 4 --iterations 10']: latency per stage
 # for torch eager and onnxruntime, images/s and the network's GFLOP/s next to this machine's matmul rate.

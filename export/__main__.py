@@ -9,8 +9,8 @@ from pathlib import Path
 
 from runtime.artifacts import export_path
 from runtime.assets import DEMO_MODEL
+from runtime.checkpoint_flags import add_checkpoint_flags, checkpoint_flags
 from runtime.errors import ToolkitError
-
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,6 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='Fast NMS across classes instead of per class')
     parser.add_argument('--max-dets', type=int, default=None,
                         help='detections per image kept by Fast NMS (default: the config\'s, 100)')
+    add_checkpoint_flags(parser)
     return parser.parse_args(argv)
 
 
@@ -50,9 +51,10 @@ def main(argv=None) -> int:
         print(f'error: checkpoint {args.checkpoint} not found: give --checkpoint FILE', file=sys.stderr)
         return 2
     try:
-        model, cfg = load_model(args.checkpoint, args.config)
+        model, cfg = load_model(args.checkpoint, args.config, **checkpoint_flags(args))
         start = time.perf_counter()
-        print(f'exporting {args.checkpoint} ({cfg.name}, {cfg.input_size[0]}x{cfg.input_size[1]}'
+        print(f'exporting {args.checkpoint} ({cfg.name}, {cfg.input_size[0]}x{cfg.input_size[1]}, '
+              f'{len(cfg.class_names)} classes: {", ".join(cfg.class_names)}'
               f'{", no post-processing" if not postprocess else ""}) ...', file=sys.stderr)
         path = export_onnx(model, cfg, output, postprocess=postprocess, cross_class=args.cross_class,
                            max_dets=args.max_dets)

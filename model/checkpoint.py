@@ -1,31 +1,40 @@
 """Reading and writing YOLACT checkpoints.
 
 Two kinds load:
-- the official YOLACT releases (yolact_base_54_800000.pth, ...): a raw state dict; the config
-  comes from the file name as the original infers it (model.config.config_from_filename) unless
-  given;
+- a raw state dict in the official key layout: the official releases
+  (yolact_base_54_800000.pth, ...) and what anyone trained with dbolya/yolact on their own data
+  (yolact_resnet50_pascal_12_3000.pth). The base config comes from the file name's longest known
+  prefix (model.config.config_from_filename) unless given, or else from the architecture the
+  weights have; the class count always comes from the weights (model.weights_layout), which
+  are checked against the base config;
 - the toolkit's own: a dict {'format': FORMAT, 'config': name, 'class_names': [...],
-  'category_ids': [...], 'model': state dict in the official key layout, and optionally
-  'iteration', 'optimizer', 'scheduler', 'epoch', ...}. Its class names override the config's, so
-  a model fine-tuned on another class set loads with its base config.
+  'category_ids': [...], 'model': state dict in the official key layout, 'config_fields': every
+  field of the YolactConfig it was trained with (files written before it was added have none and
+  take the named config), and optionally 'iteration', 'optimizer', 'scheduler', 'epoch', ...}.
+  Its class names override the config's, so a model fine-tuned on another class set loads with
+  its base config, and a config changed by --input-size or --config-file travels with it.
 Every file is read with torch.load(weights_only=True): a checkpoint never runs code. Any file that
 is not a loadable YOLACT checkpoint raises one CheckpointError that says why and what to do.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from model.config import CONFIGS, ConfigError, YolactConfig, config_from_filename, get_config
+from model.config import CONFIGS, BackboneConfig, ConfigError, YolactConfig, config_from_filename, get_config, trained_config_name
+from model.user_options import configure
+from model.weights_layout import LayoutError, configs_fitting, differences, layout_of_config, read_layout
 from model.yolact import Yolact
 from runtime.errors import ToolkitError
 from runtime.files import atomic_output
 
 FORMAT = 'yolact-deploy/1'
 _OWN_FIELDS = ('format', 'config', 'class_names', 'category_ids', 'model')
+CONFIG_FIELDS = 'config_fields'
 _SHOWN_KEYS = 5  # how many differing keys an error message lists
 
 
@@ -40,7 +49,7 @@ def save_checkpoint(path, model: torch.nn.Module, cfg: YolactConfig, **extra) ->
     made of tensors, numbers, strings and containers of them, as weights_only loading allows.
     Written to a temporary file in the same folder, then renamed: never a half-written checkpoint.
     """
-    clash = sorted(set(extra) & set(_OWN_FIELDS))
+    clash = sorted(set(extra) & {*_OWN_FIELDS, CONFIG_FIELDS})
     if clash:
         raise ValueError(f'save_checkpoint: {", ".join(clash)} are written from the model and config; '
                          'do not pass them as extra entries')
@@ -51,7 +60,8 @@ def save_checkpoint(path, model: torch.nn.Module, cfg: YolactConfig, **extra) ->
                          f'names {cfg.num_classes - 1}: pass the config the model was built with')
     checkpoint = {
         'format': FORMAT, 'config': cfg.name, 'class_names': list(cfg.class_names),
-        'category_ids': [int(c) for c in cfg.category_ids], 'model': model.state_dict(), **extra}
+        'category_ids': [int(c) for c in cfg.category_ids], 'model': model.state_dict(),
+        CONFIG_FIELDS: dataclasses.asdict(cfg), **extra}
     path = Path(path)
     with atomic_output(path) as tmp:
         torch.save(checkpoint, tmp)
@@ -87,20 +97,29 @@ def _load_failure_reason(error: Exception) -> str:
     return f'{type(error).__name__}: {first_line[:200]}'
 
 
-def load_model(path, config: str | YolactConfig | None = None, map_location='cpu') -> tuple[Yolact, YolactConfig]:
+def load_model(path, config: str | YolactConfig | None = None, map_location='cpu', *,
+               class_names=None, input_size: int | None = None,
+               config_file=None) -> tuple[Yolact, YolactConfig]:
     """Build the model a checkpoint describes and load its weights; returns (model in eval mode, config).
 
-    config: a config name or YolactConfig; None takes it from the checkpoint (toolkit format) or
-    from the file name (official releases).
+    config: a config name or YolactConfig; None takes it from the checkpoint (toolkit format), the
+    file name or the weights (raw state dicts). class_names, input_size, config_file: the
+    --class-names, --input-size and --config-file flags (runtime.checkpoint_flags), applied by
+    model.user_options.configure.
     """
     path = Path(path)
     _refuse_yolact_plus_name(path)
     obj = read_checkpoint(path, map_location)
+    flags = {'class_names': class_names, 'input_size': input_size, 'config_file': config_file}
     if 'format' in obj:
-        state, cfg = _own_format(obj, path, config)
+        state, saved = _own_format(obj, path, config)
+        cfg = configure(saved, weights_classes=len(saved.class_names), default_names=saved.class_names,
+                        default_ids=saved.category_ids, **flags)
+        state = _clean_state_dict(state, path, cfg.fpn_num_downsample)
     else:
-        state, cfg = obj, _official_config(path, config)
-    state = _clean_state_dict(state, path, cfg)
+        base = _base_config(path, config)
+        state = _clean_state_dict(obj, path, base.fpn_num_downsample if base is not None else None)
+        cfg = _official_config(state, path, base, config is not None, flags)
     model = Yolact(cfg)
     _check_keys(state, model.state_dict(), path, cfg)
     model.load_state_dict(state)
@@ -125,7 +144,9 @@ def _own_format(obj: dict, path: Path, config) -> tuple[dict, YolactConfig]:
             or not isinstance(ids, (list, tuple)) or len(ids) != len(names)):
         raise CheckpointError(f'{path}: class_names must be a list of strings with one category id each')
     saved_name = obj['config']
-    if config is None:
+    if config is None and CONFIG_FIELDS in obj:
+        cfg = _config_from_fields(obj[CONFIG_FIELDS], path)
+    elif config is None:
         if saved_name not in CONFIGS:
             raise CheckpointError(f'{path} was saved for config {saved_name!r}, which is not a named config: '
                                   'pass the YolactConfig it was trained with')
@@ -138,21 +159,61 @@ def _own_format(obj: dict, path: Path, config) -> tuple[dict, YolactConfig]:
     return obj['model'], cfg.with_classes(names, ids)
 
 
-def _official_config(path: Path, config) -> YolactConfig:
+def _base_config(path: Path, config) -> YolactConfig | None:
+    """The config given, else the one the file name's longest known prefix names, else None."""
     if isinstance(config, YolactConfig):
         return config
     if isinstance(config, str):
         return get_config(config)
     try:
         return config_from_filename(path)
-    except ConfigError as e:
-        raise CheckpointError(str(e)) from None
+    except ConfigError:
+        return None
 
 
-def _clean_state_dict(state, path: Path, cfg: YolactConfig) -> dict[str, Tensor]:
+def _config_from_fields(fields, path: Path) -> YolactConfig:
+    """The YolactConfig save_checkpoint stored with dataclasses.asdict (nested tuples as saved)."""
+    try:
+        return YolactConfig(**{**fields, 'backbone': BackboneConfig(**fields['backbone'])})
+    except (TypeError, KeyError) as e:
+        raise CheckpointError(f'{path}: its {CONFIG_FIELDS} do not describe a config of this toolkit version ({e}); '
+                              f'load it with --config NAME') from None
+
+
+def _official_config(state: dict[str, Tensor], path: Path, base: YolactConfig | None, named: bool,
+                     flags: dict) -> YolactConfig:
+    """The config of a raw state dict: `base` (see _base_config; None: the first known config
+    whose architecture the weights have) with the weights' class count and the user's flags,
+    checked against what the weights say. named: the user gave the config."""
+    try:
+        layout = read_layout(state)
+    except LayoutError as e:
+        raise CheckpointError(f'{path.name} is not a YOLACT state dict: {e}') from None
+    fitting = configs_fitting(layout)
+    if base is None and not fitting:
+        raise CheckpointError(f'{path.name} fits no known config ({", ".join(CONFIGS)}): its weights have '
+                              f'{layout.describe()}. If it is a YOLACT, pass --config NAME and --config-file FILE '
+                              'with the config it was trained with')
+    base = base or CONFIGS[fitting[0]]
+    trained = trained_config_name(path)
+    # The base config's class names are the model's only when the file is that config's own
+    # (an official release) or the user named the config; a copy trained on other data is not.
+    vouched = named or trained == base.name
+    cfg = configure(base, weights_classes=layout.num_classes - 1, name=trained,
+                    default_names=base.class_names if vouched else None, default_ids=base.category_ids, **flags)
+    contradictions = differences(layout, layout_of_config(cfg))
+    if contradictions:
+        fix = (f'they fit {", ".join(fitting)}: pass --config {fitting[0]}' if fitting else
+               f'they fit no known config ({", ".join(CONFIGS)})')
+        raise CheckpointError(f'{path.name} does not fit config {base.name}: {"; ".join(contradictions)}. Its weights '
+                              f'have {layout.describe()}; {fix}')
+    return cfg
+
+
+def _clean_state_dict(state, path: Path, num_downsample: int | None) -> dict[str, Tensor]:
     """Validated copy: 'module.' prefixes (DDP) stripped, and the keys the original's load_weights
     drops for backward compatibility dropped (backbone.layer* that are not backbone.layers*, and
-    fpn.downsample_layers beyond the config's count)."""
+    fpn.downsample_layers beyond the config's count, num_downsample; None keeps them all)."""
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
         raise CheckpointError(f'{path} is not a state dict (a mapping of names to tensors) nor a {FORMAT} '
                               'checkpoint: give a YOLACT .pth file')
@@ -166,7 +227,8 @@ def _clean_state_dict(state, path: Path, cfg: YolactConfig) -> dict[str, Tensor]
         key = key.removeprefix('module.')
         if key.startswith('backbone.layer') and not key.startswith('backbone.layers'):
             continue
-        if key.startswith('fpn.downsample_layers.') and int(key.split('.')[2]) >= cfg.fpn_num_downsample:
+        if (num_downsample is not None and key.startswith('fpn.downsample_layers.')
+                and int(key.split('.')[2]) >= num_downsample):
             continue
         cleaned[key] = value
     return cleaned

@@ -215,6 +215,18 @@ def get_config(name: str) -> YolactConfig:
         raise ConfigError(f'unknown config {name!r}: choose one of {", ".join(CONFIGS)}') from None
 
 
+def trained_config_name(path) -> str | None:
+    """The name of the config a checkpoint was trained with, by the original's naming rule
+    `{config name}_{epoch}_{iteration}.pth` ('yolact_resnet50_pascal_12_3000.pth' ->
+    'yolact_resnet50_pascal'); None for a file not named that way."""
+    from pathlib import Path
+
+    parts = Path(path).name.split('.')[0].split('_')
+    if len(parts) > 2 and parts[-1].isdigit() and parts[-2].isdigit():
+        return '_'.join(parts[:-2])
+    return None
+
+
 def config_from_filename(path) -> YolactConfig:
     """Infer the config from a checkpoint's file name, as the original does.
 
@@ -225,11 +237,9 @@ def config_from_filename(path) -> YolactConfig:
     from pathlib import Path
 
     stem = Path(path).name.split('.')[0]
-    parts = stem.split('_')
-    if len(parts) > 2 and parts[-1].isdigit() and parts[-2].isdigit():
-        candidate = '_'.join(parts[:-2])
-        if candidate in CONFIGS:
-            return CONFIGS[candidate]
+    candidate = trained_config_name(path)
+    if candidate in CONFIGS:
+        return CONFIGS[candidate]
     for name in sorted(CONFIGS, key=len, reverse=True):
         if stem.startswith(name):
             return CONFIGS[name]

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from model.data.coco import CocoDataset
 from runtime.backends import BACKENDS, Backend, open_backend
+from runtime.checkpoint_flags import add_checkpoint_flags, checkpoint_flags
 from runtime.errors import ToolkitError
 from runtime.files import write_atomic
 from runtime.infer import DEFAULT_MODEL
@@ -137,11 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--images', type=Path, help='image folder (default: the JSON\'s folder)')
     parser.add_argument('--metrics', type=Path, help='also write the metrics to this JSON file')
     parser.add_argument('--batch', type=int, default=8, help='images per inference call (default: 8)')
+    add_checkpoint_flags(parser)
     args = parser.parse_args(argv)
     if args.batch < 1:
         parser.error('--batch must be at least 1')
     try:
-        metrics = evaluate(args.model, args.data, args.images, backend=args.backend, batch_size=args.batch)
+        metrics = evaluate(args.model, args.data, args.images, backend=args.backend, batch_size=args.batch,
+                           **checkpoint_flags(args))
     except ToolkitError as e:  # DatasetError, BackendError, EvalError, CheckpointError: all say what to fix
         print(f'error: {e}', file=sys.stderr)
         return 1

@@ -5,11 +5,14 @@ gloo on CPU, nccl on GPU).
     python -m model.train --config yolact_tiny --data shapes/train.json --iters 3000
     torchrun --nproc_per_node 2 -m model.train --config yolact_tiny --data shapes/ --iters 3000
 
-The class set is the data's: a config's architecture is used with the data's categories
+The class set is the data's (names and category ids, any ids, kept in every checkpoint;
+--class-names renames them): a config's architecture is used with the data's categories
 (`--init` from a checkpoint with another class count re-initialises the class-dependent layers
 and lists them). Checkpoints are written atomically every --save-every iterations with the
 optimizer state; `--resume` continues exactly (same batches, same augmentation, same schedule).
 The final weights are written without optimizer state (<out>/<config>_final.pth).
+--input-size and --config-file change the config trained (max_size, prior layout, thresholds); the
+checkpoints carry the whole config, so later stages need no flag.
 """
 
 from __future__ import annotations
@@ -29,17 +32,22 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from model.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
+from model.checkpoint import CONFIG_FIELDS, CheckpointError, load_model, read_checkpoint, save_checkpoint
 from model.config import YolactConfig, get_config
+from model.user_options import configure
 from model.data.augment import TrainAugmentation
 from model.data.coco import CocoDataset, DatasetError
 from model.data.training import IterationBatches, TrainingStream, collate
 from model.losses import LossTerms, yolact_loss
 from model.preprocess import Normalize
 from model.yolact import Yolact
+from runtime.checkpoint_flags import add_checkpoint_flags, checkpoint_flags
 from runtime.errors import ToolkitError
 
 LOSS_NAMES = ('box', 'conf', 'mask', 'semantic')
+# Config fields the flags set that a resumed run must keep (the schedule's may be extended).
+RESUMED_CONFIG_FIELDS = ('name', 'backbone', 'max_size', 'mask_dim', 'conf_thresh', 'nms_thresh', 'nms_top_k',
+                         'max_num_detections')
 
 
 class TrainingError(ToolkitError, ValueError):
@@ -130,6 +138,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--save-every', type=int, default=500, help='checkpoint interval in iterations (default: %(default)s)')
     parser.add_argument('--workers', type=int, default=1, help='data loading processes per training process (default: %(default)s)')
     parser.add_argument('--threads', type=int, default=2, help='torch threads per process; 1 is faster on a CPU shared with other work (default: %(default)s)')
+    add_checkpoint_flags(parser)
     return parser.parse_args(argv)
 
 
@@ -191,13 +200,21 @@ def run(args: argparse.Namespace) -> Path:
     dataset = CocoDataset(args.data, args.images, require_annotations=True)
     if dataset.skipped:
         say(f'{dataset.json_path}: skipped {dataset.skipped_summary()}')
-    cfg = base_cfg.with_classes(dataset.class_names, dataset.category_ids)
+    cfg = configure(base_cfg, weights_classes=len(dataset.class_names), default_names=dataset.class_names,
+                    default_ids=dataset.category_ids, **checkpoint_flags(args))
+    cfg = cfg.with_classes(cfg.class_names, dataset.category_ids)  # renamed or not, the data's ids
     if cfg.class_names != base_cfg.class_names:
         say(f'config {base_cfg.name} has {len(base_cfg.class_names)} classes; training with the data\'s '
             f'{len(cfg.class_names)}: {", ".join(cfg.class_names)}')
     if resumed is not None and list(resumed['class_names']) != list(cfg.class_names):
         raise TrainingError(f'{args.resume} was trained on the classes {", ".join(resumed["class_names"])}, '
                             f'but {dataset.json_path} has {", ".join(cfg.class_names)}: resume with its data')
+    if resumed is not None and CONFIG_FIELDS in resumed:
+        now = dataclasses.asdict(cfg)
+        changed = [k for k in RESUMED_CONFIG_FIELDS if resumed[CONFIG_FIELDS].get(k) != now[k]]
+        if changed:
+            raise TrainingError(f'{args.resume} was trained with another {", ".join(changed)}: resume with the '
+                                '--config, --input-size and --config-file it was started with')
 
     settings = _resolve_settings(args, cfg, resumed)
     total = _total_iters(args, cfg, len(dataset), settings['batch_size'], resumed)

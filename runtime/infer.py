@@ -16,6 +16,7 @@ from tqdm import tqdm
 from runtime.api import DEFAULT_SCORE_THRESHOLD
 from runtime.assets import DEMO_MODEL
 from runtime.backends import BACKENDS, open_backend
+from runtime.checkpoint_flags import add_checkpoint_flags, checkpoint_flags
 from runtime.draw import draw_detections
 from runtime.errors import ToolkitError
 from runtime.files import check_writable, describe_os_error, write_atomic
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--no-gpu-paste', dest='gpu_paste', action='store_false',
                         help='trt backend: paste masks into the images on the CPU instead of on the GPU before '
                              'download (the GPU is used by default when triton is installed)')
+    add_checkpoint_flags(parser)
     return parser
 
 
@@ -167,7 +169,7 @@ def refuse_overwriting_inputs(inputs: list[Path], outputs: list[tuple[Path, str]
 
 def backend_options(args: argparse.Namespace) -> dict:
     """The open_backend options the command line sets (only those given, so every backend takes them)."""
-    options = {}
+    options = checkpoint_flags(args)
     if args.config is not None:
         options['config'] = args.config
     if args.cross_class:

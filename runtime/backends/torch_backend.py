@@ -15,6 +15,8 @@ class TorchBackend(Backend):
     """path: a checkpoint model.checkpoint.load_model reads.
 
     config: config name (default: from the checkpoint, or its file name for official weights).
+    class_names, input_size, config_file: the checkpoint flags (runtime.checkpoint_flags), for
+    checkpoints trained on other data.
     cross_class: Fast NMS across classes instead of per class. max_dets: detections per image
     (default: the config's max_num_detections). device: torch device string. num_threads: torch
     intra-op threads (None leaves torch's setting alone).
@@ -23,9 +25,11 @@ class TorchBackend(Backend):
     name = 'torch'
 
     def __init__(self, path: str | Path, *, config: str | None = None, cross_class: bool = False,
-                 max_dets: int | None = None, device: str = 'cpu', num_threads: int | None = None):
+                 max_dets: int | None = None, device: str = 'cpu', num_threads: int | None = None,
+                 class_names: str | None = None, input_size: int | None = None, config_file: str | Path | None = None):
         super().__init__(path)
         self.config_name = config
+        self.checkpoint_flags = {'class_names': class_names, 'input_size': input_size, 'config_file': config_file}
         self.cross_class = bool(cross_class)
         self.max_dets = max_dets
         self.device = device
@@ -43,7 +47,7 @@ class TorchBackend(Backend):
 
         if self.num_threads is not None:
             torch.set_num_threads(self.num_threads)
-        model, cfg = load_model(self.path, self.config_name, map_location=self.device)
+        model, cfg = load_model(self.path, self.config_name, map_location=self.device, **self.checkpoint_flags)
         self._model, self._cfg = model.to(self.device).eval(), cfg
         self._preprocess = Preprocess(cfg).to(self.device)
         self.metadata = metadata_from_config(cfg, cross_class=self.cross_class, max_dets=self.max_dets)

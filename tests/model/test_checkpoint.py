@@ -177,15 +177,23 @@ def test_mismatched_keys_name_the_config_and_keys(tmp_path, tiny_state):
 
     state = dict(tiny_state, **{'fpn.lat_layers.0.weight': torch.zeros(3, 3, 1, 1)})
     torch.save(state, path)
-    raises_checkpoint_error(path, 'yolact_tiny', 'shape mismatches: fpn.lat_layers.0.weight [3, 3, 1, 1]')
+    # An architecture the weights contradict is named by what differs (model.weights_layout) ...
+    raises_checkpoint_error(path, 'does not fit config yolact_tiny', 'fpn_features 3 (config 64)',
+                            'they fit no known config')
+
+    # ... other shape differences by the keys
+    state = dict(tiny_state, **{'fpn.pred_layers.0.weight': torch.zeros(3, 3, 1, 1)})
+    torch.save(state, path)
+    raises_checkpoint_error(path, 'yolact_tiny', 'shape mismatches: fpn.pred_layers.0.weight [3, 3, 1, 1]')
 
 
 def test_checkpoint_of_another_config(tmp_path, tiny_state):
     path = tmp_path / 'yolact_tiny_3_1.pth'
     torch.save(tiny_state, path)
-    message = raises_checkpoint_error(path, 'does not fit config yolact_base', 'backbone.conv1.weight',
-                                      config='yolact_base')
-    assert 'and ' in message and 'more' in message  # many differences: only the first are listed
+    # What differs, what the weights are, and the config they do fit.
+    raises_checkpoint_error(path, 'does not fit config yolact_base', 'layers (1, 1, 2, 1) (config (3, 4, 23, 3))',
+                            'width 16 (config 64)', 'they fit yolact_tiny: pass --config yolact_tiny',
+                            config='yolact_base')
 
     own = tmp_path / 'own.pth'
     save_checkpoint(own, Yolact(yolact_tiny), yolact_tiny)
@@ -203,11 +211,14 @@ def test_yolact_plus_is_refused(tmp_path, tiny_state):
     raises_checkpoint_error(by_name, 'YOLACT++', config='yolact_tiny')
 
 
-def test_config_cannot_be_inferred(tmp_path, tiny_state):
+def test_config_from_the_weights_when_the_name_says_nothing(tmp_path, tiny_state, caplog):
     path = tmp_path / 'weights.pth'
     torch.save(tiny_state, path)
-    raises_checkpoint_error(path, 'cannot infer the config', 'yolact_base')
-    model, cfg = load_model(path, yolact_tiny)  # an explicit config works
+    model, cfg = load_model(path)  # the only known config with this architecture
+    assert cfg.name == 'yolact_tiny' and cfg.class_names == ('class_1', 'class_2', 'class_3', 'class_4', 'class_5')
+    assert '--class-names' in caplog.text  # one line says how to name them
+    assert_loaded(model, tiny_state)
+    model, cfg = load_model(path, yolact_tiny)  # an explicit config vouches for its class names
     assert cfg is yolact_tiny
     assert_loaded(model, tiny_state)
 

@@ -2,11 +2,13 @@
 two processes under torchrun, and the errors a user can cause."""
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 
@@ -144,3 +146,52 @@ def test_weights_only_file_cannot_be_resumed(shapes, tmp_path, capsys):
     assert main([*FAST, '--data', str(shapes), '--iters', '1', '--out', str(tmp_path),
                  '--resume', str(tmp_path / 'w.pth')]) == 1
     assert 'use --init' in capsys.readouterr().err
+
+
+def test_non_contiguous_category_ids_and_names_survive_training_export_and_evaluation(shapes, tmp_path):
+    """A user's COCO-format data with ids 3, 7, 12, 40, 41 and its own names: trained at another
+    input size, then exported, run and evaluated with no flag; the names and ids come out as given."""
+    from export.__main__ import main as export_main
+    from export.onnx_export import read_metadata
+    from model.eval import evaluate
+    from runtime.infer import main as infer_main
+
+    data = json.loads(Path(shapes).read_text())
+    new_id = {c['id']: i for c, i in zip(sorted(data['categories'], key=lambda c: c['id']), (3, 7, 12, 40, 41))}
+    names = ('rock', 'paper', 'scissors', 'lizard', 'spock')
+    data['categories'] = [{'id': new_id[c['id']], 'name': names[(3, 7, 12, 40, 41).index(new_id[c['id']])]}
+                          for c in data['categories']]
+    for ann in data['annotations']:
+        ann['category_id'] = new_id[ann['category_id']]
+    user_json = tmp_path / 'mine.json'
+    user_json.write_text(json.dumps(data))
+    images = ['--images', str(Path(shapes).parent)]
+
+    out = tmp_path / 'run'
+    assert main([*FAST, '--data', str(user_json), *images, '--iters', '1', '--out', str(out), '--input-size', '128']) == 0
+    _, cfg = load_model(out / 'yolact_tiny_final.pth')
+    assert (cfg.class_names, cfg.category_ids, cfg.max_size) == (names, (3, 7, 12, 40, 41), 128)
+
+    onnx_path = tmp_path / 'mine.onnx'
+    assert export_main(['--checkpoint', str(out / 'yolact_tiny_final.pth'), '--output', str(onnx_path)]) == 0
+    meta = read_metadata(onnx.load(onnx_path))
+    assert (meta.class_names, meta.category_ids, meta.input_size) == (names, (3, 7, 12, 40, 41), (128, 128))
+
+    image = Path(shapes).parent / data['images'][0]['file_name']
+    assert infer_main([str(image), '--model', str(onnx_path), '--score-thr', '0', '--json', str(tmp_path / 'd.json'),
+                       '--out', str(tmp_path / 'out')]) == 0
+    detections = json.loads((tmp_path / 'd.json').read_text())
+    assert detections and all(d['category_id'] == (3, 7, 12, 40, 41)[d['class_index']]
+                              and d['category_name'] == names[d['class_index']] for d in detections)
+    metrics = evaluate(onnx_path, user_json, Path(shapes).parent, progress=False)
+    assert set(metrics) == {'box', 'mask'}
+
+
+def test_resume_with_another_input_size_is_refused(shapes, tmp_path, capsys):
+    out = tmp_path / 'run'
+    assert main([*FAST, '--data', str(shapes), '--iters', '1', '--save-every', '1', '--out', str(out),
+                 '--input-size', '128']) == 0
+    capsys.readouterr()
+    assert main([*FAST, '--data', str(shapes), '--iters', '2', '--out', str(out),
+                 '--resume', str(out / 'yolact_tiny_1.pth')]) == 1
+    assert 'was trained with another max_size' in capsys.readouterr().err
