@@ -16,6 +16,7 @@ import numpy as np
 
 from runtime.artifacts import engine_path
 from runtime.cuda import memory as cuda_mem
+from runtime.cuda.device import device_info
 from runtime.metadata import PRECISIONS
 from runtime.pipeline import resize_to_input
 from runtime.tensorrt.backend import TrtBackend, import_tensorrt, trt_unavailable_reason
@@ -27,7 +28,7 @@ STREAM_COUNTS = (1, 2, 4)
 
 def host_versions() -> dict[str, str]:
     """{'gpu', 'compute_capability', 'driver' (CUDA driver API version), 'cuda_runtime', 'tensorrt'}."""
-    info = cuda_mem.device_info(0)
+    info = device_info(0)
     return {'gpu': info['name'], 'compute_capability': info['compute_capability'], 'driver': info['driver'],
             'cuda_runtime': info['runtime'], 'tensorrt': import_tensorrt().version}
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 import numpy as np
 
 from runtime.cuda import memory as cuda_mem
+from runtime.cuda.device import device_info
 from runtime.errors import ToolkitError
 from runtime.paste import box_pixel_ranges, source_taps, zeroed_masks
 
@@ -204,7 +205,7 @@ def load_paste_kernel(masks_dtype):
         raise PasteKernelUnavailable(f'triton is not installed ({e}); pip install triton to paste on the GPU') from None
     from runtime.cuda.module import PtxKernel
 
-    major, minor = cuda_mem.device_info()['compute_capability'].split('.')
+    major, minor = device_info()['compute_capability'].split('.')
     try:
         compiled = compile_paste_kernel(int(major) * 10 + int(minor), masks_dtype)
     except KernelCompileError as e:
