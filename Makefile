@@ -45,6 +45,7 @@ export: setup
 BENCH_MODELS ?= yolact_resnet50 demo
 # Calibration images of the bench's FP16/INT8 variants: their speed does not depend on the ranges.
 BENCH_CALIB_IMAGES ?= assets
+# The largest batch of the TensorRT rows (runtime/bench/tensorrt.py, BATCH_SIZES).
 BENCH_MAX_BATCH ?= 32
 bench_checkpoint = $(if $(filter demo,$(1)),assets/demo/yolact_tiny_shapes.pth,build/bench/$(1)_random.pth)
 # NAME of build/NAME.*: the checkpoint's name up to its first dot (runtime/artifacts.py's rule).
