@@ -64,7 +64,7 @@ bench: setup $(BENCH_ORT_ARTIFACTS) $(foreach model,$(BENCH_MODELS),$(call bench
 # (make would otherwise delete them as intermediate files of a chain).
 .SECONDARY: $(foreach name,$(BENCH_NAMES),build/$(name).onnx build/$(name).fp16.onnx build/$(name).int8.onnx)
 build/bench/%_random.pth: | setup
-	$(PY) -m export.random_checkpoint --config $* --output $@
+	$(PY) -m export.bench_artifacts checkpoint --config $* --output $@
 build/%.raw.onnx: assets/demo/%.pth | setup
 	$(PY) -m export --checkpoint $< --no-postprocess --output $@
 build/%.raw.onnx: build/bench/%.pth | setup
@@ -72,7 +72,7 @@ build/%.raw.onnx: build/bench/%.pth | setup
 build/%.onnx: build/bench/%.pth | setup
 	$(PY) -m export --checkpoint $< --output $@
 build/%.postprocess.onnx: build/%.raw.onnx
-	$(PY) -m export.postprocess_only --raw $< --output $@
+	$(PY) -m export.bench_artifacts postprocess --raw $< --output $@
 build/%.fp16.onnx: build/%.onnx
 	$(PY) -m calib --model $< --precision fp16 --images $(BENCH_CALIB_IMAGES) --output $@
 build/%.int8.onnx: build/%.onnx

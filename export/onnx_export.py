@@ -75,7 +75,8 @@ def trace_network(network: DeployNetwork, cfg: YolactConfig, output_names) -> on
         program = torch.onnx.export(
             network, (example,), dynamo=True, opset_version=OPSET, verbose=False, optimize=True,
             input_names=[INPUT_NAME], output_names=list(output_names),
-            dynamic_shapes={'images': {0: torch.export.Dim(BATCH_DIM)}})
+            # Positional (the forward's one argument): the graph input's name is INPUT_NAME, above.
+            dynamic_shapes=({0: torch.export.Dim(BATCH_DIM)},))
     return program.model_proto
 
 

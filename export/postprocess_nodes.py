@@ -13,15 +13,14 @@ import onnx
 from onnx import TensorProto, helper
 
 from model.config import YolactConfig
-from plugins import DOMAIN
 from plugins.fast_nms import onnx_function as fast_nms_function
 from plugins.mask_assembly import onnx_function as mask_assembly_function
+from plugins.onnx_model import add_functions
 
 # Names of the traced network's outputs when post-processing follows (see export.graph.DecodedHead).
 DECODED_HEAD_NAMES = ('decoded_boxes', 'class_scores', 'coef', 'proto')
 # The function's output det_indices feeds MaskAssembly only; it is not a graph output.
 _DET_INDICES = 'det_indices'
-_DOMAIN_VERSION = 1
 
 
 def _output_dims(model: onnx.ModelProto, name: str) -> list:
@@ -33,7 +32,6 @@ def append_postprocess(model: onnx.ModelProto, cfg: YolactConfig, *, cross_class
                        max_dets: int) -> onnx.ModelProto:
     """`model` (outputs DECODED_HEAD_NAMES) with FastNMS and MaskAssembly appended, its outputs
     replaced by the contract's; thresholds and top-k from `cfg`. Modifies and returns `model`."""
-    opset = next(o.version for o in model.opset_import if o.domain in ('', 'ai.onnx'))
     boxes, scores, coef, proto = DECODED_HEAD_NAMES
     batch = _output_dims(model, boxes)[0]
     proto_h, proto_w = _output_dims(model, proto)[1:3]
@@ -45,8 +43,7 @@ def append_postprocess(model: onnx.ModelProto, cfg: YolactConfig, *, cross_class
     assembly = mask_assembly_function.make_node(
         [proto, coef, _DET_INDICES, 'boxes', 'num_dets'], ['masks'], crop_padding=cfg.crop_padding)
     model.graph.node.extend([nms, assembly])
-    model.functions.extend([fast_nms_function.make_function(opset), mask_assembly_function.make_function(opset)])
-    model.opset_import.append(helper.make_opsetid(DOMAIN, _DOMAIN_VERSION))
+    add_functions(model)  # the function bodies at the model's opset, and the yolact domain's import
 
     del model.graph.output[:]
     model.graph.output.extend([

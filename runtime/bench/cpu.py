@@ -4,7 +4,7 @@ It times artifacts, as trtexec does, and builds none: each model is given as its
 (--models [LABEL=]FILE.pth), and its other artifacts are found by the naming rule
 (runtime.artifacts): the raw export build/NAME.raw.onnx, the post-processing alone
 build/NAME.postprocess.onnx, the raw export's FP16/INT8/INT8-ort variants and the engines.
-`make bench` builds them first with python -m export, export.postprocess_only, calib and
+`make bench` builds them first with python -m export, export.bench_artifacts, calib and
 engines.build; a missing one is a note naming what makes it.
 
 Stages, per batch of B images of 640x480 (B = 1 and 4 by default):
@@ -313,11 +313,11 @@ def model_artifacts(spec: str) -> BenchModel:
     raw_onnx = export_path(checkpoint, postprocess=False)
     post_onnx = postprocess_only_path(raw_onnx)
     makers = {raw_onnx: f'python -m export --checkpoint {checkpoint} --no-postprocess',
-              post_onnx: f'python -m export.postprocess_only --raw {raw_onnx}'}
+              post_onnx: f'python -m export.bench_artifacts postprocess --raw {raw_onnx}'}
     for path, command in makers.items():
         if not path.is_file():
             raise MissingArtifactError(f'{path} is missing: make bench builds it ({command})')
-    return describe_model(label or checkpoint.name.split('.')[0], checkpoint, raw_onnx, post_onnx)
+    return describe_model(label or export_path(checkpoint).stem, checkpoint, raw_onnx, post_onnx)
 
 
 def describe_model(label: str, checkpoint: Path, raw_onnx: Path, post_onnx: Path) -> BenchModel:

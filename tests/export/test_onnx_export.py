@@ -14,7 +14,7 @@ import torch
 from export.__main__ import main as export_main
 from export.onnx_export import OPSET, ExportError, build_onnx, export_onnx, read_metadata
 from export.postprocess_nodes import DECODED_HEAD_NAMES
-from export.postprocess_only import main as postprocess_only_main
+from export.bench_artifacts import main as bench_artifacts_main
 from model.box_coding import decode
 from model.checkpoint import load_model, save_checkpoint
 from model.config import get_config, metadata_from_config
@@ -259,10 +259,10 @@ def test_cli_reports_missing_checkpoint(tmp_path, capsys):
 
 def test_postprocess_only_model_equals_the_full_graph(per_class_path, raw_path, model_and_cfg, images):
     """The benchmark times the post-processing ops apart from the network, with the model that
-    python -m export.postprocess_only writes beside the raw export: fed the raw export's decoded
+    python -m export.bench_artifacts postprocess writes beside the raw export: fed the raw export's decoded
     outputs, it gives what the full export gives."""
     model, cfg = model_and_cfg
-    assert postprocess_only_main(['--raw', str(raw_path)]) == 0
+    assert bench_artifacts_main(['postprocess', '--raw', str(raw_path)]) == 0
     post_path = raw_path.with_name('tiny.postprocess.onnx')
     onnx.checker.check_model(onnx.load(post_path), full_check=True)
     raw = run(raw_path, images)
@@ -279,7 +279,7 @@ def test_postprocess_only_model_equals_the_full_graph(per_class_path, raw_path, 
 
 def test_postprocess_only_refuses_a_full_export_in_one_line(per_class_path, tmp_path, capsys):
     output = tmp_path / 'post.onnx'
-    assert postprocess_only_main(['--raw', str(per_class_path), '--output', str(output)]) == 2
+    assert bench_artifacts_main(['postprocess', '--raw', str(per_class_path), '--output', str(output)]) == 2
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'not the raw head' in err and '--no-postprocess' in err
     assert not output.exists()

@@ -13,9 +13,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.onnx_export import export_onnx
 from export.postprocess_nodes import DECODED_HEAD_NAMES, postprocess_model
-from export.postprocess_only import main as postprocess_only_main
+from export.bench_artifacts import main as bench_artifacts_main
 from model.checkpoint import load_model
 from model.config import yolact_tiny
+from runtime.backends.ort_backend import create_session
+from runtime.backends.torch_backend import TorchBackend
 from runtime.bench import cpu as bench
 from runtime.bench.cpu import (DETECTIONS, MissingArtifactError, format_table, model_artifacts, network_gmac,
                                stage_row, synthetic_head, timed)
@@ -81,7 +83,7 @@ def tiny_build(tiny_checkpoint, tmp_path_factory):
     build = tmp_path_factory.mktemp('bench') / 'build'
     model, cfg = load_model(tiny_checkpoint)
     raw = export_onnx(model, cfg, build / 'yolact_tiny_random.raw.onnx', postprocess=False)
-    assert postprocess_only_main(['--raw', str(raw)]) == 0
+    assert bench_artifacts_main(['postprocess', '--raw', str(raw)]) == 0
     return build
 
 
@@ -104,7 +106,7 @@ def test_a_model_is_its_checkpoint_and_the_artifacts_the_naming_rule_gives_it(ti
     assert model_artifacts(str(checkpoint)).label == 'yolact_tiny_random'
     model.post_onnx.unlink()
     with pytest.raises(MissingArtifactError, match=r'yolact_tiny_random.postprocess.onnx is missing: make bench '
-                                                   r'builds it \(python -m export.postprocess_only --raw '):
+                                                   r'builds it \(python -m export.bench_artifacts postprocess --raw '):
         model_artifacts(str(checkpoint))
     raw.unlink()
     with pytest.raises(MissingArtifactError, match=r'raw.onnx is missing: make bench builds it \(python -m export '
@@ -129,3 +131,20 @@ def test_torch_and_onnxruntime_rows_from_the_artifacts(tiny_artifacts, monkeypat
     assert 'note: missing=none/other.pth skipped: build/other.raw.onnx is missing: make bench builds it' in out
     # The bench wrote nothing beside the artifacts it was given.
     assert sorted(raw.parent.iterdir()) == sorted([raw, raw.with_name('yolact_tiny_random.postprocess.onnx')])
+
+
+def test_torch_and_onnxruntime_post_process_the_same_synthetic_detections(tiny_artifacts):
+    """The 'post' stage compares like with like: the torch backend, fed the raw head whose decoding is
+    the synthetic head, keeps the detections the post-processing model keeps."""
+    checkpoint, _ = tiny_artifacts
+    model = model_artifacts(str(checkpoint))
+    head = synthetic_head(2, model.num_priors, model.num_classes, model.mask_dim, model.proto_hw)
+    with TorchBackend(checkpoint) as backend:
+        got = backend.postprocess(backend.head_decoding_to(head))
+    session = create_session(model.post_onnx)
+    names = [o.name for o in session.get_outputs()]
+    want = dict(zip(names, session.run(None, dict(zip(DECODED_HEAD_NAMES, head.values())))))
+    assert got['num_dets'].tolist() == want['num_dets'].tolist() == [DETECTIONS, DETECTIONS]
+    np.testing.assert_array_equal(got['classes'], want['classes'])
+    np.testing.assert_allclose(got['boxes'], want['boxes'], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got['scores'], want['scores'], rtol=0, atol=1e-5)
