@@ -41,7 +41,8 @@ export: setup
 # stage for torch eager and onnxruntime at FP32/FP16/INT8 (and TensorRT where it runs), images/s and the
 # network's GFLOP/s next to this machine's matmul rate. The bench times artifacts and builds none: they
 # are the file targets below, built once and reused while their sources are unchanged. A model is `demo`
-# (the shipped checkpoint) or a config name (a random-weight checkpoint: speed does not depend on weights).
+# (the shipped checkpoint) or a config name (a random-weight checkpoint: speed does not depend on weights);
+# models go in BENCH_MODELS, not in BENCH_FLAGS, so that their artifacts are the ones built.
 BENCH_MODELS ?= yolact_resnet50 demo
 # Calibration images of the bench's FP16/INT8 variants: their speed does not depend on the ranges.
 BENCH_CALIB_IMAGES ?= assets
