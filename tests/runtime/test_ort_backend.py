@@ -12,7 +12,7 @@ from model.checkpoint import load_model
 from model.config import metadata_from_config, yolact_tiny
 from runtime.backends import BackendError, open_backend
 from runtime.backends.ort_backend import OrtBackend
-from runtime.contract import METADATA_KEY, RAW_OUTPUTS
+from runtime.contract import INPUT_NAME, METADATA_KEY, RAW_OUTPUTS
 from runtime.infer import main as infer_main
 from runtime.pipeline import predict
 
@@ -99,8 +99,8 @@ def test_cli_images_and_video(onnx_path, tmp_path, capsys):
 
 def tiny_onnx(path, outputs, metadata: str | None):
     """A small valid ONNX file with the contract's input and the given output names."""
-    images = helper.make_tensor_value_info('images', TensorProto.UINT8, ['batch', *yolact_tiny.input_size, 3])
-    nodes = [helper.make_node('Cast', ['images'], [name], to=TensorProto.FLOAT) for name in outputs]
+    images = helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ['batch', *yolact_tiny.input_size, 3])
+    nodes = [helper.make_node('Cast', [INPUT_NAME], [name], to=TensorProto.FLOAT) for name in outputs]
     graph = helper.make_graph(nodes, 'g', [images],
                               [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 19)], ir_version=9)
