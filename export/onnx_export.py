@@ -27,8 +27,9 @@ import torch
 
 from export.cleanup import fold_and_clean, strip_trace_metadata
 from export.graph import DeployNetwork
-from export.postprocess_nodes import DECODED_HEAD_NAMES, append_postprocess
+from export.postprocess_nodes import append_postprocess
 from model.config import YolactConfig, metadata_from_config
+from plugins.onnx_model import DECODED_HEAD_NAMES
 from runtime import __version__
 from runtime.contract import BATCH_DIM, INPUT_NAME, METADATA_KEY, RAW_OUTPUTS, metadata_from_props
 from runtime.errors import ToolkitError

@@ -227,7 +227,7 @@ def ort_rows(context: BenchContext) -> tuple[list[dict], list[str]]:
     for model in context.models:
         network = create_session(model.raw_onnx, num_threads=context.threads)
         post = create_session(model.post_onnx, num_threads=context.threads)
-        post_inputs = [i.name for i in post.get_inputs()]  # export.postprocess_nodes.DECODED_HEAD_NAMES
+        post_inputs = [i.name for i in post.get_inputs()]  # plugins.onnx_model.DECODED_HEAD_NAMES
         for batch in context.batches:
             pre, paste = _common_stages(context, model, batch)
             images = pre()

@@ -13,7 +13,6 @@ import torch
 
 from export.__main__ import main as export_main
 from export.onnx_export import OPSET, ExportError, build_onnx, export_onnx, read_metadata
-from export.postprocess_nodes import DECODED_HEAD_NAMES
 from export.bench_artifacts import main as bench_artifacts_main
 from model.box_coding import decode
 from model.checkpoint import load_model, save_checkpoint
@@ -21,6 +20,7 @@ from model.config import get_config, metadata_from_config
 from model.postprocess import detect
 from model.preprocess import Normalize
 from model.yolact import Yolact
+from plugins.onnx_model import DECODED_HEAD_NAMES
 from runtime.contract import INPUT_NAME, METADATA_KEY, POSTPROCESS_OUTPUTS, RAW_OUTPUTS
 from runtime.metadata import ModelMetadata
 

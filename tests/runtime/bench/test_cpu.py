@@ -12,10 +12,11 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from export.onnx_export import export_onnx
-from export.postprocess_nodes import DECODED_HEAD_NAMES, postprocess_model
+from export.postprocess_nodes import postprocess_model
 from export.bench_artifacts import main as bench_artifacts_main
 from model.checkpoint import load_model
 from model.config import yolact_tiny
+from plugins.onnx_model import DECODED_HEAD_NAMES
 from runtime.backends.ort_backend import create_session
 from runtime.backends.torch_backend import TorchBackend
 from runtime.bench import cpu as bench
