@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from runtime.artifacts import engine_path
+from runtime.artifacts import engine_path, export_path, precision_path
 from runtime.cuda import memory as cuda_mem
 from runtime.cuda.device import device_info
 from runtime.metadata import PRECISIONS
@@ -91,8 +91,9 @@ def trt_rows(engines: Sequence[str | Path], images: np.ndarray, *, batch_sizes=B
 def model_engines(checkpoint: str | Path) -> list[Path]:
     """The engines `make bench` (or `make engine`) built for a checkpoint's export, one per precision,
     that exist."""
-    fp32 = engine_path(checkpoint)
-    candidates = [fp32] + [fp32.with_suffix(f'.{precision}.engine') for precision in PRECISIONS if precision != 'fp32']
+    export = export_path(checkpoint)
+    candidates = [engine_path(export)] + [engine_path(precision_path(export, precision))
+                                          for precision in PRECISIONS if precision != 'fp32']
     return [path for path in candidates if path.is_file()]
 
 
