@@ -41,10 +41,55 @@ export: setup
 		$(if $(CLASS_NAMES),--class-names '$(CLASS_NAMES)') $(if $(INPUT_SIZE),--input-size $(INPUT_SIZE)) \
 		$(if $(CONFIG_FILE),--config-file $(CONFIG_FILE)) $(EXPORT_FLAGS)
 
-# make bench [BENCH_FLAGS='--models yolact_resnet50 demo --batches 1 4 --iterations 10']: latency per stage
-# for torch eager and onnxruntime, images/s and the network's GFLOP/s next to this machine's matmul rate.
-bench: setup
-	$(PY) -m runtime.bench $(BENCH_FLAGS)
+# make bench [BENCH_MODELS='yolact_resnet50 demo'] [BENCH_FLAGS='--batches 1 4 --iterations 10']: latency per
+# stage for torch eager and onnxruntime at FP32/FP16/INT8 (and TensorRT where it runs), images/s and the
+# network's GFLOP/s next to this machine's matmul rate. The bench times artifacts and builds none: they
+# are the file targets below, built once and reused while their sources are unchanged. A model is `demo`
+# (the shipped checkpoint) or a config name (a random-weight checkpoint: speed does not depend on weights);
+# models go in BENCH_MODELS, not in BENCH_FLAGS, so that their artifacts are the ones built.
+BENCH_MODELS ?= yolact_resnet50 demo
+# Calibration images of the bench's FP16/INT8 variants: their speed does not depend on the ranges.
+BENCH_CALIB_IMAGES ?= runtime/assets
+# The largest batch of the TensorRT rows (runtime/bench/tensorrt.py, BATCH_SIZES).
+BENCH_MAX_BATCH ?= 32
+bench_checkpoint = $(if $(filter demo,$(1)),runtime/assets/yolact_tiny_shapes.pth,build/bench/$(1)_random.pth)
+# NAME of build/NAME.*: the checkpoint's name up to its first dot (runtime/artifacts.py's rule).
+bench_name = $(firstword $(subst ., ,$(notdir $(call bench_checkpoint,$(1)))))
+BENCH_NAMES = $(foreach model,$(BENCH_MODELS),$(call bench_name,$(model)))
+BENCH_ORT_ARTIFACTS = $(foreach name,$(BENCH_NAMES),$(foreach suffix,raw postprocess raw.fp16 raw.int8 raw.int8-ort,\
+  build/$(name).$(suffix).onnx))
+BENCH_ENGINES = $(foreach name,$(BENCH_NAMES),build/$(name).engine build/$(name).fp16.engine build/$(name).int8.engine)
+bench: setup $(BENCH_ORT_ARTIFACTS) $(foreach model,$(BENCH_MODELS),$(call bench_checkpoint,$(model)))
+	@if $(PY) -c 'import sys; from runtime.tensorrt.backend import trt_unavailable_reason; sys.exit(trt_unavailable_reason() is not None)'; \
+	then $(MAKE) --no-print-directory $(BENCH_ENGINES); \
+	else echo 'no TensorRT engines built: TensorRT or a GPU is missing (the bench notes which)'; fi
+	$(PY) -m runtime.bench --models $(foreach model,$(BENCH_MODELS),$(model)=$(call bench_checkpoint,$(model))) $(BENCH_FLAGS)
+
+# The bench's artifacts. The exports and calibrated models the engines are built from are kept too
+# (make would otherwise delete them as intermediate files of a chain).
+.SECONDARY: $(foreach name,$(BENCH_NAMES),build/$(name).onnx build/$(name).fp16.onnx build/$(name).int8.onnx)
+build/bench/%_random.pth: | setup
+	$(PY) -m export.bench_artifacts checkpoint --config $* --output $@
+build/%.raw.onnx: runtime/assets/%.pth | setup
+	$(PY) -m export --checkpoint $< --no-postprocess --output $@
+build/%.raw.onnx: build/bench/%.pth | setup
+	$(PY) -m export --checkpoint $< --no-postprocess --output $@
+build/%.onnx: build/bench/%.pth | setup
+	$(PY) -m export --checkpoint $< --output $@
+build/%.postprocess.onnx: build/%.raw.onnx
+	$(PY) -m export.bench_artifacts postprocess --raw $< --output $@
+build/%.fp16.onnx: build/%.onnx
+	$(PY) -m calib --model $< --precision fp16 --images $(BENCH_CALIB_IMAGES) --output $@
+build/%.int8.onnx: build/%.onnx
+	$(PY) -m calib --model $< --precision int8 --images $(BENCH_CALIB_IMAGES) --output $@
+build/%.int8-ort.onnx: build/%.onnx
+	$(PY) -m calib --model $< --precision int8 --layout onnxruntime --images $(BENCH_CALIB_IMAGES) --output $@
+build/%.fp16.engine: build/%.fp16.onnx
+	$(PY) -m engines.build --model $< --precision fp16 --max-batch $(BENCH_MAX_BATCH) --output $@
+build/%.int8.engine: build/%.int8.onnx
+	$(PY) -m engines.build --model $< --precision int8 --max-batch $(BENCH_MAX_BATCH) --output $@
+build/%.engine: build/%.onnx
+	$(PY) -m engines.build --model $< --precision fp32 --max-batch $(BENCH_MAX_BATCH) --output $@
 
 # make engine [PRECISION=fp32|fp16|int8] [MODEL=build/NAME.onnx] [MAX_BATCH=8] [MIN_IMAGE=32x32]
 #             [OPT_IMAGE=1080x1920] [MAX_IMAGE=3840x3840] [ENGINE_FLAGS=--force]:

@@ -38,7 +38,7 @@ from engines.sidecar import write_sidecar
 from engines.trt import choose_compute_capabilities, make_progress_monitor, rtx_compute_capabilities
 from plugins import register_tensorrt_plugins
 from runtime import artifacts
-from runtime.cuda.memory import cuda_device
+from runtime.cuda.device import cuda_device
 from runtime.errors import ToolkitError
 from runtime.files import file_sha256, write_atomic
 from runtime.metadata import PRECISIONS

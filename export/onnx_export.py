@@ -28,8 +28,9 @@ import torch
 
 from export.cleanup import fold_and_clean, strip_trace_metadata
 from export.graph import DeployNetwork
-from export.postprocess_nodes import DECODED_HEAD_NAMES, append_postprocess
+from export.postprocess_nodes import append_postprocess
 from model.config import YolactConfig, metadata_from_config
+from plugins.onnx_model import DECODED_HEAD_NAMES
 from runtime import __version__
 from runtime.contract import BATCH_DIM, HEIGHT_DIM, INPUT_NAME, METADATA_KEY, RAW_OUTPUTS, WIDTH_DIM, metadata_from_props
 from runtime.errors import ToolkitError
@@ -77,8 +78,9 @@ def trace_network(network: DeployNetwork, cfg: YolactConfig, output_names) -> on
         program = torch.onnx.export(
             network, (example,), dynamo=True, opset_version=OPSET, verbose=False, optimize=True,
             input_names=[INPUT_NAME], output_names=list(output_names),
-            dynamic_shapes={'images': {0: torch.export.Dim(BATCH_DIM), 1: torch.export.Dim(HEIGHT_DIM),
-                                       2: torch.export.Dim(WIDTH_DIM)}})
+            # Positional (the forward's one argument): the graph input's name is INPUT_NAME, above.
+            dynamic_shapes=({0: torch.export.Dim(BATCH_DIM), 1: torch.export.Dim(HEIGHT_DIM),
+                             2: torch.export.Dim(WIDTH_DIM)},))
     return program.model_proto
 
 

@@ -13,15 +13,13 @@ import onnx
 from onnx import TensorProto, helper
 
 from model.config import YolactConfig
-from plugins import DOMAIN
 from plugins.fast_nms import onnx_function as fast_nms_function
 from plugins.mask_assembly import onnx_function as mask_assembly_function
+from plugins.onnx_model import DECODED_HEAD_NAMES, add_functions
+from runtime.contract import POSTPROCESS_OUTPUTS
 
-# Names of the traced network's outputs when post-processing follows (see export.graph.DecodedHead).
-DECODED_HEAD_NAMES = ('decoded_boxes', 'class_scores', 'coef', 'proto')
 # The function's output det_indices feeds MaskAssembly only; it is not a graph output.
 _DET_INDICES = 'det_indices'
-_DOMAIN_VERSION = 1
 
 
 def _output_dims(model: onnx.ModelProto, name: str) -> list:
@@ -33,28 +31,27 @@ def append_postprocess(model: onnx.ModelProto, cfg: YolactConfig, *, cross_class
                        max_dets: int) -> onnx.ModelProto:
     """`model` (outputs DECODED_HEAD_NAMES) with FastNMS and MaskAssembly appended, its outputs
     replaced by the contract's; thresholds and top-k from `cfg`. Modifies and returns `model`."""
-    opset = next(o.version for o in model.opset_import if o.domain in ('', 'ai.onnx'))
     boxes, scores, coef, proto = DECODED_HEAD_NAMES
+    num_dets, det_boxes, det_scores, det_classes, masks = POSTPROCESS_OUTPUTS
     batch = _output_dims(model, boxes)[0]
     proto_h, proto_w = _output_dims(model, proto)[1:3]
 
     nms = fast_nms_function.make_node(
-        [boxes, scores], ['num_dets', 'boxes', 'scores', 'classes', _DET_INDICES],
+        [boxes, scores], [num_dets, det_boxes, det_scores, det_classes, _DET_INDICES],
         conf_thresh=cfg.conf_thresh, iou_thresh=cfg.nms_thresh, top_k=cfg.nms_top_k,
         max_dets=max_dets, cross_class=cross_class)
     assembly = mask_assembly_function.make_node(
-        [proto, coef, _DET_INDICES, 'boxes', 'num_dets'], ['masks'], crop_padding=cfg.crop_padding)
+        [proto, coef, _DET_INDICES, det_boxes, num_dets], [masks], crop_padding=cfg.crop_padding)
     model.graph.node.extend([nms, assembly])
-    model.functions.extend([fast_nms_function.make_function(opset), mask_assembly_function.make_function(opset)])
-    model.opset_import.append(helper.make_opsetid(DOMAIN, _DOMAIN_VERSION))
+    add_functions(model)  # the function bodies at the model's opset, and the yolact domain's import
 
     del model.graph.output[:]
     model.graph.output.extend([
-        helper.make_tensor_value_info('num_dets', TensorProto.INT32, [batch]),
-        helper.make_tensor_value_info('boxes', TensorProto.FLOAT, [batch, max_dets, 4]),
-        helper.make_tensor_value_info('scores', TensorProto.FLOAT, [batch, max_dets]),
-        helper.make_tensor_value_info('classes', TensorProto.INT32, [batch, max_dets]),
-        helper.make_tensor_value_info('masks', TensorProto.FLOAT, [batch, max_dets, proto_h, proto_w]),
+        helper.make_tensor_value_info(num_dets, TensorProto.INT32, [batch]),
+        helper.make_tensor_value_info(det_boxes, TensorProto.FLOAT, [batch, max_dets, 4]),
+        helper.make_tensor_value_info(det_scores, TensorProto.FLOAT, [batch, max_dets]),
+        helper.make_tensor_value_info(det_classes, TensorProto.INT32, [batch, max_dets]),
+        helper.make_tensor_value_info(masks, TensorProto.FLOAT, [batch, max_dets, proto_h, proto_w]),
     ])
     return model
 

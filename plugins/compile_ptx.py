@@ -24,6 +24,8 @@ from pathlib import Path
 from plugins.triton_compile import TEST_ARCHS, AotKernel, KernelCompileError, compile_aot
 from runtime.files import write_atomic
 
+REPOSITORY = Path(__file__).resolve().parent.parent
+
 
 def kernel_specs(config, *, cross_class: bool):
     """(name, jit function, signature(float_type) callable, constexprs, num_warps) of the plugins'
@@ -41,6 +43,12 @@ def kernel_specs(config, *, cross_class: bool):
              mask_config.num_warps),
             ('paste_masks', paste.paste_masks_kernel, paste.signature, paste.PasteKernelConfig().constexprs(),
              paste.PasteKernelConfig().num_warps)]
+
+
+def portable(kernel: AotKernel) -> AotKernel:
+    """`kernel` with the source paths of its PTX debug lines (`.file 1 "/.../paste_kernel.py"`) made
+    relative to the repository, so that shipped PTX does not depend on the folder it was compiled in."""
+    return kernel._replace(ptx=kernel.ptx.replace(f'"{REPOSITORY}/', '"'))
 
 
 def describe(kernel: AotKernel, name: str, arch: int, float_type: str, seconds: float) -> dict:
@@ -92,7 +100,8 @@ def main(argv=None) -> int:
             for name, fn, signature, constexprs, num_warps in specs:
                 start = time.perf_counter()
                 try:
-                    kernel = compile_aot(fn, signature(float_type), constexprs, arch=arch, num_warps=num_warps)
+                    kernel = portable(compile_aot(fn, signature(float_type), constexprs, arch=arch,
+                                                  num_warps=num_warps))
                 except KernelCompileError as e:
                     print(f'error: {e}', file=sys.stderr)
                     return 1

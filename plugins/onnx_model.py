@@ -18,6 +18,10 @@ from plugins.mask_assembly import onnx_function as mask_function
 # onnxruntime runs model-local functions from IR version 8; TensorRT's parser reads up to IR 10.
 IR_VERSION = 10
 DOMAIN_VERSION = 1
+# The post-processing's inputs, the decoded head: boxes [B, P, 4] xyxy relative, class scores [B, P, K]
+# (softmax, background excluded), mask coefficients [B, P, M], prototypes [B, Hp, Wp, M]. The exporter
+# names the traced network's outputs so (export/postprocess_nodes.py).
+DECODED_HEAD_NAMES = ('decoded_boxes', 'class_scores', 'coef', 'proto')
 
 
 def add_functions(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -48,20 +52,21 @@ def nms_and_masks_model(*, conf_thresh: float, iou_thresh: float, top_k: int, ma
     num_dets int32 [B]; boxes [B, D, 4]; scores [B, D]; classes int32 [B, D]; masks [B, D, Hp, Wp]
     (float outputs in `float_type`), plus det_indices int32 [B, D].
     """
+    boxes, scores, coef, proto = DECODED_HEAD_NAMES
     nms = fast_nms_function.make_node(
-        ['decoded_boxes', 'class_scores'], ['num_dets', 'det_boxes', 'det_scores', 'det_classes', 'det_indices'],
+        [boxes, scores], ['num_dets', 'det_boxes', 'det_scores', 'det_classes', 'det_indices'],
         conf_thresh=conf_thresh, iou_thresh=iou_thresh, top_k=top_k, max_dets=max_dets, cross_class=cross_class)
-    masks = mask_function.make_node(['proto', 'coef', 'det_indices', 'det_boxes', 'num_dets'], ['masks'],
+    masks = mask_function.make_node([proto, coef, 'det_indices', 'det_boxes', 'num_dets'], ['masks'],
                                     crop_padding=crop_padding)
     rename = [helper.make_node('Identity', [src], [dst]) for src, dst in
               (('det_boxes', 'boxes'), ('det_scores', 'scores'), ('det_classes', 'classes'))]
     value = helper.make_tensor_value_info
     graph = helper.make_graph(
         [nms, masks, *rename], 'yolact_postprocess',
-        [value('decoded_boxes', float_type, ['batch', 'priors', 4]),
-         value('class_scores', float_type, ['batch', 'priors', 'classes']),
-         value('coef', float_type, ['batch', 'priors', 'mask_dim']),
-         value('proto', float_type, ['batch', 'proto_h', 'proto_w', 'mask_dim'])],
+        [value(boxes, float_type, ['batch', 'priors', 4]),
+         value(scores, float_type, ['batch', 'priors', 'classes']),
+         value(coef, float_type, ['batch', 'priors', 'mask_dim']),
+         value(proto, float_type, ['batch', 'proto_h', 'proto_w', 'mask_dim'])],
         [value('num_dets', TensorProto.INT32, ['batch']), value('boxes', float_type, ['batch', max_dets, 4]),
          value('scores', float_type, ['batch', max_dets]), value('classes', TensorProto.INT32, ['batch', max_dets]),
          value('masks', float_type, ['batch', max_dets, 'proto_h', 'proto_w']),

@@ -7,6 +7,8 @@ choice and the benchmarks all follow (the Makefile spells the same names):
                                          --cross-class / --no-postprocess
     FOLDER/NAME.fp16.onnx, NAME.int8.onnx, NAME.int8-ort.onnx
                                          python -m calib, beside the FP32 model
+    FOLDER/NAME.postprocess.onnx         python -m export.bench_artifacts postprocess, beside the raw export
+                                         NAME.raw.onnx: Fast NMS and mask assembly alone (the benchmark)
     FOLDER/NAME[.PRECISION].engine       python -m engines.build, beside the ONNX it was built from
 """
 
@@ -32,6 +34,13 @@ def precision_path(model_path: str | os.PathLike, precision: str, layout: str | 
     stem = model_path.name.removesuffix('.onnx').removesuffix('.fp32')
     suffix = '-ort' if layout == 'onnxruntime' else ''
     return model_path.with_name(f'{stem}.{precision}{suffix}.onnx')
+
+
+def postprocess_only_path(raw_model: str | os.PathLike) -> Path:
+    """<folder>/<name>.postprocess.onnx beside the raw (--no-postprocess) export <name>.raw.onnx: the
+    post-processing ops alone, for the raw export's shapes."""
+    raw_model = Path(raw_model)
+    return raw_model.with_name(f'{raw_model.name.removesuffix(".onnx").removesuffix(".raw")}.postprocess.onnx')
 
 
 def engine_path(model: str | os.PathLike) -> Path:

@@ -55,7 +55,7 @@ def to_detections(raw: RawDetections, image_sizes: Sequence[tuple[int, int]], *,
                   mask_threshold: float) -> list[Detections]:
     """The model's padded outputs for a batch -> one Detections per image.
 
-    raw: the RAW_OUTPUT_NAMES arrays of B images; image_sizes: (H, W) of each original image.
+    raw: the POSTPROCESS_OUTPUTS arrays (runtime.contract) of B images; image_sizes: (H, W) of each original image.
     Keeps detections with score >= score_threshold (0 keeps all), scales boxes to image pixels
     (ordered, clipped to the image, as the original's sanitize_coordinates) and pastes each mask
     into its image on the host (value > mask_threshold, only inside its box).

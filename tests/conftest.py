@@ -20,11 +20,12 @@ def gpu_unavailable_reason() -> str | None:
     except ImportError:
         return 'TensorRT is not installed (GPU hosts: pip install -e .[tensorrt])'
     try:
-        from cuda.bindings import runtime as cudart
+        import cuda.bindings.runtime  # noqa: F401
     except ImportError:
         return 'cuda-python is not installed (pip install cuda-python)'
-    err, count = cudart.cudaGetDeviceCount()
-    if int(err) != 0 or count == 0:
+    from runtime.cuda.device import cuda_device
+
+    if cuda_device() is None:
         return 'no CUDA device is visible'
     return None
 

@@ -11,7 +11,7 @@ import inspect
 from pathlib import Path
 from typing import NamedTuple
 
-from runtime.backends.base import RAW_OUTPUT_NAMES, Backend, BackendError, RawDetections
+from runtime.backends.base import Backend, BackendError, RawDetections
 
 
 class BackendEntry(NamedTuple):
@@ -70,5 +70,5 @@ def open_backend(path: str | Path, backend: str = 'auto', **options) -> Backend:
     return backend_class(path, **options).load()
 
 
-__all__ = ['BACKENDS', 'RAW_OUTPUT_NAMES', 'Backend', 'BackendError', 'RawDetections', 'backend_for_path',
+__all__ = ['BACKENDS', 'Backend', 'BackendError', 'RawDetections', 'backend_for_path',
            'open_backend']

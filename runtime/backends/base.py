@@ -15,16 +15,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from runtime.contract import POSTPROCESS_OUTPUTS
 from runtime.errors import ToolkitError
 from runtime.metadata import ModelMetadata
 
 if TYPE_CHECKING:
     from runtime.detections import Detections
 
-# The model's outputs with post-processing (the ONNX contract), by name:
-#   num_dets int32 [B]; boxes float32 [B, D, 4] xyxy relative; scores float32 [B, D];
-#   classes int32 [B, D] 0-based; masks float32 [B, D, Hp, Wp]. Rows past num_dets are padding.
-RAW_OUTPUT_NAMES = ('num_dets', 'boxes', 'scores', 'classes', 'masks')
+# The model's outputs with post-processing, by their names in the ONNX contract
+# (runtime.contract.POSTPROCESS_OUTPUTS): num_dets int32 [B]; boxes float32 [B, D, 4] xyxy relative;
+# scores float32 [B, D]; classes int32 [B, D] 0-based; masks float32 [B, D, Hp, Wp]. Rows past
+# num_dets are padding.
 RawDetections = dict[str, np.ndarray]
 
 
@@ -81,7 +82,7 @@ class Backend(abc.ABC):
         """Detect instances in a batch of images.
 
         images: uint8 [B, H, W, 3] BGR, any H, W >= 1 (the model resizes them to metadata.input_size).
-        Returns RawDetections: the arrays named in RAW_OUTPUT_NAMES, in the ONNX contract's
+        Returns RawDetections: the arrays named in POSTPROCESS_OUTPUTS, in the ONNX contract's
         shapes and dtypes, as numpy arrays the caller owns. Batches larger than max_batch run in
         chunks of max_batch.
         """
@@ -91,7 +92,7 @@ class Backend(abc.ABC):
             return self._infer_impl(images)
         # Larger batches than the model takes run in chunks; the outputs are joined along B.
         chunks = [self._infer_impl(images[i:i + step]) for i in range(0, len(images), step)]
-        return {name: np.concatenate([c[name] for c in chunks]) for name in RAW_OUTPUT_NAMES}
+        return {name: np.concatenate([c[name] for c in chunks]) for name in POSTPROCESS_OUTPUTS}
 
     def detect(self, images: np.ndarray, image_sizes: Sequence[tuple[int, int]], *, score_threshold: float,
                mask_threshold: float) -> list[Detections]:
@@ -137,7 +138,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def _infer_impl(self, images: np.ndarray) -> RawDetections:
-        """Run a checked, contiguous batch of at most max_batch images; return the RAW_OUTPUT_NAMES arrays."""
+        """Run a checked, contiguous batch of at most max_batch images; return the POSTPROCESS_OUTPUTS arrays."""
 
     @abc.abstractmethod
     def _close_impl(self) -> None:

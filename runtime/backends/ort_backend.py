@@ -4,7 +4,6 @@ onnxruntime executes). CUDA execution provider when a CUDA device is usable, CPU
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 import platform
@@ -14,21 +13,8 @@ import numpy as np
 
 from runtime.backends.base import Backend, BackendError, RawDetections
 from runtime.contract import INPUT_NAME, POSTPROCESS_OUTPUTS, RAW_OUTPUTS, metadata_from_props
+from runtime.cuda.device import device_count
 from runtime.metadata import MetadataError, ModelMetadata
-
-
-@functools.lru_cache(maxsize=None)
-def cuda_device_count() -> int:
-    """CUDA devices the driver reports (0 without a driver). Asked of libcuda directly: the
-    onnxruntime-gpu wheel lists its CUDA provider as available even where no GPU exists."""
-    try:
-        libcuda = ctypes.CDLL('libcuda.so.1')
-    except OSError:
-        return 0
-    count = ctypes.c_int(0)
-    if libcuda.cuInit(0) != 0 or libcuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
-        return 0
-    return count.value
 
 
 # onnxruntime's x86 u8s8 integer kernels (QLinearConv, MatMulInteger, ...) on a CPU without VNNI add
@@ -79,7 +65,7 @@ def int8_kernels() -> str:
 def default_providers(ort) -> list[str]:
     """['CUDAExecutionProvider', 'CPUExecutionProvider'] when a GPU and the CUDA provider are both
     there, else ['CPUExecutionProvider']."""
-    if cuda_device_count() > 0 and 'CUDAExecutionProvider' in ort.get_available_providers():
+    if device_count() > 0 and 'CUDAExecutionProvider' in ort.get_available_providers():
         return ['CUDAExecutionProvider', 'CPUExecutionProvider']
     return ['CPUExecutionProvider']
 
@@ -88,7 +74,7 @@ def cuda_fallback_warnings(requested: list[str] | None, granted: list[str]) -> l
     """A warning when CUDA was asked for (in `requested`, or by default because a CUDA device is
     there) but the session runs without it: onnxruntime falls back to the CPU silently at the log
     level create_session sets (a CPU-only onnxruntime, or a CUDA build for another CUDA major)."""
-    wants_cuda = 'CUDAExecutionProvider' in requested if requested else cuda_device_count() > 0
+    wants_cuda = 'CUDAExecutionProvider' in requested if requested else device_count() > 0
     if not wants_cuda or 'CUDAExecutionProvider' in granted:
         return []
     import onnxruntime as ort  # create_session imported it

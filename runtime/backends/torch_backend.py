@@ -54,15 +54,50 @@ class TorchBackend(Backend):
         self.max_batch = None
 
     def _infer_impl(self, images: np.ndarray) -> RawDetections:
+        return self.postprocess(self.network(images))
+
+    # The stages apart, so that the benchmark times them as it times the exported model's.
+
+    def network(self, images: np.ndarray):
+        """The network alone, pre-processing (resize and normalisation) included as in the exported
+        graph. images: uint8 [B, H, W, 3] BGR, any size. Returns the raw head, a model.yolact.YolactOutput
+        of torch tensors on `device`: loc [B, P, 4], conf logits [B, P, C] (C with the background),
+        coef [B, P, M], proto [B, Hp, Wp, M]."""
+        import torch
+
+        with torch.inference_mode():
+            return self._model(self._preprocess(torch.from_numpy(images).to(self.device)))
+
+    def postprocess(self, head) -> RawDetections:
+        """Fast NMS and mask assembly (model.postprocess.detect) of a raw head as `network` returns it,
+        as the contract's numpy arrays."""
         import torch
 
         from model.postprocess import detect
 
         with torch.inference_mode():
-            batch = self._preprocess(torch.from_numpy(images).to(self.device))
-            out = detect(self._model(batch), self._model.priors, self._cfg, cross_class=self.cross_class,
+            out = detect(head, self._model.priors, self._cfg, cross_class=self.cross_class,
                          max_dets=self.metadata.max_dets)
         return {name: tensor.cpu().numpy() for name, tensor in out._asdict().items()}
+
+    def head_decoding_to(self, decoded: dict[str, np.ndarray]):
+        """The raw head (as `network` returns it) whose decoding is `decoded`: 'boxes' float32 [B, P, 4]
+        xyxy relative, 'class_scores' float32 [B, P, K] (softmax, background excluded, rows summing
+        below 1), 'coef' float32 [B, P, M], 'proto' float32 [B, Hp, Wp, M]. The boxes are encoded
+        against the model's priors and the scores become log-probabilities with the background as
+        the rest, so `postprocess` sees exactly these detections (the benchmark gives the exported
+        post-processing the same ones)."""
+        import torch
+
+        from model.box_coding import encode
+        from model.yolact import YolactOutput
+
+        boxes, scores = torch.from_numpy(decoded['boxes']), torch.from_numpy(decoded['class_scores'])
+        background = (1 - scores.sum(-1, keepdim=True)).clamp(min=1e-6)
+        conf = torch.log(torch.cat([background, scores], -1))
+        loc = encode(boxes, self._model.priors.cpu(), self._cfg.variances)
+        return YolactOutput(*(t.to(self.device) for t in (loc, conf, torch.from_numpy(decoded['coef']),
+                                                           torch.from_numpy(decoded['proto']))), None)
 
     def _close_impl(self) -> None:
         self._model = self._preprocess = self._cfg = None

@@ -1,11 +1,19 @@
 """python -m runtime.bench (`make bench`): latency per stage for torch eager and onnxruntime.
 
+It times artifacts, as trtexec does, and builds none: each model is given as its checkpoint
+(--models [LABEL=]FILE.pth), and its other artifacts are found by the naming rule
+(runtime.artifacts): the raw export build/NAME.raw.onnx, the post-processing alone
+build/NAME.postprocess.onnx, the raw export's FP16/INT8/INT8-ort variants and the engines.
+`make bench` builds them first with python -m export, export.bench_artifacts, calib and
+engines.build; a missing one is a note naming what makes it.
+
 Stages, per batch of B images of 640x480 (B = 1 and 4 by default):
 - pre: resize to the model size and stack (runtime.pipeline, the same for every backend);
 - network: the network alone (torch: Normalize + Yolact; ORT: the --no-postprocess export, whose
   graph includes normalisation, softmax and box decoding);
 - post: Fast NMS + mask assembly of a synthetic head with DETECTIONS detections per image (torch:
-  model.postprocess.detect; ORT: the yolact::FastNMS / yolact::MaskAssembly function nodes alone);
+  model.postprocess.detect through the torch backend; ORT: NAME.postprocess.onnx, the
+  yolact::FastNMS / yolact::MaskAssembly function nodes alone);
 - paste: the runtime's pasting of those masks into 640x480 images (runtime.pipeline.to_detections).
 Each row gives p50/p90 per stage, images/s from the sum of the stage medians, and the network's
 achieved GFLOP/s (2 x the convolutions' multiply-accumulates / network p50) next to this machine's
@@ -13,8 +21,8 @@ float32 matrix-multiply rate, measured just before and after that row's network 
 
 Rows are data: each is a dict, the table shows the columns some row has. Other row sources (FP16 /
 INT8 exports, TensorRT engines) append a callable to ROW_SOURCES: source(context: BenchContext)
--> (rows, notes). The torch rows and the model preparation (random weights for configs without a
-trained checkpoint, exports) need torch; ORT rows of existing exports do not.
+-> (rows, notes). The torch rows need torch (the torch backend loads the checkpoint); the others
+do not.
 """
 
 from __future__ import annotations
@@ -29,20 +37,16 @@ from pathlib import Path
 
 import numpy as np
 
-from model.config import get_config
-from runtime.assets import DEMO_MODEL
+from runtime.artifacts import export_path, postprocess_only_path
 from runtime.bench import precision as bench_precision
 from runtime.bench import tensorrt as trt_bench
 from runtime.contract import INPUT_NAME, RAW_OUTPUTS
 from runtime.errors import ToolkitError
-from runtime.files import write_atomic
 from runtime.pipeline import to_detections
 
 STAGES = ('pre', 'network', 'post', 'paste')
 IMAGE_HW = (480, 640)
 DETECTIONS = 100  # per image, as the post-processing target is stated for
-DEFAULT_MODELS = ('yolact_resnet50', 'demo')
-WORK_FOLDER = Path('build/bench')
 # numpy's BLAS threads keep spinning on the cores for ~0.1 s after a matrix product; a network timed
 # in that window ran at half speed (the demo model's first 10 runs: 11-16 ms instead of 6.7).
 BLAS_IDLE_S = 0.3
@@ -137,16 +141,23 @@ def synthetic_head(batch: int, num_priors: int, num_classes: int, mask_dim: int,
 
 # --- what a run measures ------------------------------------------------------------------------
 
+class MissingArtifactError(ToolkitError):
+    """An artifact the benchmark times does not exist; the message names the command that makes it."""
+
+
 @dataclass
 class BenchModel:
-    """A model under test: its checkpoint, exports (full, raw) and per-image GMAC."""
+    """A model under test: its artifacts (checkpoint, raw export, post-processing alone), per-image
+    GMAC, and what its raw export says of it."""
 
     label: str
     checkpoint: Path
-    full_onnx: Path
     raw_onnx: Path
+    post_onnx: Path
     gmac: float
     config: str
+    input_size: tuple[int, int]  # (H, W) of the network's input
+    mask_threshold: float
     num_priors: int
     num_classes: int  # without the background
     mask_dim: int
@@ -186,14 +197,13 @@ def stage_row(samples: dict[str, np.ndarray], *, batch: int, gmac: float, matmul
 def _common_stages(context: BenchContext, model: BenchModel, batch: int):
     """The pre-processing and pasting callables, which do not depend on the backend."""
     images = [context.images[i % len(context.images)] for i in range(batch)]
-    mask_threshold = get_config(model.config).mask_threshold
 
     def pre():
         # The host only stacks: the graph resizes (the images share one size, IMAGE_HW).
         return np.stack(images)
 
     def paste(raw):
-        return to_detections(raw, [IMAGE_HW] * batch, score_threshold=0, mask_threshold=mask_threshold)
+        return to_detections(raw, [IMAGE_HW] * batch, score_threshold=0, mask_threshold=model.mask_threshold)
 
     return pre, paste
 
@@ -211,24 +221,19 @@ def _stage_samples(context: BenchContext, pre: Callable[[], object], network_sam
 
 
 def ort_rows(context: BenchContext) -> tuple[list[dict], list[str]]:
-    """onnxruntime (CPU) rows: the raw export for the network, the post-processing ops alone."""
-    from export.postprocess_nodes import postprocess_model
+    """onnxruntime (CPU) rows: the raw export for the network, the post-processing model alone."""
     from runtime.backends.ort_backend import create_session
 
     rows = []
     for model in context.models:
         network = create_session(model.raw_onnx, num_threads=context.threads)
-        cfg = get_config(model.config)
-        post_model = postprocess_model(cfg, num_priors=model.num_priors, mask_dim=model.mask_dim,
-                                       proto_hw=model.proto_hw)
-        post_path = model.raw_onnx.with_name(f'{model.raw_onnx.stem}.post_only.onnx')
-        write_atomic(post_path, post_model.SerializeToString())
-        post = create_session(post_path, num_threads=context.threads)
+        post = create_session(model.post_onnx, num_threads=context.threads)
+        post_inputs = [i.name for i in post.get_inputs()]  # plugins.onnx_model.DECODED_HEAD_NAMES
         for batch in context.batches:
             pre, paste = _common_stages(context, model, batch)
             images = pre()
             head = synthetic_head(batch, model.num_priors, model.num_classes, model.mask_dim, model.proto_hw)
-            feed = dict(zip(('decoded_boxes', 'class_scores', 'coef', 'proto'), head.values()))
+            feed = dict(zip(post_inputs, head.values()))
             raw = dict(zip([o.name for o in post.get_outputs()], post.run(None, feed)))
             network_samples, matmul = timed_network(lambda: network.run(None, {INPUT_NAME: images}),
                                                     context.iterations, context.warmup, context.warmup_s)
@@ -239,27 +244,34 @@ def ort_rows(context: BenchContext) -> tuple[list[dict], list[str]]:
 
 
 def torch_rows(context: BenchContext) -> tuple[list[dict], list[str]]:
-    """torch eager rows: the reference model and model.postprocess.detect on the same inputs."""
-    try:
-        from export.reference_bench import TorchStages
-    except ImportError as e:
-        return [], [f'torch rows skipped: {e}']
-    rows = []
+    """torch eager rows: the torch backend on each model's checkpoint, its network and its
+    post-processing (model.postprocess.detect) timed apart on the same inputs as onnxruntime's."""
+    from runtime.backends.torch_backend import TorchBackend
+
+    rows, notes = [], []
     for model in context.models:
-        stages = TorchStages(model.checkpoint, num_threads=context.threads)
-        for batch in context.batches:
-            pre, paste = _common_stages(context, model, batch)
-            images = pre()
-            head = synthetic_head(batch, model.num_priors, model.num_classes, model.mask_dim, model.proto_hw)
-            raw_head = stages.raw_outputs(head)
-            raw = stages.post(raw_head)
-            network_samples, matmul = timed_network(lambda: stages.network(images), context.iterations,
-                                                    context.warmup, context.warmup_s)
-            samples = _stage_samples(context, pre, network_samples, lambda: stages.post(raw_head),
-                                     lambda: paste(raw))
-            rows.append(stage_row(samples, batch=batch, gmac=model.gmac, matmul=matmul,
-                                  model=model.label, backend='torch', precision='fp32'))
-    return rows, []
+        if not model.checkpoint.is_file():
+            notes.append(f'{model.label}: torch rows skipped, no checkpoint {model.checkpoint}')
+            continue
+        try:
+            backend = TorchBackend(model.checkpoint, num_threads=context.threads).load()
+        except ToolkitError as e:  # torch missing (BackendError), a checkpoint it cannot read
+            notes.append(f'{model.label}: torch rows skipped: {e}')
+            continue
+        with backend:
+            for batch in context.batches:
+                pre, paste = _common_stages(context, model, batch)
+                images = pre()
+                head = synthetic_head(batch, model.num_priors, model.num_classes, model.mask_dim, model.proto_hw)
+                raw_head = backend.head_decoding_to(head)
+                raw = backend.postprocess(raw_head)
+                network_samples, matmul = timed_network(lambda: backend.network(images), context.iterations,
+                                                        context.warmup, context.warmup_s)
+                samples = _stage_samples(context, pre, network_samples, lambda: backend.postprocess(raw_head),
+                                         lambda: paste(raw))
+                rows.append(stage_row(samples, batch=batch, gmac=model.gmac, matmul=matmul,
+                                      model=model.label, backend='torch', precision='fp32'))
+    return rows, notes
 
 
 # Row sources run in this order; others append theirs (FP16/INT8 exports, TensorRT engines).
@@ -293,40 +305,46 @@ def format_table(rows: list[dict]) -> str:
 
 # --- preparing the models -----------------------------------------------------------------------
 
-def prepare_model(spec: str, folder: Path) -> BenchModel:
-    """'demo', a config name (random weights) or a .pth path -> BenchModel with its exports."""
-    from export.reference_bench import export_variants, random_checkpoint
+def model_artifacts(spec: str) -> BenchModel:
+    """'[LABEL=]CHECKPOINT.pth' -> BenchModel with the artifacts the naming rule gives that checkpoint
+    (label: the checkpoint's name by default). MissingArtifactError when the raw export or the
+    post-processing model is missing, naming the command that makes it."""
+    label, _, checkpoint = spec.rpartition('=')
+    checkpoint = Path(checkpoint)
+    raw_onnx = export_path(checkpoint, postprocess=False)
+    post_onnx = postprocess_only_path(raw_onnx)
+    makers = {raw_onnx: f'python -m export --checkpoint {checkpoint} --no-postprocess',
+              post_onnx: f'python -m export.bench_artifacts postprocess --raw {raw_onnx}'}
+    for path, command in makers.items():
+        if not path.is_file():
+            raise MissingArtifactError(f'{path} is missing: make bench builds it ({command})')
+    return describe_model(label or export_path(checkpoint).stem, checkpoint, raw_onnx, post_onnx)
 
-    if spec == 'demo':
-        checkpoint = DEMO_MODEL
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f'the demo model {checkpoint} is missing')
-    elif spec.endswith(('.pth', '.pt')):
-        checkpoint = Path(spec)
-    else:
-        checkpoint = random_checkpoint(spec, folder / f'{spec}_random.pth')
-    exports = export_variants(checkpoint, folder)
-    return describe_model(spec, checkpoint, exports['full'], exports['raw'])
 
-
-def describe_model(label: str, checkpoint: Path, full_onnx: Path, raw_onnx: Path) -> BenchModel:
+def describe_model(label: str, checkpoint: Path, raw_onnx: Path, post_onnx: Path) -> BenchModel:
+    """The BenchModel of a raw export: sizes from its output shapes, config, input size and mask
+    threshold from its metadata."""
     from runtime.backends.ort_backend import create_session, read_session_metadata
 
     session = create_session(raw_onnx)
     meta = read_session_metadata(session, raw_onnx)
     shapes = {o.name: o.shape for o in session.get_outputs()}
+    if list(shapes) != list(RAW_OUTPUTS):
+        raise MissingArtifactError(f'{raw_onnx} has outputs {list(shapes)}, not the raw head {list(RAW_OUTPUTS)}: '
+                                   f'export it again with python -m export --checkpoint {checkpoint} --no-postprocess')
     num_priors, num_classes = shapes['conf'][1:3]
     proto_h, proto_w, mask_dim = shapes['proto'][1:4]
-    assert list(shapes) == list(RAW_OUTPUTS)
-    return BenchModel(label, checkpoint, full_onnx, raw_onnx, network_gmac(raw_onnx), meta.config,
-                      num_priors, num_classes - 1, mask_dim, (proto_h, proto_w))
+    return BenchModel(label, checkpoint, raw_onnx, post_onnx, network_gmac(raw_onnx), meta.config,
+                      tuple(meta.input_size), meta.mask_threshold, num_priors, num_classes - 1, mask_dim,
+                      (proto_h, proto_w))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog='python -m runtime.bench', description=__doc__.split('\n\n')[0])
-    parser.add_argument('--models', nargs='+', default=list(DEFAULT_MODELS),
-                        help='"demo" (the shipped demo model), a config name (random weights: speed does not '
-                             'depend on them) or a .pth checkpoint (default: %(default)s)')
+    parser.add_argument('--models', nargs='+', required=True, metavar='[LABEL=]CHECKPOINT',
+                        help='checkpoints (.pth) whose artifacts (runtime.artifacts: build/NAME.raw.onnx, '
+                             'build/NAME.postprocess.onnx, their FP16/INT8 variants, engines) are timed; '
+                             '`make bench` builds them. LABEL names the model in the table (default: NAME)')
     parser.add_argument('--batches', nargs='+', type=int, default=[1, 4], help='batch sizes (default: 1 4)')
     parser.add_argument('--iterations', type=int, default=10, help='timed runs per stage (default: 10)')
     parser.add_argument('--warmup', type=int, default=2, help='untimed runs first (default: 2)')
@@ -338,8 +356,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--sources', nargs='+', choices=[source.__name__ for source in ROW_SOURCES],
                         default=[source.__name__ for source in ROW_SOURCES],
                         help='row sources to run (default: all)')
-    parser.add_argument('--folder', type=Path, default=WORK_FOLDER,
-                        help='where random-weight checkpoints and exports are kept between runs (default: %(default)s)')
     return parser.parse_args(argv)
 
 
@@ -351,10 +367,9 @@ def main(argv=None) -> int:
         return 2
     notes, models = [], []
     for spec in args.models:
-        print(f'preparing {spec} ...', file=sys.stderr)
         try:
-            models.append(prepare_model(spec, args.folder))
-        except (FileNotFoundError, ToolkitError) as e:
+            models.append(model_artifacts(spec))
+        except ToolkitError as e:
             notes.append(f'{spec} skipped: {e}')
     if not models:
         print('error: no model to benchmark: ' + '; '.join(notes), file=sys.stderr)

@@ -3,7 +3,8 @@ size and number of streams, the latency of a batch (p50/p99, from the moment it 
 backend to the moment its detections are back on the host: upload of model-size uint8 images,
 inference with Fast NMS and mask assembly, the num_dets-trimmed download), images per second, and
 the GPU memory the backend holds; plus the GPU, driver and TensorRT versions the table was measured
-with. The engines are those `make engine` wrote for each benchmarked model (build/NAME[.PRECISION].engine).
+with. The engines are those `make bench` built for each benchmarked model (build/NAME[.PRECISION].engine,
+runtime.artifacts.engine_path of its checkpoint).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from runtime.artifacts import engine_path
+from runtime.artifacts import engine_path, export_path, precision_path
 from runtime.cuda import memory as cuda_mem
+from runtime.cuda.device import device_info
 from runtime.metadata import PRECISIONS
 from runtime.tensorrt.backend import TrtBackend, import_tensorrt, trt_unavailable_reason
 
@@ -25,7 +27,7 @@ STREAM_COUNTS = (1, 2, 4)
 
 def host_versions() -> dict[str, str]:
     """{'gpu', 'compute_capability', 'driver' (CUDA driver API version), 'cuda_runtime', 'tensorrt'}."""
-    info = cuda_mem.device_info(0)
+    info = device_info(0)
     return {'gpu': info['name'], 'compute_capability': info['compute_capability'], 'driver': info['driver'],
             'cuda_runtime': info['runtime'], 'tensorrt': import_tensorrt().version}
 
@@ -85,9 +87,11 @@ def trt_rows(engines: Sequence[str | Path], images: np.ndarray, *, batch_sizes=B
 
 
 def model_engines(checkpoint: str | Path) -> list[Path]:
-    """The engines `make engine` wrote for a checkpoint's export, one per precision, that exist."""
-    fp32 = engine_path(checkpoint)
-    candidates = [fp32] + [fp32.with_suffix(f'.{precision}.engine') for precision in PRECISIONS if precision != 'fp32']
+    """The engines `make bench` (or `make engine`) built for a checkpoint's export, one per precision,
+    that exist."""
+    export = export_path(checkpoint)
+    candidates = [engine_path(export)] + [engine_path(precision_path(export, precision))
+                                          for precision in PRECISIONS if precision != 'fp32']
     return [path for path in candidates if path.is_file()]
 
 
@@ -104,8 +108,8 @@ def bench_rows(context) -> tuple[list[dict], list[str]]:
     for model in context.models:
         engines = model_engines(model.checkpoint)
         if not engines:
-            notes.append(f'{model.label}: no TensorRT engine; make export && make calib && '
-                         f'make engine PRECISION=fp32|fp16|int8 MAX_BATCH={max(BATCH_SIZES)}')
+            notes.append(f'{model.label}: no TensorRT engine {engine_path(model.checkpoint)}: make bench builds the '
+                         f'engines where TensorRT and a GPU are present (max batch {max(BATCH_SIZES)})')
             continue
         images = np.stack(context.images)  # at their own size, IMAGE_HW: the engine resizes
         model_rows, model_notes = trt_rows(engines, images, iterations=context.iterations, warmup=context.warmup)

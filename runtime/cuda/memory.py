@@ -1,5 +1,6 @@
 """Device memory, pinned host memory, streams, events and CUDA graphs through cuda-python
 (`cuda.bindings.runtime`), for the TensorRT backend; `check` unpacks runtime- and driver-API results.
+The device queries live in runtime/cuda/device.py.
 
 Every object frees what it allocated (`free()`, idempotent, also called by `__del__` as a last
 resort), so a backend that is closed leaves nothing behind on the device. cuda-python is imported
@@ -53,35 +54,6 @@ def check(call_name: str, result):
     if not values:
         return None
     return values[0] if len(values) == 1 else values
-
-
-def device_info(device: int | None = None) -> dict:
-    """The current (or given) device: {'name', 'compute_capability' 'X.Y', 'total_memory' bytes,
-    'driver' 'major.minor', 'runtime' 'major.minor'}."""
-    cudart = _cudart()
-    if device is None:
-        device = check('cudaGetDevice', cudart.cudaGetDevice())
-    props = check('cudaGetDeviceProperties', cudart.cudaGetDeviceProperties(device))
-    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    driver = check('cudaDriverGetVersion', cudart.cudaDriverGetVersion())
-    runtime = check('cudaRuntimeGetVersion', cudart.cudaRuntimeGetVersion())
-    return {
-        'name': name.rstrip('\x00'),
-        'compute_capability': f'{props.major}.{props.minor}',
-        'total_memory': int(props.totalGlobalMem),
-        'driver': f'{driver // 1000}.{driver % 1000 // 10}',
-        'runtime': f'{runtime // 1000}.{runtime % 1000 // 10}',
-    }
-
-
-def cuda_device() -> tuple[str, str] | None:
-    """(name, compute capability 'major.minor') of CUDA device 0, or None when cuda-python, a
-    driver or a device is missing."""
-    try:
-        info = device_info(0)
-    except CudaError:
-        return None
-    return info['name'], info['compute_capability']
 
 
 def memory_in_use() -> int:

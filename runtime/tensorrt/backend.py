@@ -33,7 +33,7 @@ import numpy as np
 from runtime.artifacts import engine_path
 from runtime.backends.base import Backend, BackendError, RawDetections
 from runtime.cuda import memory as cuda_mem
-from runtime.cuda.memory import cuda_device
+from runtime.cuda.device import cuda_device
 from runtime.detections import Detections
 from runtime.paste import paste_masks
 from runtime.pipeline import kept_detections, make_detections

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 import numpy as np
 
 from runtime.cuda import memory as cuda_mem
+from runtime.cuda.device import device_info
 from runtime.errors import ToolkitError
 from runtime.paste import box_pixel_ranges, source_taps, zeroed_masks
 
@@ -225,7 +226,7 @@ def load_paste_kernel(masks_dtype):
                                      f'or float16')
     from runtime.cuda.module import PtxKernel
 
-    major, minor = cuda_mem.device_info()['compute_capability'].split('.')
+    major, minor = device_info()['compute_capability'].split('.')
     compute_capability = int(major) * 10 + int(minor)
     shipped = shipped_paste_ptx(compute_capability, masks_dtype)
     if shipped is not None:

@@ -17,7 +17,7 @@ import pytest
 from engines.build import build_engine, main, register_plugins
 from engines.errors import EngineBuildError
 from engines.trt import RTX_NOT_DEFAULT, rtx_compute_capabilities
-from runtime.cuda.memory import cuda_device
+from runtime.cuda.device import cuda_device
 from runtime.tensorrt.loader import TensorRT, load_tensorrt
 from runtime.tensorrt.sidecar import check_sidecar, read_sidecar, sidecar_path
 from tests.engines.build_log import build_logged

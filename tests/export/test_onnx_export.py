@@ -13,13 +13,14 @@ import torch
 
 from export.__main__ import main as export_main
 from export.onnx_export import OPSET, ExportError, build_onnx, export_onnx, read_metadata
-from export.postprocess_nodes import DECODED_HEAD_NAMES, postprocess_model
+from export.bench_artifacts import main as bench_artifacts_main
 from model.box_coding import decode
 from model.checkpoint import load_model, save_checkpoint
 from model.config import get_config, metadata_from_config
 from model.postprocess import detect
 from model.preprocess import Preprocess
 from model.yolact import Yolact
+from plugins.onnx_model import DECODED_HEAD_NAMES
 from runtime.contract import BATCH_DIM, HEIGHT_DIM, INPUT_NAME, METADATA_KEY, POSTPROCESS_OUTPUTS, RAW_OUTPUTS, WIDTH_DIM
 from runtime.metadata import ModelMetadata
 
@@ -273,16 +274,17 @@ def test_cli_reports_missing_checkpoint(tmp_path, capsys):
     assert 'not found' in capsys.readouterr().err
 
 
-def test_postprocess_model_alone_equals_the_full_graph(per_class_path, raw_path, model_and_cfg, images):
-    """The benchmark times the post-processing ops apart from the network (postprocess_model): fed
-    the raw export's decoded outputs, they give what the full export gives."""
+def test_postprocess_only_model_equals_the_full_graph(per_class_path, raw_path, model_and_cfg, images):
+    """The benchmark times the post-processing ops apart from the network, with the model that
+    python -m export.bench_artifacts postprocess writes beside the raw export: fed the raw export's decoded
+    outputs, it gives what the full export gives."""
     model, cfg = model_and_cfg
+    assert bench_artifacts_main(['postprocess', '--raw', str(raw_path)]) == 0
+    post_path = raw_path.with_name('tiny.postprocess.onnx')
+    onnx.checker.check_model(onnx.load(post_path), full_check=True)
     raw = run(raw_path, images)
     boxes = decode(torch.from_numpy(raw['loc']), torch.from_numpy(raw['priors']), cfg.variances).numpy()
-    post = postprocess_model(cfg, num_priors=raw['loc'].shape[1], mask_dim=raw['coef'].shape[2],
-                             proto_hw=raw['proto'].shape[1:3])
-    onnx.checker.check_model(post, full_check=True)
-    session = ort.InferenceSession(post.SerializeToString(), providers=['CPUExecutionProvider'])
+    session = ort.InferenceSession(str(post_path), providers=['CPUExecutionProvider'])
     feed = dict(zip(DECODED_HEAD_NAMES, (boxes, raw['conf'][..., 1:], raw['coef'], raw['proto'])))
     got = dict(zip(POSTPROCESS_OUTPUTS, session.run(list(POSTPROCESS_OUTPUTS), feed)))
     full = run(per_class_path, images)
@@ -290,3 +292,11 @@ def test_postprocess_model_alone_equals_the_full_graph(per_class_path, raw_path,
     np.testing.assert_array_equal(got['classes'], full['classes'])
     for name in ('boxes', 'scores', 'masks'):
         np.testing.assert_allclose(got[name], full[name], rtol=0, atol=1e-5, err_msg=name)
+
+
+def test_postprocess_only_refuses_a_full_export_in_one_line(per_class_path, tmp_path, capsys):
+    output = tmp_path / 'post.onnx'
+    assert bench_artifacts_main(['postprocess', '--raw', str(per_class_path), '--output', str(output)]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'not the raw head' in err and '--no-postprocess' in err
+    assert not output.exists()

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from model.config import metadata_from_config, yolact_tiny
-from runtime.backends import RAW_OUTPUT_NAMES, Backend, BackendError, backend_for_path, open_backend
+from runtime.backends import Backend, BackendError, backend_for_path, open_backend
 from runtime.backends.torch_backend import TorchBackend
+from runtime.contract import POSTPROCESS_OUTPUTS
 
 
 class RecordingBackend(Backend):
@@ -60,7 +61,7 @@ def test_batches_larger_than_max_batch_run_in_chunks(tmp_path):
         images[:, 0, 0, 0] = [10, 20, 30, 40, 50]
         raw = backend.infer(images)
     assert backend.calls == [2, 2, 1]
-    assert set(raw) == set(RAW_OUTPUT_NAMES)
+    assert set(raw) == set(POSTPROCESS_OUTPUTS)
     np.testing.assert_allclose(raw['scores'][:, 0], np.array([10, 20, 30, 40, 50]) / 255)
 
 
@@ -93,7 +94,7 @@ def test_torch_backend_returns_the_onnx_contract(tiny_checkpoint, cross_class):
     expected = {'num_dets': ((2,), np.int32), 'boxes': ((2, 30, 4), np.float32), 'scores': ((2, 30), np.float32),
                 'classes': ((2, 30), np.int32), 'masks': ((2, 30, proto, proto), np.float32)}
     assert {k: (v.shape, v.dtype) for k, v in raw.items()} == expected
-    for name in RAW_OUTPUT_NAMES:
+    for name in POSTPROCESS_OUTPUTS:
         np.testing.assert_allclose(single[name][0], raw[name][1], atol=1e-5)
     n = int(raw['num_dets'][0])
     assert n > 0

@@ -17,9 +17,6 @@ ROOT = Path(__file__).resolve().parents[2]
 BUILD_TIME = ('torch', 'model', 'export', 'calib', 'engines')
 # Function-level imports of build-time packages that the rule allows, by file.
 LAZY_ALLOWED = {'runtime/backends/torch_backend.py': {'torch', 'model'}}
-# The benchmarks still prepare their own models (exports, calibrated variants, torch stages); until
-# they take only artifacts (issue 14's remaining step), these two files are the named exceptions.
-PENDING = {'runtime/bench/cpu.py', 'runtime/bench/precision.py'}
 
 
 def imported_roots(node: ast.AST) -> list[str]:
@@ -49,7 +46,7 @@ def runtime_files() -> list[str]:
     return sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / 'runtime').rglob('*.py'))
 
 
-@pytest.mark.parametrize('name', [f for f in runtime_files() if f not in PENDING])
+@pytest.mark.parametrize('name', runtime_files())
 def test_runtime_module_imports_no_build_time_package(name):
     module_level, lazy = build_time_imports(ROOT / name)
     assert module_level == [], f'{name} imports build-time code at module level: {module_level}'

@@ -12,7 +12,7 @@ from model.checkpoint import load_model
 from model.config import metadata_from_config, yolact_tiny
 from runtime.backends import BackendError, open_backend
 from runtime.backends.ort_backend import OrtBackend
-from runtime.contract import METADATA_KEY, RAW_OUTPUTS
+from runtime.contract import INPUT_NAME, METADATA_KEY, RAW_OUTPUTS
 from runtime.infer import main as infer_main
 from runtime.pipeline import predict
 
@@ -99,8 +99,8 @@ def test_cli_images_and_video(onnx_path, tmp_path, capsys):
 
 def tiny_onnx(path, outputs, metadata: str | None, image_dims=('batch', 'height', 'width', 3)):
     """A small valid ONNX file with the contract's input (or `image_dims`) and the given output names."""
-    images = helper.make_tensor_value_info('images', TensorProto.UINT8, list(image_dims))
-    nodes = [helper.make_node('Cast', ['images'], [name], to=TensorProto.FLOAT) for name in outputs]
+    images = helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, list(image_dims))
+    nodes = [helper.make_node('Cast', [INPUT_NAME], [name], to=TensorProto.FLOAT) for name in outputs]
     graph = helper.make_graph(nodes, 'g', [images],
                               [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 19)], ir_version=9)
@@ -165,7 +165,7 @@ def test_cuda_asked_for_and_not_granted_is_a_warning(onnx_path, monkeypatch, cap
     assert warning.startswith('CUDA was asked for but onnxruntime') and 'runs on CPUExecutionProvider' in warning
     assert 'yolact-deploy[gpu]' in warning
     # A host with a CUDA device asks for CUDA by default; the CLI says when it was not granted.
-    monkeypatch.setattr(ort_backend, 'cuda_device_count', lambda: 1)
+    monkeypatch.setattr(ort_backend, 'device_count', lambda: 1)
     image = tmp_path / 'a.png'
     cv2.imwrite(str(image), np.zeros((40, 50, 3), np.uint8))
     assert infer_main([str(image), '--model', str(onnx_path), '--out', str(tmp_path / 'out')]) == 0

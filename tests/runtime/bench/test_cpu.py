@@ -1,17 +1,27 @@
 """The benchmark's own arithmetic and premises (it is run by `make bench`, not timed here): the
-MAC count, the synthetic head really giving DETECTIONS detections, the warm-up, and the data-driven
-table."""
+MAC count, the synthetic head really giving DETECTIONS detections, the warm-up, the data-driven
+table, and that it times the artifacts it is given (the naming rule's) and builds none."""
 
+import shutil
 import time
 
 import numpy as np
+import pytest
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from export.postprocess_nodes import DECODED_HEAD_NAMES, postprocess_model
+from export.onnx_export import export_onnx
+from export.postprocess_nodes import postprocess_model
+from export.bench_artifacts import main as bench_artifacts_main
+from model.checkpoint import load_model
 from model.config import yolact_tiny
-from runtime.bench.cpu import DETECTIONS, format_table, network_gmac, stage_row, synthetic_head, timed
+from plugins.onnx_model import DECODED_HEAD_NAMES
+from runtime.backends.ort_backend import create_session
+from runtime.backends.torch_backend import TorchBackend
+from runtime.bench import cpu as bench
+from runtime.bench.cpu import (DETECTIONS, MissingArtifactError, format_table, model_artifacts, network_gmac,
+                               stage_row, synthetic_head, timed)
 
 
 def test_network_gmac_counts_every_conv(tmp_path):
@@ -65,3 +75,77 @@ def test_table_shows_the_columns_rows_have():
     assert header[:5] == ['model', 'backend', 'B', 'streams', 'network p50 ms'] and 'pre p50 ms' not in header
     trt_cells = dict(zip(header, (cell.strip() for cell in lines[3].strip('|').split('|'))))
     assert trt_cells['streams'] == '2' and trt_cells['network p50 ms'] == '-' and trt_cells['batch p50 ms'] == '5.0'
+
+
+@pytest.fixture(scope='module')
+def tiny_build(tiny_checkpoint, tmp_path_factory):
+    """build/ with the tiny checkpoint's raw export and post-processing model, as `make bench` builds
+    them (exported once: the export takes most of these tests' time)."""
+    build = tmp_path_factory.mktemp('bench') / 'build'
+    model, cfg = load_model(tiny_checkpoint)
+    raw = export_onnx(model, cfg, build / 'yolact_tiny_random.raw.onnx', postprocess=False)
+    assert bench_artifacts_main(['postprocess', '--raw', str(raw)]) == 0
+    return build
+
+
+@pytest.fixture
+def tiny_artifacts(tiny_checkpoint, tiny_build, tmp_path, monkeypatch):
+    """(checkpoint, raw export) with a copy of tiny_build where the naming rule looks: build/ of the
+    working folder."""
+    shutil.copytree(tiny_build, tmp_path / 'build')
+    monkeypatch.chdir(tmp_path)
+    return tiny_checkpoint, tmp_path / 'build' / 'yolact_tiny_random.raw.onnx'
+
+
+def test_a_model_is_its_checkpoint_and_the_artifacts_the_naming_rule_gives_it(tiny_artifacts):
+    checkpoint, raw = tiny_artifacts
+    model = model_artifacts(f'tiny={checkpoint}')
+    assert (model.label, model.checkpoint, model.raw_onnx.resolve()) == ('tiny', checkpoint, raw)
+    assert model.post_onnx.resolve() == raw.with_name('yolact_tiny_random.postprocess.onnx')
+    assert (model.config, model.input_size, model.num_classes) == ('yolact_tiny', yolact_tiny.input_size,
+                                                                   yolact_tiny.num_classes - 1)
+    assert model_artifacts(str(checkpoint)).label == 'yolact_tiny_random'
+    model.post_onnx.unlink()
+    with pytest.raises(MissingArtifactError, match=r'yolact_tiny_random.postprocess.onnx is missing: make bench '
+                                                   r'builds it \(python -m export.bench_artifacts postprocess --raw '):
+        model_artifacts(str(checkpoint))
+    raw.unlink()
+    with pytest.raises(MissingArtifactError, match=r'raw.onnx is missing: make bench builds it \(python -m export '
+                                                   r'--checkpoint .* --no-postprocess\)'):
+        model_artifacts(str(checkpoint))
+
+
+def test_torch_and_onnxruntime_rows_from_the_artifacts(tiny_artifacts, monkeypatch, capsys):
+    checkpoint, raw = tiny_artifacts
+    monkeypatch.setattr(bench, 'matmul_gflops', lambda: 100.0)  # the machine's rate is not under test here
+    monkeypatch.setattr(bench, 'BLAS_IDLE_S', 0.0)
+    argv = ['--models', f'tiny={checkpoint}', 'missing=none/other.pth', '--batches', '1', '--iterations', '2',
+            '--warmup', '0', '--warmup-seconds', '0', '--threads', '1', '--sources', 'torch_rows', 'ort_rows']
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    header = [cell.strip() for cell in lines[0].strip('|').split('|')]
+    rows = [dict(zip(header, (c.strip() for c in line.strip('|').split('|')))) for line in lines[2:4]]
+    assert [(r['model'], r['backend'], r['prec'], r['B']) for r in rows] == [('tiny', 'torch', 'fp32', '1'),
+                                                                            ('tiny', 'ort', 'fp32', '1')]
+    assert all(float(r[f'{stage} p50 ms']) > 0 for r in rows for stage in bench.STAGES)
+    assert 'note: missing=none/other.pth skipped: build/other.raw.onnx is missing: make bench builds it' in out
+    # The bench wrote nothing beside the artifacts it was given.
+    assert sorted(raw.parent.iterdir()) == sorted([raw, raw.with_name('yolact_tiny_random.postprocess.onnx')])
+
+
+def test_torch_and_onnxruntime_post_process_the_same_synthetic_detections(tiny_artifacts):
+    """The 'post' stage compares like with like: the torch backend, fed the raw head whose decoding is
+    the synthetic head, keeps the detections the post-processing model keeps."""
+    checkpoint, _ = tiny_artifacts
+    model = model_artifacts(str(checkpoint))
+    head = synthetic_head(2, model.num_priors, model.num_classes, model.mask_dim, model.proto_hw)
+    with TorchBackend(checkpoint) as backend:
+        got = backend.postprocess(backend.head_decoding_to(head))
+    session = create_session(model.post_onnx)
+    names = [o.name for o in session.get_outputs()]
+    want = dict(zip(names, session.run(None, dict(zip(DECODED_HEAD_NAMES, head.values())))))
+    assert got['num_dets'].tolist() == want['num_dets'].tolist() == [DETECTIONS, DETECTIONS]
+    np.testing.assert_array_equal(got['classes'], want['classes'])
+    np.testing.assert_allclose(got['boxes'], want['boxes'], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got['scores'], want['scores'], rtol=0, atol=1e-5)

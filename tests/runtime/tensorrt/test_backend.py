@@ -101,7 +101,7 @@ def test_load_without_tensorrt_says_what_to_install(tmp_path):
 
 def test_load_without_gpu_says_so(tmp_path):
     pytest.importorskip('tensorrt_rtx')
-    from runtime.cuda.memory import cuda_device
+    from runtime.cuda.device import cuda_device
     if cuda_device() is not None:
         pytest.skip('a GPU is visible here')
     path = make_engine(tmp_path, flavour='tensorrt_rtx', version='1.7.1.116', build_gpu=None)

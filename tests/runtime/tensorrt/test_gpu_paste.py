@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.cuda import memory as cuda_mem
+from runtime.tensorrt import gpu_paste
 from runtime.tensorrt.gpu_paste import (PARAM_KINDS, SHIPPED_PTX, PasteKernelUnavailable, load_paste_kernel,
                                          paste_on_gpu, shipped_paste_ptx)
 
@@ -55,7 +55,7 @@ def test_kernel_compiles_to_launchable_ptx_without_torch():
 
 
 def test_loader_says_why_without_triton_on_a_gpu_older_than_the_shipped_ptx(monkeypatch):
-    monkeypatch.setattr(cuda_mem, 'device_info', lambda: {'compute_capability': '7.5'})
+    monkeypatch.setattr(gpu_paste, 'device_info', lambda: {'compute_capability': '7.5'})
     monkeypatch.setitem(sys.modules, 'runtime.tensorrt.paste_kernel', None)  # import fails as without triton
     with pytest.raises(PasteKernelUnavailable, match='no shipped PTX runs on sm_75 and triton is not installed.*'
                                                      'pip install triton'):
@@ -82,7 +82,7 @@ def test_loader_launches_the_shipped_ptx_without_triton(monkeypatch):
             self.ptx, self.name, self.param_kinds, self.threads, self.shared_bytes = ptx, name, param_kinds, threads, \
                 shared_bytes
 
-    monkeypatch.setattr(cuda_mem, 'device_info', lambda: {'compute_capability': '9.0'})
+    monkeypatch.setattr(gpu_paste, 'device_info', lambda: {'compute_capability': '9.0'})
     monkeypatch.setattr(module, 'PtxKernel', RecordedKernel)
     monkeypatch.setitem(sys.modules, 'triton', None)
     monkeypatch.setitem(sys.modules, 'runtime.tensorrt.paste_kernel', None)
