@@ -43,6 +43,14 @@ class Detections:
         return Detections(self.boxes[selection], self.scores[selection], self.classes[selection],
                           self.masks[selection], self.image_size)
 
+    def mask_rles(self) -> list[dict]:
+        """The masks as COCO compressed RLE, one dict per detection: 'size' [H, W] and 'counts'
+        (bytes), pycocotools' format (column-major runs over the image grid)."""
+        if len(self) == 0:
+            return []
+        # pycocotools encodes column-major [H, W, N] uint8 stacks in one call.
+        return mask_utils.encode(np.asfortranarray(self.masks.transpose(1, 2, 0).astype(np.uint8)))
+
     def to_coco_json(self, image_id: int, file_name: str, class_names: Sequence[str],
                      category_ids: Sequence[int]) -> list[dict]:
         """COCO results entries, one per detection.
@@ -52,11 +60,8 @@ class Detections:
         in pixels, score, segmentation (compressed RLE, 'counts' as str). Loads with
         pycocotools' COCO.loadRes.
         """
-        if len(self) == 0:
-            return []
-        # pycocotools encodes column-major [H, W, N] uint8 stacks in one call.
-        rles = mask_utils.encode(np.asfortranarray(self.masks.transpose(1, 2, 0).astype(np.uint8)))
         results = []
+        rles = self.mask_rles()
         for box, score, class_index, rle in zip(self.boxes.tolist(), self.scores.tolist(),
                                                 self.classes.tolist(), rles):
             # Two decimals: a hundredth of a pixel is below any metric's resolution and keeps the file small.

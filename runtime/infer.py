@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -16,9 +17,11 @@ import numpy as np
 from tqdm import tqdm
 
 from runtime.backends import BACKENDS, BackendError, open_backend
+from runtime.detections import Detections
 from runtime.draw import draw_detections
 from runtime.errors import ToolkitError
 from runtime.files import write_atomic
+from runtime.metadata import ModelMetadata
 from runtime.pipeline import IMAGE_SUFFIXES, ImageLoadError, batches, find_images, load_image, predict
 from runtime.tensorrt.backend import prefer_engine
 from runtime.video import is_video, run_videos
@@ -149,9 +152,18 @@ def run(args: argparse.Namespace) -> int:
         print(f'error: {e}', file=sys.stderr)
         return 1
     print(f'{args.model}: {backend.description}', file=sys.stderr)
-    results, processed, skipped = [], 0, len(problems)
-    with backend, tqdm(total=len(inputs), unit='image', desc='infer') as progress:
-        meta = backend.metadata
+    with backend:
+        return annotate(args, inputs, len(problems), backend.metadata,
+                        lambda images: predict(backend, images, score_threshold=args.score_thr))
+
+
+def annotate(args: argparse.Namespace, inputs: list[InputImage], skipped: int, meta: ModelMetadata,
+             detect: Callable[[list[np.ndarray]], list[Detections]]) -> int:
+    """Writes an annotated image of each input into args.out and, with args.json, one COCO results
+    list; `detect` maps a batch of args.batch images (uint8 [H, W, 3] BGR, any size) to their
+    Detections (runtime.client passes a served model's). Returns the exit status."""
+    results, processed = [], 0
+    with tqdm(total=len(inputs), unit='image', desc='infer') as progress:
         for group in batches(inputs, args.batch):
             loaded = []
             for item in group:
@@ -161,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
                     skipped += 1
                     progress.write(f'skipped: {e}', file=sys.stderr)
             if loaded:
-                detections = predict(backend, [image for _, image in loaded], score_threshold=args.score_thr)
+                detections = detect([image for _, image in loaded])
                 for (item, image), dets in zip(loaded, detections):
                     target = args.out / item.output_name
                     try:
