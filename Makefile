@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # The CPU build of torch lies on this kind of machine's disk; a GPU host installs its own build.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= torch,onnx,quant,plugins,tensorrt-rtx,dev
+EXTRAS ?= torch,onnx,quant,plugins,tensorrt-rtx,serve,dev
 
 .PHONY: setup test demo
 setup: $(STAMP)

@@ -1,0 +1,16 @@
+"""The demo model exported once for the serving tests (detections on shapes images, unlike random weights)."""
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope='session')
+def demo_onnx(tmp_path_factory):
+    from export.onnx_export import export_onnx
+    from model.checkpoint import load_model
+
+    model, cfg = load_model(ROOT / 'assets' / 'demo' / 'yolact_tiny_shapes.pth')
+    return export_onnx(model, cfg, tmp_path_factory.mktemp('serve') / 'yolact_tiny_shapes.onnx')
