@@ -8,6 +8,7 @@ HOST:PORT alone means HTTP.
 
 from __future__ import annotations
 
+import http.client
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
@@ -68,6 +69,9 @@ class ServedModel:
             raise ServeError(f'{self.url}: the server refused the request{status}: {e.message()}') from None
         except OSError as e:  # HTTP: refused, reset or timed-out connections
             raise ServeError(f'{self.url}: the server does not answer ({e.strerror or e}); {START_HINT}') from None
+        except http.client.HTTPException as e:  # HTTP: the connection closed mid-answer (geventhttpclient's errors)
+            raise ServeError(f'{self.url}: the server stopped answering ({e or type(e).__name__}); '
+                             f'{START_HINT}') from None
 
     def _read_metadata(self) -> ModelMetadata:
         config = self._call(lambda: self._client.get_model_config(self.model, **(

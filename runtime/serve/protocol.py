@@ -6,10 +6,13 @@ Request (one image per request; Triton's dynamic batcher groups requests):
   image            uint8 [1, H, W, 3] BGR at the image's own size (as runtime.images.load_image reads it)
   score_threshold  float32 [1, 1], optional: keep detections with score >= it (default DEFAULT_SCORE_THRESHOLD)
 Response (N detections, sorted by score descending):
-  boxes    float32 [1, N, 4] x1, y1, x2, y2 in image pixels
-  scores   float32 [1, N]
-  classes  int32 [1, N] 0-based class indices (names and COCO ids in the model's metadata)
-  masks    bytes [1, N] each mask at image size as COCO compressed RLE 'counts' (pycocotools)
+  boxes         float32 [1, N, 4] x1, y1, x2, y2 in image pixels
+  scores        float32 [1, N]
+  classes       int32 [1, N] 0-based class indices (names and COCO ids in the model's metadata)
+  mask_lengths  int32 [1, N] byte length of each mask's RLE in `masks`
+  masks         uint8 [1, L] each mask at image size as COCO compressed RLE 'counts' (pycocotools),
+                concatenated. Not a BYTES tensor of N strings: the bundled Python-backend stub reads
+                numpy 2's dtype itemsize as 0 and fails such responses (see triton_model.py).
 The model's metadata (runtime.metadata.ModelMetadata JSON: class names, category ids, ...) is the
 config parameter METADATA_PARAMETER, so a client reads it once from the model config.
 """
@@ -25,7 +28,7 @@ from runtime.errors import ToolkitError
 MODEL_NAME = 'yolact'
 IMAGE_INPUT = 'image'
 THRESHOLD_INPUT = 'score_threshold'
-OUTPUTS = ('boxes', 'scores', 'classes', 'masks')
+OUTPUTS = ('boxes', 'scores', 'classes', 'mask_lengths', 'masks')
 METADATA_PARAMETER = 'metadata'
 MAX_PIXELS_PARAMETER = 'max_pixels'
 # Same default as runtime.infer's pictures: below it a trained model's output is mostly duplicates.
@@ -63,11 +66,13 @@ def check_request(image: np.ndarray, threshold: np.ndarray | None, max_pixels: i
 
 def encode_detections(dets: Detections) -> dict[str, np.ndarray]:
     """One image's Detections -> the response arrays named in OUTPUTS (leading batch axis of 1)."""
+    counts = [rle['counts'] for rle in dets.mask_rles()]
     return {
-        'boxes': dets.boxes.astype(np.float32)[None],
-        'scores': dets.scores.astype(np.float32)[None],
-        'classes': dets.classes.astype(np.int32)[None],
-        'masks': np.array([[rle['counts'] for rle in dets.mask_rles()]], dtype=np.object_).reshape(1, len(dets)),
+        'boxes': np.array(dets.boxes[None], np.float32),
+        'scores': np.array(dets.scores[None], np.float32),
+        'classes': np.array(dets.classes[None], np.int32),
+        'mask_lengths': np.array([[len(c) for c in counts]], np.int32).reshape(1, len(dets)),
+        'masks': np.frombuffer(b''.join(counts), np.uint8)[None].copy(),
     }
 
 
@@ -75,9 +80,10 @@ def decode_detections(outputs: dict[str, np.ndarray], image_size: tuple[int, int
     """The response arrays of one request (encode_detections' output) and the (H, W) of the image
     sent -> Detections with masks bool [N, H, W] on the image grid."""
     height, width = image_size
-    counts = outputs['masks'].reshape(-1)
-    if len(counts):
-        rles = [{'size': [height, width], 'counts': bytes(c)} for c in counts]
+    stream = outputs['masks'].reshape(-1).tobytes()
+    ends = np.cumsum(outputs['mask_lengths'].reshape(-1))
+    if len(ends):
+        rles = [{'size': [height, width], 'counts': stream[start:end]} for start, end in zip([0, *ends[:-1]], ends)]
         masks = mask_utils.decode(rles).transpose(2, 0, 1).astype(bool)
     else:
         masks = np.zeros((0, height, width), bool)

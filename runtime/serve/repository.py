@@ -84,7 +84,8 @@ def step_config(metadata: ModelMetadata, options: ServingOptions, kind: str, **p
     inputs = [_tensor(IMAGE_INPUT, 'TYPE_UINT8', [-1, -1, 3], ' allow_ragged_batch: true'),
               _tensor(THRESHOLD_INPUT, 'TYPE_FP32', [1], ' optional: true')]
     outputs = [_tensor('boxes', 'TYPE_FP32', [-1, 4]), _tensor('scores', 'TYPE_FP32', [-1]),
-               _tensor('classes', 'TYPE_INT32', [-1]), _tensor('masks', 'TYPE_STRING', [-1])]
+               _tensor('classes', 'TYPE_INT32', [-1]), _tensor('mask_lengths', 'TYPE_INT32', [-1]),
+               _tensor('masks', 'TYPE_UINT8', [-1])]
     return _config(MODEL_NAME, 'backend: "python"', options, kind, inputs, outputs,
                    {METADATA_PARAMETER: metadata.to_json(), MAX_PIXELS_PARAMETER: str(options.max_pixels),
                     **parameters})

@@ -35,6 +35,22 @@ from runtime.serve.protocol import IMAGE_INPUT, MAX_PIXELS_PARAMETER, METADATA_P
 from runtime.serve.protocol import ServeError, check_request, encode_detections  # noqa: E402
 
 
+# pytriton's stub was built against numpy 1: with numpy 2 its pb_utils.Tensor(name, array) and
+# tensor.as_numpy() read the dtype's itemsize as 0 (outputs of size 0, inputs read as zeros). Tensors
+# cross through DLPack instead, which carries the dtype itself.
+def as_array(tensor) -> np.ndarray:
+    """A pb_utils.Tensor as a numpy array (a view of the tensor's memory)."""
+    return np.from_dlpack(tensor)
+
+
+def output_tensor(name: str, array: np.ndarray):
+    """A pb_utils.Tensor of a C-contiguous numpy array, through DLPack, except an empty array: numpy
+    gives it strides that the stub's contiguity check refuses, and its size is 0 either way."""
+    if array.size == 0:
+        return pb_utils.Tensor(name, array)
+    return pb_utils.Tensor.from_dlpack(name, array)
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args['model_config'])
@@ -53,8 +69,8 @@ class TritonPythonModel:
             threshold = pb_utils.get_input_tensor_by_name(request, THRESHOLD_INPUT)
             try:
                 image, score_threshold = check_request(
-                    pb_utils.get_input_tensor_by_name(request, IMAGE_INPUT).as_numpy(),
-                    None if threshold is None else threshold.as_numpy(), self.max_pixels)
+                    as_array(pb_utils.get_input_tensor_by_name(request, IMAGE_INPUT)),
+                    None if threshold is None else as_array(threshold), self.max_pixels)
             except ServeError as e:
                 responses[index] = pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
@@ -63,7 +79,7 @@ class TritonPythonModel:
         for score_threshold, group in by_threshold.items():
             for (index, _), dets in zip(group, self._detect([image for _, image in group], score_threshold)):
                 responses[index] = pb_utils.InferenceResponse(
-                    [pb_utils.Tensor(name, value) for name, value in encode_detections(dets).items()])
+                    [output_tensor(name, value) for name, value in encode_detections(dets).items()])
         return responses
 
     def _detect(self, images: list[np.ndarray], score_threshold: float) -> list:
@@ -72,10 +88,10 @@ class TritonPythonModel:
             return predict(self.backend, images, score_threshold=score_threshold)
         batch = np.stack([resize_to_input(image, self.metadata.input_size) for image in images])
         response = pb_utils.InferenceRequest(model_name=self.network, requested_output_names=list(POSTPROCESS_OUTPUTS),
-                                             inputs=[pb_utils.Tensor(INPUT_NAME, batch)]).exec()
+                                             inputs=[output_tensor(INPUT_NAME, batch)]).exec()
         if response.has_error():
             raise pb_utils.TritonModelException(f'{self.network}: {response.error().message()}')
-        raw = {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in POSTPROCESS_OUTPUTS}
+        raw = {name: as_array(pb_utils.get_output_tensor_by_name(response, name)) for name in POSTPROCESS_OUTPUTS}
         return to_detections(raw, [image.shape[:2] for image in images], score_threshold=score_threshold,
                              mask_threshold=self.metadata.mask_threshold)
 
