@@ -120,3 +120,10 @@ accuracy: $(if $(filter $(SHAPES_DIR)/%,$(EVAL_DATA)),$(SHAPES_DIR)/val.json)
 .PHONY: bench-plugins
 bench-plugins: setup
 	$(PY) -m plugins.bench
+
+# make bench-serve [BENCH_SERVE_FLAGS='--duration 5 --concurrency 1 4 16 --protocol grpc --score-thr 0']:
+# load test of the demo model served on the bundled tritonserver (127.0.0.1): images/s, p50/p99 latency,
+# errors, server memory.
+.PHONY: bench-serve
+bench-serve: setup $(DEMO_ONNX)
+	$(PY) -m runtime.serve.bench --model $(DEMO_ONNX) $(BENCH_SERVE_FLAGS)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from runtime.errors import ToolkitError
-from runtime.infer import DEFAULT_SCORE_THRESHOLD, annotate, collect_inputs
+from runtime.infer import DEFAULT_SCORE_THRESHOLD, annotate, report_inputs
 from runtime.pipeline import IMAGE_SUFFIXES
 from runtime.serve.client import ServedModel
 
@@ -39,16 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.score_thr <= 1:
         build_parser().error('--score-thr must be in 0..1')
     args.batch = 1  # one request per image: the server batches concurrent requests itself
-    inputs, problems = collect_inputs(args.paths)
-    for problem in problems:
-        print(f'skipped: {problem}', file=sys.stderr)
+    inputs, skipped = report_inputs(args.paths)
     if not inputs:
-        print('error: no images to process', file=sys.stderr)
         return 1
     try:
         with ServedModel(args.url) as served:
             print(served.description, file=sys.stderr)
-            return annotate(args, inputs, len(problems), served.metadata,
+            return annotate(args, inputs, skipped, served.metadata,
                             lambda images: served.predict(images, score_threshold=args.score_thr))
     except ToolkitError as e:
         print(f'error: {e}', file=sys.stderr)

@@ -136,12 +136,20 @@ def backend_options(args: argparse.Namespace) -> dict:
     return options
 
 
-def run(args: argparse.Namespace) -> int:
-    inputs, problems = collect_inputs(args.paths)
+def report_inputs(paths: list[Path]) -> tuple[list[InputImage], int]:
+    """collect_inputs, with each problem printed as skipped (and an error when no image is left);
+    returns the inputs and the number of skipped paths."""
+    inputs, problems = collect_inputs(paths)
     for problem in problems:
         print(f'skipped: {problem}', file=sys.stderr)
     if not inputs:
         print('error: no images to process', file=sys.stderr)
+    return inputs, len(problems)
+
+
+def run(args: argparse.Namespace) -> int:
+    inputs, skipped = report_inputs(args.paths)
+    if not inputs:
         return 1
     if not args.model.is_file():
         print(f'error: model file not found: {args.model} (pass --model FILE)', file=sys.stderr)
@@ -153,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f'{args.model}: {backend.description}', file=sys.stderr)
     with backend:
-        return annotate(args, inputs, len(problems), backend.metadata,
+        return annotate(args, inputs, skipped, backend.metadata,
                         lambda images: predict(backend, images, score_threshold=args.score_thr))
 
 

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--address', default='127.0.0.1',
                         help='where the ports listen: 127.0.0.1 this host only (default), 0.0.0.0 every interface')
     parser.add_argument('--instances', type=int, default=DEFAULT_OPTIONS.instances, metavar='N',
-                        help=f'model instances, each with its own copy of the model (default: {DEFAULT_OPTIONS.instances})')
+                        help='model instances, each with its own copy of the model '
+                             f'(default: {DEFAULT_OPTIONS.instances})')
     parser.add_argument('--max-batch', type=int, default=DEFAULT_OPTIONS.max_batch, metavar='N',
                         help='the most requests the dynamic batcher joins in one batch '
                              f'(default: {DEFAULT_OPTIONS.max_batch})')

@@ -4,7 +4,7 @@ repository writer and the client share.
 
 Request (one image per request; Triton's dynamic batcher groups requests):
   image            uint8 [1, H, W, 3] BGR at the image's own size (as runtime.images.load_image reads it)
-  score_threshold  float32 [1, 1], optional: keep detections with score >= it (default DEFAULT_SCORE_THRESHOLD)
+  score_threshold  float32 [1, 1], optional: keep detections with score >= it (default: runtime.infer's)
 Response (N detections, sorted by score descending):
   boxes         float32 [1, N, 4] x1, y1, x2, y2 in image pixels
   scores        float32 [1, N]
@@ -24,6 +24,7 @@ from pycocotools import mask as mask_utils
 
 from runtime.detections import Detections
 from runtime.errors import ToolkitError
+from runtime.infer import DEFAULT_SCORE_THRESHOLD
 
 MODEL_NAME = 'yolact'
 IMAGE_INPUT = 'image'
@@ -31,8 +32,6 @@ THRESHOLD_INPUT = 'score_threshold'
 OUTPUTS = ('boxes', 'scores', 'classes', 'mask_lengths', 'masks')
 METADATA_PARAMETER = 'metadata'
 MAX_PIXELS_PARAMETER = 'max_pixels'
-# Same default as runtime.infer's pictures: below it a trained model's output is mostly duplicates.
-DEFAULT_SCORE_THRESHOLD = 0.3
 # The largest image the server takes by default: 4096 x 4096 pixels (48 MiB of BGR, within Triton's
 # 64 MiB request limit); larger is a bad request.
 MAX_IMAGE_PIXELS = 4096 * 4096

@@ -51,8 +51,9 @@ def prepare_backends(workspace: Path) -> Path:
     version = f'{sys.version_info.major}.{sys.version_info.minor}'
     stub = server / 'python_backend_stubs' / version / 'triton_python_backend_stub'
     if not stub.is_file():
+        shipped = ', '.join(sorted(p.name for p in (server / 'python_backend_stubs').iterdir()))
         raise ServeError(f'nvidia-pytriton has no Python-backend stub for Python {version}; run the server '
-                         f'with a Python it ships one for ({", ".join(sorted(p.name for p in (server / "python_backend_stubs").iterdir()))})')
+                         f'with a Python it ships one for ({shipped})')
     python = workspace / 'backends' / 'python'
     python.mkdir(parents=True, exist_ok=True)
     for source in [*(server / 'backends' / 'python').glob('*.*'), stub]:

@@ -83,7 +83,8 @@ def server(demo_onnx, tmp_path_factory):
 def test_client_writes_what_infer_writes(server, images, demo_onnx, tmp_path, scheme):
     _, http_port, grpc_port, _ = server
     url = f'{scheme}://127.0.0.1:{http_port if scheme == "http" else grpc_port}/{MODEL_NAME}'
-    assert client_main([url, str(images), '--out', str(tmp_path / 'served'), '--json', str(tmp_path / 'served.json')]) == 0
+    assert client_main([url, str(images), '--out', str(tmp_path / 'served'),
+                        '--json', str(tmp_path / 'served.json')]) == 0
     assert infer_main([str(images), '--model', str(demo_onnx), '--out', str(tmp_path / 'local'),
                        '--json', str(tmp_path / 'local.json')]) == 0
     served, local = (json.loads((tmp_path / f'{name}.json').read_text()) for name in ('served', 'local'))
