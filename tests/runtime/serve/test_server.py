@@ -175,3 +175,34 @@ def test_sigterm_stops_the_server_and_the_running_client_says_so(server, images,
     errors = [line for line in stderr.splitlines() if 'error' in line.lower() or 'Traceback' in line]
     assert len(errors) == 1 and errors[0].startswith('error: ') and 'answer' in errors[0], stderr
     assert not ready(http_port)
+
+
+PROBE_MODEL = '''import os, sys
+sys.path[:0] = [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p and p not in sys.path]
+from multiprocessing import resource_tracker
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        resource_tracker.ensure_running()  # the call that failed with the system's libpython
+        with open(os.environ['PROBE_OUT'], 'w') as out:
+            out.write(sys.version)
+
+    def execute(self, requests):
+        return []
+'''
+
+
+def test_the_python_backend_stub_embeds_this_interpreter(tmp_path, monkeypatch):
+    """The stub must run the Python whose standard library it imports: with the system's
+    libpython 3.11.2 under pyenv's 3.11.7 library, resource_tracker failed on RLock._recursion_count."""
+    (tmp_path / 'repo' / 'probe' / '1').mkdir(parents=True)
+    (tmp_path / 'repo' / 'probe' / '1' / 'model.py').write_text(PROBE_MODEL)
+    (tmp_path / 'repo' / 'probe' / 'config.pbtxt').write_text(
+        'backend: "python"\nmax_batch_size: 0\ninput [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+        'output [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] } ]\n')
+    monkeypatch.setenv('PROBE_OUT', str(tmp_path / 'version.txt'))
+    http_port, grpc_port, metrics_port = free_ports(3)
+    with TritonServer(tmp_path / 'repo', tmp_path, http_port=http_port, grpc_port=grpc_port,
+                      metrics_port=metrics_port, models=('probe',)):
+        assert (tmp_path / 'version.txt').read_text() == sys.version
