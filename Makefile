@@ -10,11 +10,14 @@ EXTRAS ?= torch,onnx,quant,plugins,tensorrt-rtx,serve,dev
 .PHONY: setup test demo
 setup: $(STAMP)
 
+# With the serve extra: the tritonserver that runtime.serve runs (nvidia-pytriton), without its
+# dependencies, which pin numpy<2 (pyproject.toml, serve).
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet '$(TORCH_SPEC)'
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]' 'cuda-python>=13,<14'
+	$(if $(findstring serve,$(EXTRAS)),$(PY) -m pip install --quiet --no-deps 'nvidia-pytriton==0.7.0')
 	touch $@
 
 test: setup

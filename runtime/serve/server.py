@@ -28,7 +28,7 @@ from pathlib import Path
 
 from runtime.serve.protocol import MODEL_NAME, ServeError
 
-INSTALL_HINT = "pip install -e '.[serve]' (nvidia-pytriton bundles the server)"
+INSTALL_HINT = "pip install --no-deps nvidia-pytriton==0.7.0 (it bundles the server; pyproject.toml, serve, says why)"
 # Generous: the step imports numpy, cv2, numba and onnxruntime and loads the model first.
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30.0
