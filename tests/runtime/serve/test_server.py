@@ -1,8 +1,8 @@
 """The served demo model on 127.0.0.1: python -m runtime.client over HTTP and gRPC writes what
 runtime.infer writes, bad requests get a 400 with a message and the server stays up, the
 repository's Python-backend step for the official containers loads in the bundled server, and
-SIGTERM stops the server while a running client reports it in one line. Every server started
-here is stopped when its test or module ends, pass or fail."""
+SIGTERM stops the server cleanly, and a client whose server dies reports it in one line. Every
+server started here is stopped when its test or module ends, pass or fail."""
 
 import json
 import os
@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -53,30 +54,55 @@ def images(tmp_path_factory):
     return folder
 
 
+def start_serve(model, log, *extra):
+    """python -m runtime.serve on free ports, ready: (process, http_port, grpc_port)."""
+    http_port, grpc_port, metrics_port = free_ports(3)
+    with open(log, 'w') as stderr:
+        process = subprocess.Popen([sys.executable, '-m', 'runtime.serve', '--model', str(model),
+                                    '--http-port', str(http_port), '--grpc-port', str(grpc_port),
+                                    '--metrics-port', str(metrics_port), *extra],
+                                   cwd=ROOT, stderr=stderr, start_new_session=True)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while 'serving' not in log.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_serve(process)
+            pytest.fail(f'runtime.serve did not start: {log.read_text()[-2000:]}')
+        time.sleep(0.2)
+    return process, http_port, grpc_port
+
+
+def stop_serve(process):
+    """SIGTERM, then SIGKILL for its whole process group after a minute."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def tritonserver_of(process):
+    """The pid of the tritonserver that a runtime.serve process started (its child)."""
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        try:
+            name, fields = stat.read_text().rsplit(')', 1)
+        except OSError:
+            continue
+        if int(fields.split()[1]) == process.pid and name.endswith('(tritonserver'):
+            return int(stat.parent.name)
+    raise AssertionError(f'runtime.serve {process.pid} has no tritonserver child')
+
+
 @pytest.fixture(scope='module')
 def server(demo_onnx, tmp_path_factory):
     """python -m runtime.serve on free ports: (process, http_port, grpc_port, log file)."""
-    http_port, grpc_port, metrics_port = free_ports(3)
     log = tmp_path_factory.mktemp('server') / 'serve.log'
-    with open(log, 'w') as stderr:
-        process = subprocess.Popen([sys.executable, '-m', 'runtime.serve', '--model', str(demo_onnx),
-                                    '--http-port', str(http_port), '--grpc-port', str(grpc_port),
-                                    '--metrics-port', str(metrics_port), '--max-pixels', str(MAX_PIXELS)],
-                                   cwd=ROOT, stderr=stderr, start_new_session=True)
+    process, http_port, grpc_port = start_serve(demo_onnx, log, '--max-pixels', str(MAX_PIXELS))
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while 'serving' not in log.read_text():
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
-            time.sleep(0.2)
         yield process, http_port, grpc_port, log
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_serve(process)
 
 
 @pytest.mark.parametrize('scheme', ['http', 'grpc'])
@@ -146,8 +172,23 @@ def test_official_repositorys_step_loads_in_the_bundled_server(demo_onnx, tmp_pa
     assert server.process.returncode == 0
 
 
-def test_sigterm_stops_the_server_and_the_running_client_says_so(server, images, tmp_path):
-    """Runs last in this module: it stops the module's server."""
+def test_sigterm_stops_the_server_cleanly(demo_onnx, tmp_path):
+    process, http_port, _ = start_serve(demo_onnx, tmp_path / 'serve.log')
+    try:
+        tritonserver = tritonserver_of(process)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        stop_serve(process)
+    assert 'stopped (SIGTERM)' in (tmp_path / 'serve.log').read_text()
+    with pytest.raises(ProcessLookupError):  # nothing of the server's process group is left
+        os.killpg(tritonserver, 0)
+    assert not ready(http_port)
+
+
+def test_a_client_whose_server_dies_says_so_in_one_line(server, images, tmp_path):
+    """The last test of the module's server: it kills its tritonserver (SIGKILL, as a crash would)
+    while a client is sending it images."""
     process, http_port, _, log = server
     many = tmp_path / 'many'
     many.mkdir()
@@ -162,19 +203,16 @@ def test_sigterm_stops_the_server_and_the_running_client_says_so(server, images,
         while not any((tmp_path / 'out').rglob('*.png')):
             assert client.poll() is None and time.monotonic() < deadline, client.stderr.read()
             time.sleep(0.05)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0
+        os.killpg(tritonserver_of(process), signal.SIGKILL)
         _, stderr = client.communicate(timeout=120)
     finally:
         if client.poll() is None:
             client.kill()
-    assert 'stopped (SIGTERM)' in log.read_text()
-    with pytest.raises(ProcessLookupError):  # nothing of the server's process group is left
-        os.killpg(process.pid, 0)
-    assert client.returncode == 1
+    assert client.returncode == 1, stderr[-3000:]
     errors = [line for line in stderr.splitlines() if 'error' in line.lower() or 'Traceback' in line]
     assert len(errors) == 1 and errors[0].startswith('error: ') and 'answer' in errors[0], stderr
-    assert not ready(http_port)
+    assert process.wait(60) == 1  # runtime.serve reports the server's death too
+    assert 'exited on its own' in log.read_text()
 
 
 PROBE_MODEL = '''import os, sys
