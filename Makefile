@@ -5,16 +5,19 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # The CPU build of torch lies on this kind of machine's disk; a GPU host installs its own build.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= build,numba,tensorrt-rtx,dev
+EXTRAS ?= build,numba,tensorrt-rtx,serve,dev
 
 .PHONY: setup test demo
 setup: $(STAMP)
 
+# With the serve extra: the tritonserver that runtime.serve runs (nvidia-pytriton), without its
+# dependencies, which pin numpy<2 (pyproject.toml, serve).
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet '$(TORCH_SPEC)'
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]' 'cuda-python>=13,<14'
+	$(if $(findstring serve,$(EXTRAS)),$(PY) -m pip install --quiet --no-deps 'nvidia-pytriton==0.7.0')
 	touch $@
 
 test: setup
@@ -180,3 +183,10 @@ ptx: setup
 .PHONY: bench-plugins
 bench-plugins: setup
 	$(PY) -m plugins.bench
+
+# make bench-serve [BENCH_SERVE_FLAGS='--duration 5 --concurrency 1 4 16 --protocol grpc --score-thr 0']:
+# load test of the demo model served on the bundled tritonserver (127.0.0.1): images/s, p50/p99 latency,
+# errors, server memory.
+.PHONY: bench-serve
+bench-serve: setup $(DEMO_ONNX)
+	$(PY) -m runtime.serve.bench --model $(DEMO_ONNX) $(BENCH_SERVE_FLAGS)

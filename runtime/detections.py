@@ -88,6 +88,14 @@ class Detections:
         write_image(path, self.plot())
         return path
 
+    def mask_rles(self) -> list[dict]:
+        """The masks as COCO compressed RLE, one dict per detection: 'size' [H, W] and 'counts'
+        (bytes), pycocotools' format (column-major runs over the image grid)."""
+        if len(self) == 0:
+            return []
+        # pycocotools encodes column-major [H, W, N] uint8 stacks in one call.
+        return mask_utils.encode(np.asfortranarray(self.masks.transpose(1, 2, 0).astype(np.uint8)))
+
     def to_coco_json(self, image_id: int, file_name: str | None = None, class_names: Sequence[str] | None = None,
                      category_ids: Sequence[int] | None = None) -> list[dict]:
         """COCO results entries, one per detection; file_name, class_names and category_ids default
@@ -106,9 +114,8 @@ class Detections:
         if not class_names or not category_ids:
             raise DetectionsError('to_coco_json needs the class names and category ids: get the detections from '
                                   'runtime.load(...), or pass the model\'s metadata.class_names and category_ids')
-        # pycocotools encodes column-major [H, W, N] uint8 stacks in one call.
-        rles = mask_utils.encode(np.asfortranarray(self.masks.transpose(1, 2, 0).astype(np.uint8)))
         results = []
+        rles = self.mask_rles()
         for box, score, class_index, rle in zip(self.boxes.tolist(), self.scores.tolist(),
                                                 self.classes.tolist(), rles):
             # Two decimals: a hundredth of a pixel is below any metric's resolution and keeps the file small.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -21,6 +22,8 @@ from runtime.draw import draw_detections
 from runtime.errors import ToolkitError
 from runtime.files import check_writable, describe_os_error, write_atomic
 from runtime.images import DEFAULT_MAX_PIXELS, write_image
+from runtime.detections import Detections
+from runtime.metadata import ModelMetadata
 from runtime.pipeline import IMAGE_SUFFIXES, ImageLoadError, batches, find_images, load_image, predict
 from runtime.tensorrt.backend import prefer_engine
 from runtime.video import is_video, run_videos, video_target
@@ -181,12 +184,20 @@ def backend_options(args: argparse.Namespace) -> dict:
     return options
 
 
-def run(args: argparse.Namespace, inputs: list[InputImage], problems: list[str]) -> int:
-    """Annotate `inputs` (collect_inputs) into args.out and, with args.json, write their detections."""
+def report_inputs(inputs: list[InputImage], problems: list[str]) -> int:
+    """Print each of collect_inputs' problems as skipped, and an error when no image is left; returns
+    the number of skipped paths."""
     for problem in problems:
         print(f'skipped: {problem}', file=sys.stderr)
     if not inputs:
         print('error: no images to process', file=sys.stderr)
+    return len(problems)
+
+
+def run(args: argparse.Namespace, inputs: list[InputImage], problems: list[str]) -> int:
+    """Annotate `inputs` (collect_inputs) into args.out and, with args.json, write their detections."""
+    skipped = report_inputs(inputs, problems)
+    if not inputs:
         return 1
     if not args.model.is_file():
         print(f'error: model file not found: {args.model} (pass --model FILE)', file=sys.stderr)
@@ -195,9 +206,18 @@ def run(args: argparse.Namespace, inputs: list[InputImage], problems: list[str])
     print(f'{args.model}: {backend.description}', file=sys.stderr)
     for warning in backend.warnings:
         print(f'warning: {warning}', file=sys.stderr)
-    results, processed, skipped = [], 0, len(problems)
-    with backend, tqdm(total=len(inputs), unit='image', desc='infer') as progress:
-        meta = backend.metadata
+    with backend:
+        return annotate(args, inputs, skipped, backend.metadata,
+                        lambda images: predict(backend, images, score_threshold=args.score_thr))
+
+
+def annotate(args: argparse.Namespace, inputs: list[InputImage], skipped: int, meta: ModelMetadata,
+             detect: Callable[[list[np.ndarray]], list[Detections]]) -> int:
+    """Writes an annotated image of each input into args.out and, with args.json, one COCO results
+    list; `detect` maps a batch of args.batch images (uint8 [H, W, 3] BGR, any size) to their
+    Detections (runtime.client passes a served model's). Returns the exit status."""
+    results, processed = [], 0
+    with tqdm(total=len(inputs), unit='image', desc='infer') as progress:
         for group in batches(inputs, args.batch):
             loaded = []
             for item in group:
@@ -207,7 +227,7 @@ def run(args: argparse.Namespace, inputs: list[InputImage], problems: list[str])
                     skipped += 1
                     progress.write(f'skipped: {e}', file=sys.stderr)
             if loaded:
-                detections = predict(backend, [image for _, image in loaded], score_threshold=args.score_thr)
+                detections = detect([image for _, image in loaded])
                 for (item, image), dets in zip(loaded, detections):
                     target = args.out / item.output_name
                     try:
@@ -233,6 +253,17 @@ def run(args: argparse.Namespace, inputs: list[InputImage], problems: list[str])
             return 1
         print(f'{len(results)} detection(s) in {args.json}')
     return 0
+
+
+def check_outputs(args: argparse.Namespace, inputs: list[Path], outputs: list[tuple[Path, str]]) -> None:
+    """Before the work: refuse outputs (path, the option that names it) that land on an input, an
+    --out or --json that cannot be written; remove an earlier --json, so that this run's results
+    cannot be mistaken for it when this run fails."""
+    refuse_overwriting_inputs(inputs, outputs)
+    check_writable(args.out, '--out', folder=True)
+    if args.json is not None:
+        check_writable(args.json, '--json')
+        args.json.unlink(missing_ok=True)
 
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -261,12 +292,7 @@ def infer(args: argparse.Namespace) -> int:
         outputs.append((args.json, '--json'))
         if videos:
             print('note: --json covers the images only, not the videos', file=sys.stderr)
-    refuse_overwriting_inputs([item.path for item in inputs] + videos + image_paths, outputs)
-    check_writable(args.out, '--out', folder=True)
-    if args.json is not None:
-        check_writable(args.json, '--json')
-        # An earlier run's results must not pass for this run's when this run fails.
-        args.json.unlink(missing_ok=True)
+    check_outputs(args, [item.path for item in inputs] + videos + image_paths, outputs)
     status = run_videos(args, list(zip(videos, video_targets)), backend_options(args)) if videos else 0
     return max(status, run(args, inputs, problems)) if image_paths else status
 

@@ -1,0 +1,78 @@
+"""Model repositories: every config.pbtxt parses as Triton's ModelConfig protobuf with the serving
+options and the contract's tensors, the network file is where its platform looks, and a model file
+the containers cannot serve is refused."""
+
+import json
+from dataclasses import asdict
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from runtime.contract import INPUT_NAME, POSTPROCESS_OUTPUTS
+from runtime.errors import ToolkitError
+from runtime.metadata import ModelMetadata
+from runtime.serve.__main__ import main as serve_main
+from runtime.serve.protocol import IMAGE_INPUT, METADATA_PARAMETER, MODEL_NAME, OUTPUTS, THRESHOLD_INPUT
+from runtime.serve.repository import (NETWORK_NAME, QUEUE_DELAY_US, ServingOptions, model_metadata,
+                                      official_repository)
+from runtime.tensorrt.sidecar import EngineInfo, EngineSidecar, sidecar_path
+
+DT = model_config_pb2.DataType
+
+
+def parse(path):
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def check_serving_options(config, options, kind):
+    assert config.max_batch_size == options.max_batch
+    assert config.dynamic_batching.max_queue_delay_microseconds == QUEUE_DELAY_US
+    assert [(g.count, g.kind) for g in config.instance_group] == [(options.instances, kind)]
+
+
+def test_onnx_repository_for_the_official_containers(demo_onnx, tmp_path):
+    assert serve_main(['--model', str(demo_onnx), '--repository', str(tmp_path / 'repo'), '--max-batch', '4',
+                       '--instances', '2']) == 0
+    options, meta = ServingOptions(max_batch=4, instances=2), model_metadata(demo_onnx)
+    network = parse(tmp_path / 'repo' / NETWORK_NAME / 'config.pbtxt')
+    assert network.name == NETWORK_NAME and network.platform == 'onnxruntime_onnx'
+    check_serving_options(network, options, model_config_pb2.ModelInstanceGroup.KIND_GPU)
+    assert [(t.name, t.data_type, list(t.dims)) for t in network.input] == [
+        (INPUT_NAME, DT.TYPE_UINT8, [-1, -1, 3])]  # any image size: the network resizes
+    assert [t.name for t in network.output] == list(POSTPROCESS_OUTPUTS)
+    assert list(network.output[1].dims) == [meta.max_dets, 4]
+    assert (tmp_path / 'repo' / NETWORK_NAME / '1' / 'model.onnx').read_bytes() == demo_onnx.read_bytes()
+
+    step = parse(tmp_path / 'repo' / MODEL_NAME / 'config.pbtxt')
+    assert step.backend == 'python'
+    check_serving_options(step, options, model_config_pb2.ModelInstanceGroup.KIND_CPU)
+    assert [t.name for t in step.input] == [IMAGE_INPUT, THRESHOLD_INPUT]
+    assert step.input[0].allow_ragged_batch and step.input[1].optional
+    assert [t.name for t in step.output] == list(OUTPUTS)
+    assert step.parameters['network'].string_value == NETWORK_NAME
+    assert ModelMetadata.from_json(step.parameters[METADATA_PARAMETER].string_value) == meta
+    assert (tmp_path / 'repo' / MODEL_NAME / '1' / 'model.py').is_file()
+
+
+def test_engine_repository_reads_the_sidecar_without_tensorrt(demo_onnx, tmp_path):
+    engine = tmp_path / 'demo.engine'
+    engine.write_bytes(b'a serialized plan')
+    info = EngineInfo('tensorrt', '10.13', 'NVIDIA H100', ('9.0',), 8, (), (32, 32), (1080, 1920), (3840, 3840),
+                      str(demo_onnx), '0' * 64, '0' * 64, 'now')
+    sidecar = EngineSidecar(model_metadata(demo_onnx), info)
+    sidecar_path(engine).write_text(json.dumps({**sidecar.to_dict(), 'engine': asdict(info)}))
+    official_repository(engine, model_metadata(engine), tmp_path / 'repo', ServingOptions())
+    network = parse(tmp_path / 'repo' / NETWORK_NAME / 'config.pbtxt')
+    assert network.platform == 'tensorrt_plan'
+    assert (tmp_path / 'repo' / NETWORK_NAME / '1' / 'model.plan').read_bytes() == b'a serialized plan'
+
+
+def test_a_checkpoint_is_refused_with_the_fix(tmp_path, capsys):
+    checkpoint = tmp_path / 'model.pth'
+    checkpoint.write_bytes(b'')
+    with pytest.raises(ToolkitError, match='export or build'):
+        official_repository(checkpoint, None, tmp_path / 'repo', ServingOptions())
+    assert not (tmp_path / 'repo').exists()
+    assert serve_main(['--model', str(tmp_path / 'missing.onnx'), '--repository', str(tmp_path / 'repo')]) == 1
+    assert capsys.readouterr().err.count('\n') == 1

@@ -1,0 +1,246 @@
+"""The served demo model on 127.0.0.1: python -m runtime.client over HTTP and gRPC writes what
+runtime.infer writes, bad requests get a 400 with a message and the server stays up, the
+repository's Python-backend step for the official containers loads in the bundled server, and
+SIGTERM stops the server cleanly, and a client whose server dies reports it in one line. Every
+server started here is stopped when its test or module ends, pass or fail."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from model.data.shapes import generate_image
+from runtime.client import main as client_main
+from runtime.infer import main as infer_main
+from runtime.serve.protocol import MODEL_NAME
+from runtime.serve.repository import ServingOptions, model_metadata, official_repository
+from runtime.serve.server import TritonServer, ready
+
+ROOT = Path(__file__).resolve().parents[3]
+
+START_TIMEOUT_S = 180
+MAX_PIXELS = 500_000
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(('127.0.0.1', 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope='module')
+def images(tmp_path_factory):
+    """Three shapes images, one at another size than the model's, as PNG files."""
+    folder = tmp_path_factory.mktemp('images')
+    rng = np.random.default_rng(5)
+    pictures = [generate_image(rng)[0] for _ in range(3)]
+    pictures[2] = cv2.resize(pictures[2], (400, 240))
+    for index, picture in enumerate(pictures):
+        cv2.imwrite(str(folder / f'{index}.png'), picture)
+    return folder
+
+
+def start_serve(model, log, *extra):
+    """python -m runtime.serve on free ports, ready: (process, http_port, grpc_port)."""
+    http_port, grpc_port, metrics_port = free_ports(3)
+    with open(log, 'w') as stderr:
+        process = subprocess.Popen([sys.executable, '-m', 'runtime.serve', '--model', str(model),
+                                    '--http-port', str(http_port), '--grpc-port', str(grpc_port),
+                                    '--metrics-port', str(metrics_port), *extra],
+                                   cwd=ROOT, stderr=stderr, start_new_session=True)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while 'serving' not in log.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_serve(process)
+            pytest.fail(f'runtime.serve did not start: {log.read_text()[-2000:]}')
+        time.sleep(0.2)
+    return process, http_port, grpc_port
+
+
+def stop_serve(process):
+    """SIGTERM, then SIGKILL for its whole process group after a minute."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def tritonserver_of(process):
+    """The pid of the tritonserver that a runtime.serve process started (its child)."""
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        try:
+            name, fields = stat.read_text().rsplit(')', 1)
+        except OSError:
+            continue
+        if int(fields.split()[1]) == process.pid and name.endswith('(tritonserver'):
+            return int(stat.parent.name)
+    raise AssertionError(f'runtime.serve {process.pid} has no tritonserver child')
+
+
+@pytest.fixture(scope='module')
+def server(demo_onnx, tmp_path_factory):
+    """python -m runtime.serve on free ports: (process, http_port, grpc_port, log file)."""
+    log = tmp_path_factory.mktemp('server') / 'serve.log'
+    process, http_port, grpc_port = start_serve(demo_onnx, log, '--max-pixels', str(MAX_PIXELS))
+    try:
+        yield process, http_port, grpc_port, log
+    finally:
+        stop_serve(process)
+
+
+@pytest.mark.parametrize('scheme', ['http', 'grpc'])
+def test_client_writes_what_infer_writes(server, images, demo_onnx, tmp_path, scheme):
+    _, http_port, grpc_port, _ = server
+    url = f'{scheme}://127.0.0.1:{http_port if scheme == "http" else grpc_port}/{MODEL_NAME}'
+    assert client_main([url, str(images), '--out', str(tmp_path / 'served'),
+                        '--json', str(tmp_path / 'served.json')]) == 0
+    assert infer_main([str(images), '--model', str(demo_onnx), '--out', str(tmp_path / 'local'),
+                       '--json', str(tmp_path / 'local.json')]) == 0
+    served, local = (json.loads((tmp_path / f'{name}.json').read_text()) for name in ('served', 'local'))
+    assert len(local) >= 3  # the demo model finds the shapes
+    assert served == local
+    for annotated in (tmp_path / 'local').rglob('*.png'):
+        assert (tmp_path / 'served' / annotated.relative_to(tmp_path / 'local')).read_bytes() == annotated.read_bytes()
+
+
+def post(port, body, header_length=None):
+    """(HTTP status, body) of a raw infer request to the served model."""
+    headers = {'Content-Type': 'application/octet-stream'}
+    if header_length is not None:
+        headers['Inference-Header-Content-Length'] = str(header_length)
+    request = urllib.request.Request(f'http://127.0.0.1:{port}/v2/models/{MODEL_NAME}/infer', body, headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def image_request(array, datatype='UINT8'):
+    """A binary-tensor infer request carrying `array` as the image input."""
+    header = json.dumps({'inputs': [{'name': 'image', 'shape': list(array.shape), 'datatype': datatype,
+                                     'parameters': {'binary_data_size': array.nbytes}}]}).encode()
+    return header + array.tobytes(), len(header)
+
+
+@pytest.mark.parametrize('what, body, message', [
+    ('wrong dtype', image_request(np.zeros((1, 8, 8, 3), np.float32), 'FP32'), 'data-type'),
+    ('wrong rank', image_request(np.zeros((1, 8, 3), np.uint8)), 'shape'),
+    ('empty image', image_request(np.zeros((1, 0, 0, 3), np.uint8)), 'empty'),
+    ('too large', image_request(np.zeros((1, 1000, MAX_PIXELS // 1000 + 1, 3), np.uint8)), 'too large'),
+    ('image bytes cut short', (image_request(np.zeros((1, 8, 8, 3), np.uint8))[0][:-10],
+                               image_request(np.zeros((1, 8, 8, 3), np.uint8))[1]), 'unexpected'),
+    # Triton 2.51's HTTP frontend answers a body that is not JSON with 500, not 400 (its code, not ours).
+    ('garbage bytes', (np.random.default_rng(0).bytes(300), None), 'failed to parse the request JSON'),
+])
+def test_bad_requests_are_refused_and_the_server_stays_up(server, images, what, body, message):
+    _, http_port, _, _ = server
+    status, answer = post(http_port, *body)
+    assert status == (500 if what == 'garbage bytes' else 400), (what, answer)
+    assert message in json.loads(answer)['error']
+    assert ready(http_port)
+    good = cv2.imread(str(images / '0.png'))[None]
+    status, _ = post(http_port, *image_request(good))
+    assert status == 200
+
+
+def test_official_repositorys_step_loads_in_the_bundled_server(demo_onnx, tmp_path):
+    """The containers' repository, with the step alone: the bundled server has no onnxruntime
+    backend for the network, but the step must load as it would beside it."""
+    repository = official_repository(demo_onnx, model_metadata(demo_onnx), tmp_path / 'repo', ServingOptions())
+    http_port, grpc_port, metrics_port = free_ports(3)
+    server = TritonServer(repository, tmp_path, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
+    with server:
+        assert ready(http_port, MODEL_NAME)
+    assert server.process.returncode == 0
+
+
+def test_sigterm_stops_the_server_cleanly(demo_onnx, tmp_path):
+    process, http_port, _ = start_serve(demo_onnx, tmp_path / 'serve.log')
+    try:
+        tritonserver = tritonserver_of(process)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        stop_serve(process)
+    assert 'stopped (SIGTERM)' in (tmp_path / 'serve.log').read_text()
+    with pytest.raises(ProcessLookupError):  # nothing of the server's process group is left
+        os.killpg(tritonserver, 0)
+    assert not ready(http_port)
+
+
+def test_a_client_whose_server_dies_says_so_in_one_line(server, images, tmp_path):
+    """The last test of the module's server: it kills its tritonserver (SIGKILL, as a crash would)
+    while a client is sending it images."""
+    process, http_port, _, log = server
+    many = tmp_path / 'many'
+    many.mkdir()
+    picture = cv2.imread(str(images / '0.png'))
+    for index in range(300):
+        cv2.imwrite(str(many / f'{index:03d}.png'), picture)
+    client = subprocess.Popen([sys.executable, '-m', 'runtime.client', f'http://127.0.0.1:{http_port}/{MODEL_NAME}',
+                               str(many), '--out', str(tmp_path / 'out')], cwd=ROOT, stderr=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any((tmp_path / 'out').rglob('*.png')):
+            assert client.poll() is None and time.monotonic() < deadline, client.stderr.read()
+            time.sleep(0.05)
+        os.killpg(tritonserver_of(process), signal.SIGKILL)
+        _, stderr = client.communicate(timeout=120)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    assert client.returncode == 1, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if 'error' in line.lower() or 'Traceback' in line]
+    assert len(errors) == 1 and errors[0].startswith('error: ') and 'answer' in errors[0], stderr
+    assert process.wait(60) == 1  # runtime.serve reports the server's death too
+    assert 'exited on its own' in log.read_text()
+
+
+PROBE_MODEL = '''import os, sys
+sys.path[:0] = [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p and p not in sys.path]
+from multiprocessing import resource_tracker
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        resource_tracker.ensure_running()  # the call that failed with the system's libpython
+        with open(os.environ['PROBE_OUT'], 'w') as out:
+            out.write(sys.version)
+
+    def execute(self, requests):
+        return []
+'''
+
+
+def test_the_python_backend_stub_embeds_this_interpreter(tmp_path, monkeypatch):
+    """The stub must run the Python whose standard library it imports: with the system's
+    libpython 3.11.2 under pyenv's 3.11.7 library, resource_tracker failed on RLock._recursion_count."""
+    (tmp_path / 'repo' / 'probe' / '1').mkdir(parents=True)
+    (tmp_path / 'repo' / 'probe' / '1' / 'model.py').write_text(PROBE_MODEL)
+    (tmp_path / 'repo' / 'probe' / 'config.pbtxt').write_text(
+        'backend: "python"\nmax_batch_size: 0\ninput [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+        'output [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] } ]\n')
+    monkeypatch.setenv('PROBE_OUT', str(tmp_path / 'version.txt'))
+    http_port, grpc_port, metrics_port = free_ports(3)
+    with TritonServer(tmp_path / 'repo', tmp_path, http_port=http_port, grpc_port=grpc_port,
+                      metrics_port=metrics_port, models=('probe',)):
+        assert (tmp_path / 'version.txt').read_text() == sys.version
