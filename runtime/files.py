@@ -11,7 +11,38 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from runtime.errors import ToolkitError
+
 _CHUNK_BYTES = 1 << 20
+
+
+class OutputError(ToolkitError, OSError):
+    """An output file that cannot be written (a full disk, a read-only folder, a path that is a
+    folder or lies under a file); the message names the path and what to do."""
+
+
+def _write_failure(path: Path, error: OSError) -> OutputError:
+    reason = error.strerror or type(error).__name__
+    return OutputError(f'cannot write {path}: {reason}; free space there or choose another path')
+
+
+def check_writable(path: str | os.PathLike, what: str = 'output') -> Path:
+    """Refuse, before any work, an output path that cannot be written: a folder, a path under a
+    file, or one in a folder this process may not write. Returns the path. (A full disk shows
+    only when writing: atomic_output reports that.)
+
+    what: how the message names the path (e.g. '--metrics')."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f'{what} {path} is a folder: give a file name')
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f'{what} {path} lies under {ancestor}, which is a file, not a folder: choose another path')
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f'{what} {path}: folder {ancestor} is not writable: choose another path')
+    return path
 
 
 @contextmanager
@@ -22,14 +53,21 @@ def atomic_output(path: str | os.PathLike, *, suffix: str = '') -> Iterator[Path
     one; on an exception it is removed. Creates the folder.
 
     suffix: appended to the temporary name, for writers that pick the format by it (OpenCV's
-    VideoWriter needs '.mp4' / '.avi')."""
+    VideoWriter needs '.mp4' / '.avi').
+    An OSError on the way (a full disk, a read-only folder, a path that is a folder or under a file)
+    becomes an OutputError naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(path)
     # A random part, not only the pid: two threads of one process may write the same target.
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{suffix}')
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
+    except OutputError:
+        raise
+    except OSError as e:
+        raise _write_failure(path, e) from None
     finally:
         tmp.unlink(missing_ok=True)
 
