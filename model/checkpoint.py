@@ -14,6 +14,7 @@ is not a loadable YOLACT checkpoint raises one CheckpointError that says why and
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -67,24 +68,35 @@ def read_checkpoint(path, map_location='cpu') -> dict:
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch.load raises many kinds (pickle, zip, EOF, weights_only)
-        raise CheckpointError(
-            f'{path} is not a readable PyTorch checkpoint ({_load_failure_reason(e)}); give a YOLACT .pth '
-            'file (an official release or one saved by this toolkit)') from None
+        raise CheckpointError(_load_failure(path, e)) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f'{path} holds a {type(obj).__name__}, not a checkpoint (expected a state dict '
                               'or a checkpoint dict)')
     return obj
 
 
-def _load_failure_reason(error: Exception) -> str:
-    """The informative line of a torch.load failure (weights_only errors bury it mid-message)."""
+# torch.load's refusal under weights_only of a pickle that names a function or class outside the
+# allowed set: "Trying to load unsupported GLOBAL posix.system whose module posix is blocked" or
+# "Unsupported global: GLOBAL __main__.Payload was not an allowed global by default".
+_BLOCKED_GLOBAL = re.compile(r'GLOBAL ([\w.]+)')
+_UNPICKLER_DETAIL = 'WeightsUnpickler error:'
+
+
+def _load_failure(path: Path, error: Exception) -> str:
+    """One line saying why torch.load failed. torch's own weights_only message advises loading
+    with weights_only=False, which would run whatever the file holds: it is not passed on."""
     text = str(error)
-    marker = 'WeightsUnpickler error:'
-    if marker in text:
-        detail = next((line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()), '')
-        return f'not a PyTorch file, or it holds objects weights_only loading refuses: {detail}'
-    first_line = (text.strip().splitlines() or [type(error).__name__])[0]
-    return f'{type(error).__name__}: {first_line[:200]}'
+    blocked = _BLOCKED_GLOBAL.search(text)
+    if blocked:
+        return (f'{path} was blocked: loading it would call or build {blocked.group(1)}, which a checkpoint of '
+                'weights never needs. The file may be unsafe (made to run code when loaded): do not load it by '
+                'other means; get the checkpoint from a trusted source')
+    if _UNPICKLER_DETAIL in text:
+        detail = next((line.strip() for line in text.split(_UNPICKLER_DETAIL, 1)[1].splitlines() if line.strip()), '')
+    else:
+        detail = (text.strip().splitlines() or [type(error).__name__])[0][:200]
+    return (f'{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {detail}); give a YOLACT .pth '
+            'file (an official release or one saved by this toolkit)')
 
 
 def load_model(path, config: str | YolactConfig | None = None, map_location='cpu') -> tuple[Yolact, YolactConfig]:
