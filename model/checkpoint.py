@@ -14,6 +14,7 @@ is not a loadable YOLACT checkpoint raises one CheckpointError that says why and
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from torch import Tensor
 from model.config import CONFIGS, ConfigError, YolactConfig, config_from_filename, get_config
 from model.yolact import Yolact
 from runtime.errors import ToolkitError
-from runtime.files import atomic_output
+from runtime.files import write_atomic
 
 FORMAT = 'yolact-deploy/1'
 _OWN_FIELDS = ('format', 'config', 'class_names', 'category_ids', 'model')
@@ -39,7 +40,8 @@ def save_checkpoint(path, model: torch.nn.Module, cfg: YolactConfig, **extra) ->
 
     extra: more entries (iteration, optimizer / scheduler state dicts, epoch, ...); they must be
     made of tensors, numbers, strings and containers of them, as weights_only loading allows.
-    Written to a temporary file in the same folder, then renamed: never a half-written checkpoint.
+    Written to a temporary file in the same folder, then renamed: never a half-written checkpoint;
+    OutputError (runtime.files) when it cannot be written.
     """
     clash = sorted(set(extra) & set(_OWN_FIELDS))
     if clash:
@@ -53,10 +55,11 @@ def save_checkpoint(path, model: torch.nn.Module, cfg: YolactConfig, **extra) ->
     checkpoint = {
         'format': FORMAT, 'config': cfg.name, 'class_names': list(cfg.class_names),
         'category_ids': [int(c) for c in cfg.category_ids], 'model': model.state_dict(), **extra}
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        torch.save(checkpoint, tmp)
-    return path
+    # Serialised in memory first: torch.save reports a failed file write (a full disk) as an
+    # unexplained RuntimeError from its zip writer, and write_atomic as an OutputError naming the path.
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    return write_atomic(path, buffer.getbuffer())
 
 
 def read_checkpoint(path, map_location='cpu') -> dict:
