@@ -18,7 +18,7 @@ from tqdm import tqdm
 from runtime.backends import BACKENDS, BackendError, open_backend
 from runtime.draw import draw_detections
 from runtime.errors import ToolkitError
-from runtime.files import write_atomic
+from runtime.files import OutputError, write_atomic
 from runtime.pipeline import IMAGE_SUFFIXES, ImageLoadError, batches, find_images, load_image, predict
 from runtime.tensorrt.backend import prefer_engine
 from runtime.video import is_video, run_videos
@@ -166,9 +166,9 @@ def run(args: argparse.Namespace) -> int:
                     target = args.out / item.output_name
                     try:
                         write_image(target, draw_detections(image, dets, meta.class_names))
-                    except OSError as e:  # the output folder, not this input: stop
+                    except OutputError as e:  # the output folder, not this input: stop
                         progress.close()
-                        print(f'error: cannot write {target}: {e.strerror or e}', file=sys.stderr)
+                        print(f'error: {e}', file=sys.stderr)
                         return 1
                     if args.json is not None:
                         results += dets.to_coco_json(item.image_id, str(item.path), meta.class_names,
