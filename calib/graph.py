@@ -167,6 +167,12 @@ def producing_convs(model: onnx.ModelProto, tensors) -> list[str]:
     return found
 
 
+def convolution_inputs(model: onnx.ModelProto) -> list[str]:
+    """Names of the activations the Conv nodes read (their first input): tensors INT8 needs a
+    calibrated range for, whichever layout places the Q/DQ."""
+    return list(dict.fromkeys(n.input[0] for n in model.graph.node if n.op_type == 'Conv'))
+
+
 def after_last_convolutions(model: onnx.ModelProto) -> list[str]:
     """Names of the nodes with no convolution downstream: the heads' reshapes, activations and
     the box decoding. INT8 gains no speed there (TensorRT's INT8 kernels are the convolutions) and

@@ -37,10 +37,13 @@ from onnxruntime.quantization.calibrate import CalibrationDataReader, Calibratio
 from onnxruntime.quantization.registry import QDQRegistry
 from tqdm import tqdm
 
-from calib.cache import cache_file, calibration_key, read_amax, write_cache
-from calib.graph import (CalibrationError, after_last_convolutions, join_postprocess, producing_convs,
-                         split_postprocess)
+from calib.cache import cache_file, cache_problem, calibration_key, read_amax, write_cache
+from calib.graph import (CalibrationError, after_last_convolutions, convolution_inputs, join_postprocess,
+                         producing_convs, split_postprocess)
 from runtime.contract import INPUT_NAME
+from runtime.files import check_writable
+
+log = logging.getLogger(__name__)
 
 
 CALIBRATION_METHODS = {
@@ -52,6 +55,7 @@ CALIBRATION_METHODS = {
 CHUNK_SIZE = 4
 MODELOPT_LOGGER = 'modelopt.onnx'
 LAYOUTS = ('tensorrt', 'onnxruntime')
+QDQ_OPS = ('QuantizeLinear', 'DequantizeLinear')
 # Ops the onnxruntime layout quantises: the network's convolutions and what joins them, so that
 # consecutive integer convolutions need no float round trip between them.
 ORT_QUANTIZED_OPS = ['Conv', 'Add', 'Relu', 'MaxPool', 'Resize']
@@ -145,7 +149,12 @@ def quantize_int8(model: onnx.ModelProto, images: np.ndarray, *, method: str = '
         kept += tuple(c for c in producing_convs(split.network, outputs) if c not in kept)
     key = calibration_key(split.network, images, method)
     cache = cache_file(cache_dir, model_name, method, key)
-    cache_hit = cache.is_file()
+    problem = cache_problem(cache, convolution_inputs(split.network)) if cache.is_file() else None
+    if problem is not None:
+        log.warning('calibration cache %s is unusable (%s): calibrating again', cache, problem)
+    cache_hit = cache.is_file() and problem is None
+    if not cache_hit:
+        check_writable(cache, 'calibration cache')  # before the calibration, which takes minutes
 
     with tempfile.TemporaryDirectory(prefix='yolact-int8-') as tmp:
         work = Path(tmp)
@@ -159,6 +168,9 @@ def quantize_int8(model: onnx.ModelProto, images: np.ndarray, *, method: str = '
         else:
             # Read back even when just written, so a cache hit and a miss give the same model.
             quantized = _place_qdq_onnxruntime(network_path, read_amax(cache), excluded)
+    if not any(n.op_type in QDQ_OPS for n in quantized.graph.node):
+        raise CalibrationError(f'the INT8 placement put no Q/DQ node in the network (ranges from {cache}): the model '
+                               'would not be INT8; delete that cache file and rerun with --verbose to see why')
     return Int8Result(join_postprocess(quantized, split, 'int8'), cache, cache_hit, kept)
 
 

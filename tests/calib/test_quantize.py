@@ -110,6 +110,33 @@ def test_the_scales_come_from_the_cache(int8):
         assert float(initializers[node.input[1]]) == pytest.approx(scales[node.input[0]], rel=1e-6)
 
 
+@pytest.mark.battery
+@pytest.mark.parametrize('corruption', ('header only', 'a nan range', 'not hex', 'a missing tensor'))
+def test_a_corrupted_cache_is_rebuilt_with_one_warning(standin, calibration_pixels, int8, tmp_path, caplog, corruption):
+    good = int8.cache.read_text().splitlines()
+    lines = {'header only': good[:1],
+             'a nan range': [*good[:-1], good[-1].split(':')[0] + ': 7fc00000'],
+             'not hex': [*good[:-1], good[-1].split(':')[0] + ': zz'],
+             'a missing tensor': [line for line in good if not line.startswith('relu1:')]}[corruption]
+    cache = tmp_path / int8.cache.name
+    cache.write_text('\n'.join(lines) + '\n')
+    with caplog.at_level('WARNING', logger='calib'):
+        again = quantize_int8(standin, calibration_pixels, cache_dir=tmp_path, model_name='standin')
+    warnings = [r.getMessage() for r in caplog.records if r.name == 'calib.quantize']
+    assert len(warnings) == 1 and warnings[0].startswith(f'calibration cache {cache} is unusable (')
+    assert not again.cache_hit and again.cache == cache
+    assert cache.read_text() == int8.cache.read_text()
+    assert again.model.SerializeToString() == int8.model.SerializeToString()
+
+
+@pytest.mark.battery
+def test_an_int8_model_without_qdq_is_refused(standin, calibration_pixels, int8, tmp_path, monkeypatch):
+    (tmp_path / int8.cache.name).write_text(int8.cache.read_text().splitlines()[0] + '\n')
+    monkeypatch.setattr(calib.quantize, 'cache_problem', lambda path, needed: None)  # a check that missed it
+    with pytest.raises(CalibrationError, match='put no Q/DQ node in the network'):
+        quantize_int8(standin, calibration_pixels, cache_dir=tmp_path, model_name='standin')
+
+
 def test_other_images_calibrate_afresh(standin, int8):
     other = quantize_int8(standin, smooth_images(8, seed=3), cache_dir=int8.cache.parent, model_name='standin')
     assert not other.cache_hit and other.cache != int8.cache
