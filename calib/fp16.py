@@ -10,7 +10,6 @@ afterwards (calib/graph.py), reads FP32 as before and runs in FP32.
 from __future__ import annotations
 
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import onnx
 
 from calib.graph import join_postprocess, producing_convs, split_postprocess
 from runtime.contract import INPUT_NAME
+from runtime.files import scratch_folder
 
 
 
@@ -31,11 +31,11 @@ def convert_fp16(model: onnx.ModelProto, images: np.ndarray, *, keep_sensitive: 
 
     split = split_postprocess(model)
     kept = producing_convs(split.network, split.mask_inputs) if keep_sensitive else []
-    with tempfile.TemporaryDirectory(prefix='yolact-fp16-') as tmp:
-        network_path = Path(tmp) / 'network.onnx'
+    with scratch_folder('yolact-fp16-') as tmp:
+        network_path = tmp / 'network.onnx'
         onnx.save(split.network, network_path)
         # AutoCast reads its reference inputs from an .npz keyed by input name.
-        data_path = Path(tmp) / 'calibration.npz'
+        data_path = tmp / 'calibration.npz'
         np.savez(data_path, **{INPUT_NAME: images})
         network = convert_to_mixed_precision(
             str(network_path), low_precision_type='fp16', keep_io_types=True,

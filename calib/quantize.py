@@ -26,7 +26,6 @@ import io
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from calib.cache import cache_file, cache_problem, calibration_key, read_amax, w
 from calib.graph import (CalibrationError, after_last_convolutions, convolution_inputs, join_postprocess,
                          producing_convs, split_postprocess)
 from runtime.contract import INPUT_NAME
-from runtime.files import check_writable
+from runtime.files import check_writable, scratch_folder
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +155,7 @@ def quantize_int8(model: onnx.ModelProto, images: np.ndarray, *, method: str = '
     if not cache_hit:
         check_writable(cache, 'calibration cache')  # before the calibration, which takes minutes
 
-    with tempfile.TemporaryDirectory(prefix='yolact-int8-') as tmp:
-        work = Path(tmp)
+    with scratch_folder('yolact-int8-') as work:
         network_path = work / 'network.onnx'
         onnx.save(split.network, network_path)
         if not cache_hit:

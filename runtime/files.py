@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,6 +71,20 @@ def atomic_output(path: str | os.PathLike, *, suffix: str = '') -> Iterator[Path
         raise _write_failure(path, e) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def scratch_folder(prefix: str) -> Iterator[Path]:
+    """A temporary folder under TMPDIR for intermediate files, removed on exit. An OSError inside
+    (a full disk, an unwritable TMPDIR) becomes an OutputError that names the folder and the fix."""
+    try:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            yield Path(tmp)
+    except OutputError:
+        raise
+    except OSError as e:
+        raise OutputError(f'cannot write temporary files in {tempfile.gettempdir()}: {e.strerror or e}; free '
+                          'space there or set TMPDIR to another folder') from None
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
