@@ -114,20 +114,19 @@ def check_model(model: onnx.ModelProto) -> None:
         raise ExportError(f'the exported graph does not pass the ONNX checker: {e}') from None
 
 
-def check_max_dets(cfg: YolactConfig, max_dets: int, cross_class: bool, available: int | None = None) -> None:
-    """ExportError for a detection count D that Fast NMS can never fill (it keeps cfg.nms_top_k
-    candidates per class, or per image across classes), MemoryLimitError for one whose masks output
-    (float32 [D, Hp, Wp] per image, padded to D whatever is found) cannot fit in `available` bytes
-    (default: this machine's available memory) for one image."""
+def check_max_dets(cfg: YolactConfig, max_dets: int, available: int | None = None) -> None:
+    """ExportError for a detection count D that Fast NMS can never fill (it keeps at most
+    cfg.nms_top_k candidates per class), MemoryLimitError for one whose masks output (float32
+    [D, Hp, Wp] per image, padded to D whatever is found) cannot fit in `available` bytes (default:
+    this machine's available memory) for one image."""
     if max_dets < 1:
         raise ExportError(f'max_dets must be at least 1, got {max_dets}')
-    classes = 1 if cross_class else cfg.num_classes - 1
+    classes = cfg.num_classes - 1
     candidates = cfg.nms_top_k * classes
     if max_dets > candidates:
-        per = 'across classes' if cross_class else f'per class x {classes} classes'
         raise ExportError(f'--max-dets {max_dets} is more than Fast NMS can return: it keeps at most {candidates} '
-                          f'candidates ({cfg.nms_top_k} {per}); pass --max-dets {candidates} or less '
-                          f'(default {cfg.max_num_detections})')
+                          f'candidates ({cfg.nms_top_k} per class x {classes} classes); pass --max-dets {candidates} '
+                          f'or less (default {cfg.max_num_detections})')
     proto_h, proto_w = (side * UPSAMPLE_FACTOR for side in feature_sizes(cfg)[0])
     per_detection = _MASK_COPIES * proto_h * proto_w * 4
     available = available_memory() if available is None else available
@@ -146,7 +145,7 @@ def build_onnx(yolact: torch.nn.Module, cfg: YolactConfig, *, postprocess: bool 
     max_dets: detections per image D (default cfg.max_num_detections).
     """
     max_dets = cfg.max_num_detections if max_dets is None else int(max_dets)
-    check_max_dets(cfg, max_dets, cross_class)
+    check_max_dets(cfg, max_dets)
     network = DeployNetwork(yolact, cfg, decode_boxes=postprocess).eval()
     model = trace_network(network, cfg, DECODED_HEAD_NAMES if postprocess else RAW_OUTPUTS)
     strip_trace_metadata(model)

@@ -260,11 +260,11 @@ def test_a_max_dets_fast_nms_cannot_fill_is_refused_before_tracing(tmp_path, cap
 def test_a_max_dets_whose_masks_cannot_fit_is_refused_with_one_that_fits():
     cfg = get_config('yolact_base')  # 80 classes: up to 16000 detections; masks of 138x138
     per_detection = 2 * 138 * 138 * 4
-    check_max_dets(cfg, 16000, cross_class=False, available=16000 * per_detection)
+    check_max_dets(cfg, 16000, available=16000 * per_detection)
     with pytest.raises(MemoryLimitError, match=r'^--max-dets 16000 \(masks of 138x138 per detection, for one image\) '
                                                r'would need about 2.4 GB of memory and this machine has 1.2 GB '
                                                r'available: pass --max-dets 8000 or less \(default 100\)$'):
-        check_max_dets(cfg, 16000, cross_class=False, available=8000 * per_detection)
+        check_max_dets(cfg, 16000, available=8000 * per_detection)
 
 
 def test_cli_reports_checkpoint_config_mismatch(checkpoint, tmp_path, capsys):

@@ -7,7 +7,8 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from model.config import SHAPES_CLASSES
-from model.data.coco import CocoDataset
+import model.data.shapes
+from model.data.coco import CocoDataset, DatasetError
 from model.data.shapes import ShapesSpec, generate_image, main, write_split
 
 SMALL = ShapesSpec(image_size=96, radius=(10, 30), min_visible_pixels=40)
@@ -82,3 +83,36 @@ def test_cli_writes_both_splits_that_the_coco_loader_reads(tmp_path, capsys):
 def test_cli_rejects_bad_counts(tmp_path):
     with pytest.raises(SystemExit):
         main(['--out', str(tmp_path), '--train', '-1'])
+
+
+class _Killed(BaseException):
+    """Stands for the signal that ends a run midway (it is no Exception: nothing may catch it)."""
+
+
+@pytest.mark.battery
+def test_a_regeneration_killed_midway_leaves_no_json_and_the_loaders_name_the_command(tmp_path, monkeypatch, capsys):
+    args = ['--out', str(tmp_path), '--train', '3', '--val', '2', '--size', '160']
+    assert main([*args, '--seed', '1']) == 0
+    made = []
+
+    def killed_at_the_second_image(rng, spec):
+        if len(made) == 1:
+            raise _Killed
+        made.append(1)
+        return generate_image(rng, spec)
+
+    monkeypatch.setattr(model.data.shapes, 'generate_image', killed_at_the_second_image)
+    with pytest.raises(_Killed):
+        main([*args, '--seed', '2'])
+    assert not (tmp_path / 'train.json').exists() and not (tmp_path / 'val.json').exists()
+    for path in (tmp_path / 'train.json', tmp_path, tmp_path / 'val.json'):
+        with pytest.raises(DatasetError, match=rf'is missing beside the images in .*an unfinished data set .*make it '
+                                               rf'again with `python -m model.data.shapes --out {tmp_path}`'):
+            CocoDataset(path)
+
+
+@pytest.mark.battery
+def test_an_out_under_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / 'a_file').write_bytes(b'')
+    assert main(['--out', str(tmp_path / 'a_file' / 'shapes'), '--train', '1', '--val', '1']) == 1
+    assert capsys.readouterr().err.endswith('a_file, which is a file, not a folder: choose another path\n')
