@@ -23,6 +23,7 @@ import onnx
 
 from runtime.files import write_atomic
 
+_HASH_CHUNK = 16  # images read at a time for the key
 CACHE_HEADER = 'TRT-8501-EntropyCalibration2'
 INT8_MAX = 127
 # A tensor that was all zeros in calibration would get scale 0 and divide by zero in
@@ -30,15 +31,17 @@ INT8_MAX = 127
 MIN_AMAX = float(np.finfo(np.float16).tiny) * INT8_MAX
 
 
-def calibration_key(network: onnx.ModelProto, images: np.ndarray, method: str) -> str:
+def calibration_key(network: onnx.ModelProto, images, method: str) -> str:
     """Hex digest of what determines the calibration result.
 
-    network: the model part that is calibrated; images: uint8 [N, H, W, 3] as fed to it.
+    network: the model part that is calibrated; images: uint8 [N, H, W, 3] as fed to it, an array or
+    calib.images.CalibrationImages (hashed a chunk at a time, so its images are never all in memory).
     """
     digest = hashlib.sha256()
     digest.update(network.SerializeToString(deterministic=True))
-    digest.update(repr((images.shape, str(images.dtype), method)).encode())
-    digest.update(np.ascontiguousarray(images).tobytes())
+    digest.update(repr((tuple(images.shape), str(images.dtype), method)).encode())
+    for start in range(0, len(images), _HASH_CHUNK):
+        digest.update(np.ascontiguousarray(images[start:start + _HASH_CHUNK]).tobytes())
     return digest.hexdigest()
 
 

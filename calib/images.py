@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from calib.graph import CalibrationError
 from model.data.coco import CocoDataset, DatasetError
@@ -50,13 +49,42 @@ def select(paths: list[Path], count: int | None) -> list[Path]:
     return [paths[int(i)] for i in np.linspace(0, len(paths) - 1, count).round()]
 
 
-def load_calibration_images(source: str | Path, input_size: tuple[int, int], count: int | None = None) -> np.ndarray:
-    """Calibration images as the model's input: uint8 [N, H, W, 3] BGR, (H, W) = input_size.
+class CalibrationImages:
+    """Calibration images, read from disk when used so that memory does not grow with their number.
 
-    source: a folder of images or a COCO instances JSON; count: how many (default all).
+    Stands for uint8 [N, H, W, 3] BGR at the model's input size (H, W) = input_size, pre-processed
+    as at inference: len(), .shape and .dtype as an array's; a slice, images[a:b], loads those
+    images as an array (the calibration reads a chunk at a time); np.asarray loads them all.
     """
-    paths = select(image_paths(source), count)
-    batch = np.empty((len(paths), *input_size, 3), np.uint8)
-    for i, path in enumerate(tqdm(paths, desc='loading calibration images', unit='img', leave=False)):
-        batch[i] = resize_to_input(load_image(path), input_size)
-    return batch
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, paths: list[Path], input_size: tuple[int, int]):
+        self.paths = list(paths)
+        self.input_size = tuple(input_size)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.paths), *self.input_size, 3)
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        if not isinstance(index, slice):
+            raise TypeError(f'CalibrationImages takes a slice, not {type(index).__name__}')
+        paths = self.paths[index]
+        batch = np.empty((len(paths), *self.input_size, 3), np.uint8)
+        for i, path in enumerate(paths):
+            batch[i] = resize_to_input(load_image(path), self.input_size)
+        return batch
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self[:] if dtype is None else self[:].astype(dtype)
+
+
+def load_calibration_images(source: str | Path, input_size: tuple[int, int],
+                            count: int | None = None) -> CalibrationImages:
+    """The calibration images of `source` (a folder of images or a COCO instances JSON), `count` of
+    them spread over the set (default all), as the model's input (CalibrationImages: read when used)."""
+    return CalibrationImages(select(image_paths(source), count), input_size)

@@ -88,10 +88,11 @@ class _ChunkReader(CalibrationDataReader):
         return None if image is None else {INPUT_NAME: image[None]}
 
 
-def calibrate_amax(network_path: Path, images: np.ndarray, method: str, work_dir: Path) -> dict[str, float]:
+def calibrate_amax(network_path: Path, images, method: str, work_dir: Path) -> dict[str, float]:
     """Largest absolute value to represent for each float tensor of the network.
 
-    images: uint8 [N, H, W, 3] BGR at the model's input size (pre-processed as at inference).
+    images: uint8 [N, H, W, 3] BGR at the model's input size (pre-processed as at inference), an
+        array or calib.images.CalibrationImages, read CHUNK_SIZE images at a time.
     """
     # modelopt patches onnxruntime's calibrators process-wide the first time it quantises (bounded
     # memory, its EP set-up, node names instead of op types to choose tensors). Patch first, so
@@ -124,12 +125,13 @@ def check_int8_options(method: str, layout: str) -> None:
         raise CalibrationError(f'unknown INT8 layout {layout!r}: choose one of {", ".join(LAYOUTS)}')
 
 
-def quantize_int8(model: onnx.ModelProto, images: np.ndarray, *, method: str = 'entropy',
+def quantize_int8(model: onnx.ModelProto, images, *, method: str = 'entropy',
                   keep_sensitive: bool = False, cache_dir: str | os.PathLike, model_name: str,
                   layout: str = 'tensorrt') -> Int8Result:
     """The INT8 (Q/DQ) version of `model`, an exported YOLACT ONNX model.
 
-    images: uint8 [N, H, W, 3] BGR calibration images at the model's input size.
+    images: uint8 [N, H, W, 3] BGR calibration images at the model's input size, an array or
+        calib.images.CalibrationImages (read a chunk at a time: memory does not grow with N).
     layout: 'tensorrt' or 'onnxruntime' (see the module's notes); both use the same cached ranges.
     keep_sensitive: leave the convolutions producing the prototypes and the mask coefficients
         unquantised (FP32). The result's kept_fp32 lists every convolution left in FP32.

@@ -1,6 +1,8 @@
 import tempfile
+import tracemalloc
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -9,10 +11,11 @@ from modelopt.onnx.quantization.calib_utils import import_scales_from_calib_cach
 
 import calib.quantize
 from calib.graph import CalibrationError, model_metadata, producing_convs, split_postprocess
+from calib.convert import convert_model
 from calib.quantize import CALIBRATION_METHODS, quantize_int8
 from runtime.backends import ort_backend
 from runtime.backends.ort_backend import create_session
-from tests.calib.standin import COEF_CONV, PROTO_CONV, raw_export_like, smooth_images
+from tests.calib.standin import COEF_CONV, PROTO_CONV, build_standin, raw_export_like, smooth_images
 
 QDQ = {'QuantizeLinear', 'DequantizeLinear'}
 
@@ -257,3 +260,25 @@ def test_the_onnxruntime_layout_gives_each_convolution_its_own_weight(standin, i
     fp32 = run(split_postprocess(standin).network, images, tmp_path)
     exact = run(split_postprocess(int8_ort.model).network, images, tmp_path)
     assert np.abs(exact['coef'] - fp32['coef']).mean() < 0.015 * np.abs(fp32['coef']).max()
+
+
+@pytest.mark.battery
+def test_calibration_memory_does_not_grow_with_the_image_count(tmp_path):
+    """Python-side allocations (numpy's included) of a whole INT8 conversion at 8 and at 40 images:
+    the 32 more images (27 KB each at 96x96) must not stay in memory together."""
+    size = 96
+    model_path = tmp_path / 'standin96.onnx'
+    onnx.save(build_standin(size=size), model_path)
+    folder = tmp_path / 'images'
+    folder.mkdir()
+    for i, image in enumerate(smooth_images(40, size=size, seed=5)):
+        cv2.imwrite(str(folder / f'{i:03d}.png'), image)
+    peaks = {}
+    for count in (4, 8, 40):  # the first run imports and patches modelopt's modules: not measured
+        tracemalloc.start()
+        convert_model(model_path, 'int8', folder, count=count, output=tmp_path / f'{count}.int8.onnx',
+                      cache_dir=tmp_path / f'cache{count}')
+        peaks[count] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    image_bytes = size * size * 3
+    assert peaks[40] - peaks[8] < 8 * image_bytes, peaks
