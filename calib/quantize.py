@@ -22,6 +22,7 @@ precision is decided here. Steps:
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -38,7 +39,7 @@ from tqdm import tqdm
 
 from calib.cache import cache_file, cache_problem, calibration_key, read_amax, write_cache
 from calib.graph import (CalibrationError, after_last_convolutions, convolution_inputs, join_postprocess,
-                         producing_convs, split_postprocess)
+                         module_names, producing_convs, split_postprocess)
 from runtime.contract import INPUT_NAME
 from runtime.files import check_writable, scratch_folder
 
@@ -69,12 +70,14 @@ _ORT_QDQ_REGISTRY = dict(QDQRegistry)
 @dataclass(frozen=True)
 class Int8Result:
     """model: the INT8 ONNX model; cache: the calibration cache file; cache_hit: whether it was
-    read (True) or written by this run (False); kept_fp32: convolutions left unquantised."""
+    read (True) or written by this run (False); kept_fp32: convolutions left unquantised (node
+    names); kept_fp32_modules: the same as the model's module names (calib.graph.module_names)."""
 
     model: onnx.ModelProto
     cache: Path
     cache_hit: bool
     kept_fp32: tuple[str, ...]
+    kept_fp32_modules: tuple[str, ...]
 
 
 class _ChunkReader(CalibrationDataReader):
@@ -86,6 +89,21 @@ class _ChunkReader(CalibrationDataReader):
     def get_next(self):
         image = next(self._images, None)
         return None if image is None else {INPUT_NAME: image[None]}
+
+
+@contextlib.contextmanager
+def _library_bars_off():
+    """Silence the progress bars modelopt's patched calibrator draws per tensor and per chunk
+    (about 2300 nested lines for yolact_resnet50); calibration shows one bar of its own. modelopt
+    imports tqdm into that module, so its name there is what is replaced."""
+    from modelopt.onnx.quantization import ort_patching
+
+    bar = ort_patching.tqdm
+    ort_patching.tqdm = functools.partial(tqdm, disable=True)
+    try:
+        yield
+    finally:
+        ort_patching.tqdm = bar
 
 
 def calibrate_amax(network_path: Path, images, method: str, work_dir: Path) -> dict[str, float]:
@@ -107,7 +125,7 @@ def calibrate_amax(network_path: Path, images, method: str, work_dir: Path) -> d
         extra_options={'symmetric': True, 'execution_providers': ['CPUExecutionProvider']})
     # The calibrator print()s its progress; the bar below says the same on stderr.
     with tqdm(total=len(images), desc=f'calibrating ({method})', unit='img') as progress, \
-            contextlib.redirect_stdout(io.StringIO()):
+            contextlib.redirect_stdout(io.StringIO()), _library_bars_off():
         for start in range(0, len(images), CHUNK_SIZE):
             chunk = images[start:start + CHUNK_SIZE]
             calibrator.collect_data(_ChunkReader(chunk))
@@ -171,7 +189,8 @@ def quantize_int8(model: onnx.ModelProto, images, *, method: str = 'entropy',
     if not any(n.op_type in QDQ_OPS for n in quantized.graph.node):
         raise CalibrationError(f'the INT8 placement put no Q/DQ node in the network (ranges from {cache}): the model '
                                'would not be INT8; delete that cache file and rerun with --verbose to see why')
-    return Int8Result(join_postprocess(quantized, split, 'int8'), cache, cache_hit, kept)
+    return Int8Result(join_postprocess(quantized, split, 'int8'), cache, cache_hit, kept,
+                      module_names(split.network, kept))
 
 
 def _place_qdq(network_path: Path, sample: np.ndarray, cache: Path, excluded: tuple[str, ...],
@@ -184,14 +203,15 @@ def _place_qdq(network_path: Path, sample: np.ndarray, cache: Path, excluded: tu
     from modelopt.onnx.quantization import quantize
 
     output = work / 'network.int8.onnx'
-    quantize(
-        str(network_path), quantize_mode='int8', calibration_data={INPUT_NAME: sample},
-        calibration_method='max', calibration_cache_path=str(cache), calibration_eps=['cpu'],
-        # fp32: everything not quantised stays FP32 (modelopt's default fp16 is for GPUs).
-        high_precision_dtype='fp32', nodes_to_exclude=[f'^{re.escape(name)}$' for name in excluded],
-        output_path=str(output),
-        # quantize() resets modelopt's log level: pass on the one the caller chose.
-        log_level=logging.getLevelName(logging.getLogger(MODELOPT_LOGGER).getEffectiveLevel()))
+    with _library_bars_off():
+        quantize(
+            str(network_path), quantize_mode='int8', calibration_data={INPUT_NAME: sample},
+            calibration_method='max', calibration_cache_path=str(cache), calibration_eps=['cpu'],
+            # fp32: everything not quantised stays FP32 (modelopt's default fp16 is for GPUs).
+            high_precision_dtype='fp32', nodes_to_exclude=[f'^{re.escape(name)}$' for name in excluded],
+            output_path=str(output),
+            # quantize() resets modelopt's log level: pass on the one the caller chose.
+            log_level=logging.getLevelName(logging.getLogger(MODELOPT_LOGGER).getEffectiveLevel()))
     if not output.is_file():
         raise CalibrationError('modelopt wrote no INT8 model; run with --verbose to see its log')
     return onnx.load(output)

@@ -135,6 +135,17 @@ def test_a_full_temporary_folder_is_one_line_naming_tmpdir(standin_path, image_f
     assert err.endswith(': File too large; free space there or set TMPDIR to another folder\n')
 
 
+@pytest.mark.battery
+def test_calibration_shows_one_bar_and_names_modules(standin_path, image_folder, tmp_path, capsys):
+    assert main(['--model', str(standin_path), '--precision', 'int8', '--images', str(image_folder), '--count', '6',
+                 '--keep-sensitive', '--output', str(tmp_path / 'a.int8.onnx')]) == 0
+    captured = capsys.readouterr()
+    redraws = [line for line in captured.err.replace('\r', '\n').splitlines() if line.strip()]
+    assert redraws and all(line.startswith('calibrating (entropy): ') for line in redraws), redraws
+    # The stand-in's weights are named as the export names them after the modules (proto.weight ...).
+    assert 'kept in FP32 (2 convolutions): proto, coef\n' in captured.out
+
+
 def test_an_empty_folder_is_a_clear_error(standin_path, tmp_path, capsys):
     (tmp_path / 'empty').mkdir()
     assert main(['--model', str(standin_path), '--precision', 'int8', '--images', str(tmp_path / 'empty')]) == 1

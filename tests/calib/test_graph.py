@@ -3,8 +3,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from calib.graph import (CalibrationError, after_last_convolutions, join_postprocess, model_metadata, producing_convs,
-                         split_postprocess)
+from calib.graph import (CalibrationError, after_last_convolutions, join_postprocess, model_metadata, module_names,
+                         producing_convs, split_postprocess)
 from tests.calib.standin import COEF_CONV, DECODE_MUL, OPSET, PROTO_CONV, build_standin, raw_export_like
 
 
@@ -76,3 +76,8 @@ def test_the_tail_after_the_last_convolutions(standin):
     assert DECODE_MUL in tail and 'decode_add' in tail and 'scores_activation' in tail and 'proto_nhwc' in tail
     assert not {'normalise_div', 'to_nchw', 'backbone.relu2'} & set(tail)
     assert not [n for n in network.graph.node if n.name in tail and n.op_type == 'Conv']
+
+
+def test_module_names_come_from_the_weights_and_a_shared_weight_counts_once(standin):
+    network = split_postprocess(standin).network
+    assert module_names(network, ['backbone.conv1', 'backbone.conv2', PROTO_CONV]) == ('conv1', 'proto')
