@@ -1,6 +1,10 @@
 """The synthetic shapes set: deterministic, exact masks that match their boxes, COCO layout."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +15,7 @@ import model.data.shapes
 from model.data.coco import CocoDataset, DatasetError
 from model.data.shapes import ShapesSpec, generate_image, main, write_split
 
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = ShapesSpec(image_size=96, radius=(10, 30), min_visible_pixels=40)
 
 
@@ -116,3 +121,17 @@ def test_an_out_under_a_file_is_one_line(tmp_path, capsys):
     (tmp_path / 'a_file').write_bytes(b'')
     assert main(['--out', str(tmp_path / 'a_file' / 'shapes'), '--train', '1', '--val', '1']) == 1
     assert capsys.readouterr().err.endswith('a_file, which is a file, not a folder: choose another path\n')
+
+
+@pytest.mark.battery
+def test_make_says_it_builds_the_shapes_set_first(tmp_path):
+    venv = Path(sys.executable).parent.parent
+    # Under `make test` the parent make's MAKEFLAGS/MAKELEVEL would make this one print directory lines.
+    env = {k: v for k, v in os.environ.items() if k not in ('MAKEFLAGS', 'MFLAGS', 'MAKELEVEL')}
+    env['PYTHONPATH'] = str(ROOT)
+    result = subprocess.run(['make', '--no-print-directory', '-o', f'{venv}/.installed', f'VENV={venv}',
+                             f'SHAPES_DIR={tmp_path}', 'SHAPES_TRAIN=2', 'SHAPES_VAL=1', f'{tmp_path}/val.json'],
+                            cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.startswith(f'first building the synthetic shapes set in {tmp_path} (2 training + 1 '
+                                    'validation images; once, a few minutes)\n')
+    assert len(CocoDataset(tmp_path / 'train.json')) == 2
