@@ -51,8 +51,10 @@ CALIBRATION_METHODS = {
     'max': CalibrationMethod.MinMax,  # largest absolute value seen
     'percentile': CalibrationMethod.Percentile,  # 99.999th percentile of absolute values
 }
-# Images per calibrator call: the calibrator holds every tensor of a chunk in memory.
-CHUNK_SIZE = 4
+# Images per calibrator call: the calibrator holds every tensor of a chunk in memory, so one
+# image at a time gives the lowest peak (the demo model: 550 MB against 580 MB with 4, for the same
+# ranges), and the bar still moves per image.
+CHUNK_SIZE = 1
 MODELOPT_LOGGER = 'modelopt.onnx'
 LAYOUTS = ('tensorrt', 'onnxruntime')
 QDQ_OPS = ('QuantizeLinear', 'DequantizeLinear')
