@@ -135,8 +135,12 @@ accuracy: calib
 
 # The synthetic shapes set (no download): build/shapes/{train,val}.json with images beside them.
 SHAPES_DIR ?= build/shapes
+SHAPES_TRAIN ?= 4000
+SHAPES_VAL ?= 300
+# calib, accuracy and eval build it on first use: say so, as it takes minutes.
 $(SHAPES_DIR)/val.json: | setup
-	$(PY) -m model.data.shapes --out $(SHAPES_DIR) --train 4000 --val 300 --seed 0
+	@echo 'first building the synthetic shapes set in $(SHAPES_DIR) ($(SHAPES_TRAIN) training + $(SHAPES_VAL) validation images; once, a few minutes)'
+	$(PY) -m model.data.shapes --out $(SHAPES_DIR) --train $(SHAPES_TRAIN) --val $(SHAPES_VAL) --seed 0
 
 # make train-demo: trains the shipped demo model (yolact_tiny on the shapes set, from scratch) and
 # writes runtime/assets/yolact_tiny_shapes.pth (weights only) and its COCO metrics on the val split.

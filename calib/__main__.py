@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     if result.cache is not None:
         print(f'calibration cache: {result.cache} ({"reused" if result.cache_hit else "written"})')
     if result.kept_fp32:
-        print(f'kept in FP32: {", ".join(result.kept_fp32)}')
+        print(f'kept in FP32 ({result.convolutions_kept} convolutions): {", ".join(result.kept_fp32)}')
     print(f'wrote {result.output} ({args.precision}, {result.images} calibration images)')
     return 0
 

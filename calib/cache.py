@@ -13,6 +13,7 @@ with scale = amax / 127 (symmetric INT8).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import struct
 from collections.abc import Sequence
@@ -34,7 +35,8 @@ def calibration_key(network: onnx.ModelProto, images: Sequence[np.ndarray], meth
     """Hex digest of what determines the calibration result.
 
     network: the model part that is calibrated; images: uint8 [H, W, 3] each, at its own size, as
-    fed to it (the graph resizes them), so each image's size counts as well as its pixels.
+    fed to it (the graph resizes them), so each image's size counts as well as its pixels; read one
+    at a time (calib.images.CalibrationImages loads each when asked).
     """
     digest = hashlib.sha256()
     digest.update(network.SerializeToString(deterministic=True))
@@ -65,3 +67,23 @@ def read_amax(path: Path) -> dict[str, float]:
     lines = Path(path).read_text().splitlines()[1:]
     return {name: struct.unpack('!f', bytes.fromhex(scale.strip()))[0] * INT8_MAX
             for name, scale in (line.rsplit(':', 1) for line in lines if line.strip())}
+
+
+def cache_problem(path: Path, needed: list[str]) -> str | None:
+    """Why the cache file at `path` cannot give the ranges of a network whose quantised layers read
+    the tensors `needed`, or None when it can: it must have the header, a range for each of them,
+    and only finite positive ranges (write_cache writes nothing else)."""
+    try:
+        header = Path(path).read_text().split('\n', 1)[0]
+        amax = read_amax(path)
+    except (OSError, UnicodeDecodeError, ValueError, struct.error) as e:
+        return f'unreadable ({type(e).__name__})'
+    if header != CACHE_HEADER:
+        return f'its first line is not {CACHE_HEADER}'
+    missing = [name for name in needed if name not in amax]
+    if missing:
+        return f'no range for {len(missing)} of the {len(needed)} tensors the network needs ({missing[0]}, ...)'
+    invalid = [name for name, value in amax.items() if not (math.isfinite(value) and value > 0)]
+    if invalid:
+        return f'ranges that are not finite and positive ({invalid[0]}, ...)'
+    return None

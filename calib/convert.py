@@ -27,13 +27,16 @@ CACHE_FOLDER = '.calib_cache'
 
 @dataclass(frozen=True)
 class ConvertResult:
-    """output: the written model; images: how many calibrated it; cache / cache_hit: INT8 only."""
+    """output: the written model; images: how many calibrated it; cache / cache_hit: INT8 only;
+    kept_fp32: the model's modules (e.g. yolact.proto_net.10) whose convolutions stayed FP32, and
+    convolutions_kept: how many convolutions that is (a shared head counts once per FPN level)."""
 
     output: Path
     images: int
     cache: Path | None = None
     cache_hit: bool = False
     kept_fp32: tuple[str, ...] = ()
+    convolutions_kept: int = 0
 
 
 def quiet_modelopt(quiet: bool = True) -> None:
@@ -101,7 +104,8 @@ def convert_model(model_path: str | os.PathLike, precision: str, images: str | o
                              cache_dir=cache_dir if cache_dir is not None else output.parent / CACHE_FOLDER,
                              model_name=model_path.name.removesuffix('.onnx'), layout=layout)
         converted = int8.model
-        result = dict(cache=int8.cache, cache_hit=int8.cache_hit, kept_fp32=int8.kept_fp32)
+        result = dict(cache=int8.cache, cache_hit=int8.cache_hit, kept_fp32=int8.kept_fp32_modules,
+                      convolutions_kept=len(int8.kept_fp32))
     try:
         check_model(converted)
         save_model(converted, output)

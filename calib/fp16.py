@@ -11,7 +11,6 @@ normalisation) stays FP32 too (calib.graph.preprocessing_nodes).
 from __future__ import annotations
 
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import onnx
 
 from calib.graph import join_postprocess, preprocessing_nodes, producing_convs, split_postprocess
 from runtime.contract import INPUT_NAME
+from runtime.files import scratch_folder
 from runtime.pipeline import same_size_groups
 
 
@@ -38,12 +38,12 @@ def convert_fp16(model: onnx.ModelProto, images: Sequence[np.ndarray], *,
     kept = preprocessing_nodes(split.network)
     if keep_sensitive:
         kept += producing_convs(split.network, split.mask_inputs)
-    with tempfile.TemporaryDirectory(prefix='yolact-fp16-') as tmp:
-        network_path = Path(tmp) / 'network.onnx'
+    with scratch_folder('yolact-fp16-') as tmp:
+        network_path = tmp / 'network.onnx'
         onnx.save(split.network, network_path)
         # AutoCast reads its reference inputs from .npz files keyed by input name, one batch per
         # file in a folder: a batch holds images of one size.
-        data_path = Path(tmp) / 'calibration'
+        data_path = tmp / 'calibration'
         data_path.mkdir()
         for index, group in enumerate(same_size_groups(images)):
             np.savez(data_path / f'{index:06d}.npz', **{INPUT_NAME: np.stack([images[i] for i in group])})

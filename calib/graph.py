@@ -185,6 +185,21 @@ def preprocessing_nodes(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.name in upstream]  # in graph order
 
 
+def module_names(model: onnx.ModelProto, conv_names) -> tuple[str, ...]:
+    """The PyTorch reference's module names (e.g. `yolact.proto_net.10`) of the Conv nodes named
+    `conv_names`: each one's weight initializer without its `.weight` suffix, which the export
+    keeps, unlike the node names (`node_conv2d_32`). Convolutions sharing a weight (the prediction
+    head, applied at every FPN level) give one name; in the order of first appearance."""
+    weights = {n.name: n.input[1] for n in model.graph.node if n.op_type == 'Conv'}
+    return tuple(dict.fromkeys(weights[name].removesuffix('.weight') for name in conv_names))
+
+
+def convolution_inputs(model: onnx.ModelProto) -> list[str]:
+    """Names of the activations the Conv nodes read (their first input): tensors INT8 needs a
+    calibrated range for, whichever layout places the Q/DQ."""
+    return list(dict.fromkeys(n.input[0] for n in model.graph.node if n.op_type == 'Conv'))
+
+
 def after_last_convolutions(model: onnx.ModelProto) -> list[str]:
     """Names of the nodes with no convolution downstream: the heads' reshapes, activations and
     the box decoding. INT8 gains no speed there (TensorRT's INT8 kernels are the convolutions) and

@@ -7,10 +7,10 @@ at their own size, as the runtime sends them: the graph resizes them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from calib.graph import CalibrationError
 from model.data.coco import CocoDataset, DatasetError
@@ -51,10 +51,24 @@ def select(paths: list[Path], count: int | None) -> list[Path]:
     return [paths[int(i)] for i in np.linspace(0, len(paths) - 1, count).round()]
 
 
-def load_calibration_images(source: str | Path, count: int | None = None) -> list[np.ndarray]:
-    """Calibration images as the runtime feeds them: uint8 [H, W, 3] BGR each, at its own size.
+class CalibrationImages(Sequence):
+    """Calibration images, read from disk when used so that memory does not grow with their number:
+    images[i] is uint8 [H, W, 3] BGR at the file's own size, as the runtime feeds it (the graph
+    resizes); a slice gives a list of them. Each access reads the file again."""
 
-    source: a folder of images or a COCO instances JSON; count: how many (default all).
-    """
-    paths = select(image_paths(source), count)
-    return [load_image(path) for path in tqdm(paths, desc='loading calibration images', unit='img', leave=False)]
+    def __init__(self, paths: list[Path]):
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [load_image(path) for path in self.paths[index]]
+        return load_image(self.paths[index])
+
+
+def load_calibration_images(source: str | Path, count: int | None = None) -> CalibrationImages:
+    """The calibration images of `source` (a folder of images or a COCO instances JSON), `count` of
+    them spread over the set (default all), read when used (CalibrationImages)."""
+    return CalibrationImages(select(image_paths(source), count))

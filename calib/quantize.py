@@ -23,11 +23,11 @@ precision is decided here. Steps:
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +39,13 @@ from onnxruntime.quantization.calibrate import CalibrationDataReader, Calibratio
 from onnxruntime.quantization.registry import QDQRegistry
 from tqdm import tqdm
 
-from calib.cache import cache_file, calibration_key, read_amax, write_cache
-from calib.graph import (CalibrationError, after_last_convolutions, join_postprocess, preprocessing_nodes,
-                         producing_convs, split_postprocess)
+from calib.cache import cache_file, cache_problem, calibration_key, read_amax, write_cache
+from calib.graph import (CalibrationError, after_last_convolutions, convolution_inputs, join_postprocess,
+                         module_names, preprocessing_nodes, producing_convs, split_postprocess)
 from runtime.contract import INPUT_NAME
+from runtime.files import check_writable, scratch_folder
+
+log = logging.getLogger(__name__)
 
 
 CALIBRATION_METHODS = {
@@ -50,10 +53,13 @@ CALIBRATION_METHODS = {
     'max': CalibrationMethod.MinMax,  # largest absolute value seen
     'percentile': CalibrationMethod.Percentile,  # 99.999th percentile of absolute values
 }
-# Images per calibrator call: the calibrator holds every tensor of a chunk in memory.
-CHUNK_SIZE = 4
+# Images per calibrator call: the calibrator holds every tensor of a chunk in memory, so one
+# image at a time gives the lowest peak (the demo model: 550 MB against 580 MB with 4, for the same
+# ranges), and the bar still moves per image.
+CHUNK_SIZE = 1
 MODELOPT_LOGGER = 'modelopt.onnx'
 LAYOUTS = ('tensorrt', 'onnxruntime')
+QDQ_OPS = ('QuantizeLinear', 'DequantizeLinear')
 # Ops the onnxruntime layout quantises: the network's convolutions and what joins them, so that
 # consecutive integer convolutions need no float round trip between them.
 ORT_QUANTIZED_OPS = ['Conv', 'Add', 'Relu', 'MaxPool', 'Resize']
@@ -68,12 +74,14 @@ _ORT_QDQ_REGISTRY = dict(QDQRegistry)
 @dataclass(frozen=True)
 class Int8Result:
     """model: the INT8 ONNX model; cache: the calibration cache file; cache_hit: whether it was
-    read (True) or written by this run (False); kept_fp32: convolutions left unquantised."""
+    read (True) or written by this run (False); kept_fp32: convolutions left unquantised (node
+    names); kept_fp32_modules: the same as the model's module names (calib.graph.module_names)."""
 
     model: onnx.ModelProto
     cache: Path
     cache_hit: bool
     kept_fp32: tuple[str, ...]
+    kept_fp32_modules: tuple[str, ...]
 
 
 class _ChunkReader(CalibrationDataReader):
@@ -87,11 +95,27 @@ class _ChunkReader(CalibrationDataReader):
         return None if image is None else {INPUT_NAME: image[None]}
 
 
+@contextlib.contextmanager
+def _library_bars_off():
+    """Silence the progress bars modelopt's patched calibrator draws per tensor and per chunk
+    (about 2300 nested lines for yolact_resnet50); calibration shows one bar of its own. modelopt
+    imports tqdm into that module, so its name there is what is replaced."""
+    from modelopt.onnx.quantization import ort_patching
+
+    bar = ort_patching.tqdm
+    ort_patching.tqdm = functools.partial(tqdm, disable=True)
+    try:
+        yield
+    finally:
+        ort_patching.tqdm = bar
+
+
 def calibrate_amax(network_path: Path, images: Sequence[np.ndarray], method: str,
                    work_dir: Path) -> dict[str, float]:
     """Largest absolute value to represent for each float tensor of the network.
 
-    images: uint8 [H, W, 3] BGR each, at their own size (the graph resizes, as at inference).
+    images: uint8 [H, W, 3] BGR each, at their own size (the graph resizes, as at inference); a
+        sequence read CHUNK_SIZE images at a time (calib.images.CalibrationImages loads them when asked).
     """
     # modelopt patches onnxruntime's calibrators process-wide the first time it quantises (bounded
     # memory, its EP set-up, node names instead of op types to choose tensors). Patch first, so
@@ -106,7 +130,7 @@ def calibrate_amax(network_path: Path, images: Sequence[np.ndarray], method: str
         extra_options={'symmetric': True, 'execution_providers': ['CPUExecutionProvider']})
     # The calibrator print()s its progress; the bar below says the same on stderr.
     with tqdm(total=len(images), desc=f'calibrating ({method})', unit='img') as progress, \
-            contextlib.redirect_stdout(io.StringIO()):
+            contextlib.redirect_stdout(io.StringIO()), _library_bars_off():
         for start in range(0, len(images), CHUNK_SIZE):
             chunk = images[start:start + CHUNK_SIZE]
             calibrator.collect_data(_ChunkReader(chunk))
@@ -129,7 +153,8 @@ def quantize_int8(model: onnx.ModelProto, images: Sequence[np.ndarray], *, metho
                   layout: str = 'tensorrt') -> Int8Result:
     """The INT8 (Q/DQ) version of `model`, an exported YOLACT ONNX model.
 
-    images: uint8 [H, W, 3] BGR calibration images, each at its own size as the runtime feeds them.
+    images: uint8 [H, W, 3] BGR calibration images, each at its own size as the runtime feeds them, a
+        sequence read a chunk at a time (calib.images.CalibrationImages: memory does not grow with their number).
     layout: 'tensorrt' or 'onnxruntime' (see the module's notes); both use the same cached ranges.
     keep_sensitive: leave the convolutions producing the prototypes and the mask coefficients
         unquantised (FP32). The result's kept_fp32 lists every convolution left in FP32.
@@ -148,10 +173,14 @@ def quantize_int8(model: onnx.ModelProto, images: Sequence[np.ndarray], *, metho
         kept += tuple(c for c in producing_convs(split.network, outputs) if c not in kept)
     key = calibration_key(split.network, images, method)
     cache = cache_file(cache_dir, model_name, method, key)
-    cache_hit = cache.is_file()
+    problem = cache_problem(cache, convolution_inputs(split.network)) if cache.is_file() else None
+    if problem is not None:
+        log.warning('calibration cache %s is unusable (%s): calibrating again', cache, problem)
+    cache_hit = cache.is_file() and problem is None
+    if not cache_hit:
+        check_writable(cache, 'calibration cache')  # before the calibration, which takes minutes
 
-    with tempfile.TemporaryDirectory(prefix='yolact-int8-') as tmp:
-        work = Path(tmp)
+    with scratch_folder('yolact-int8-') as work:
         network_path = work / 'network.onnx'
         onnx.save(split.network, network_path)
         if not cache_hit:
@@ -162,7 +191,11 @@ def quantize_int8(model: onnx.ModelProto, images: Sequence[np.ndarray], *, metho
         else:
             # Read back even when just written, so a cache hit and a miss give the same model.
             quantized = _place_qdq_onnxruntime(network_path, read_amax(cache), excluded)
-    return Int8Result(join_postprocess(quantized, split, 'int8'), cache, cache_hit, kept)
+    if not any(n.op_type in QDQ_OPS for n in quantized.graph.node):
+        raise CalibrationError(f'the INT8 placement put no Q/DQ node in the network (ranges from {cache}): the model '
+                               'would not be INT8; delete that cache file and rerun with --verbose to see why')
+    return Int8Result(join_postprocess(quantized, split, 'int8'), cache, cache_hit, kept,
+                      module_names(split.network, kept))
 
 
 def _place_qdq(network_path: Path, sample: np.ndarray, cache: Path, excluded: tuple[str, ...],
@@ -175,14 +208,15 @@ def _place_qdq(network_path: Path, sample: np.ndarray, cache: Path, excluded: tu
     from modelopt.onnx.quantization import quantize
 
     output = work / 'network.int8.onnx'
-    quantize(
-        str(network_path), quantize_mode='int8', calibration_data={INPUT_NAME: sample},
-        calibration_method='max', calibration_cache_path=str(cache), calibration_eps=['cpu'],
-        # fp32: everything not quantised stays FP32 (modelopt's default fp16 is for GPUs).
-        high_precision_dtype='fp32', nodes_to_exclude=[f'^{re.escape(name)}$' for name in excluded],
-        output_path=str(output),
-        # quantize() resets modelopt's log level: pass on the one the caller chose.
-        log_level=logging.getLevelName(logging.getLogger(MODELOPT_LOGGER).getEffectiveLevel()))
+    with _library_bars_off():
+        quantize(
+            str(network_path), quantize_mode='int8', calibration_data={INPUT_NAME: sample},
+            calibration_method='max', calibration_cache_path=str(cache), calibration_eps=['cpu'],
+            # fp32: everything not quantised stays FP32 (modelopt's default fp16 is for GPUs).
+            high_precision_dtype='fp32', nodes_to_exclude=[f'^{re.escape(name)}$' for name in excluded],
+            output_path=str(output),
+            # quantize() resets modelopt's log level: pass on the one the caller chose.
+            log_level=logging.getLevelName(logging.getLogger(MODELOPT_LOGGER).getEffectiveLevel()))
     if not output.is_file():
         raise CalibrationError('modelopt wrote no INT8 model; run with --verbose to see its log')
     return onnx.load(output)

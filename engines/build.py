@@ -16,9 +16,10 @@ without one (a cache would make it query a GPU). The yolact plugins are register
 otherwise TensorRT builds the ONNX function bodies of yolact::FastNMS and yolact::MaskAssembly as
 standard layers, and the log says which happened.
 
-Outputs are written atomically: the engine, then `FILE.engine.json` (engines/sidecar.py). An engine
-whose sidecar shows the same ONNX bytes, TensorRT, targets, batch, image range and plugins is
-reused unless `--force`.
+Outputs are written atomically, the engine and `FILE.engine.json` (engines/sidecar.py) as a pair: both in full
+to temporary names, then renamed, so a failed write keeps the old pair usable. An engine whose
+sidecar shows the same ONNX bytes, TensorRT, targets, batch, image range and plugins is reused
+unless `--force`.
 """
 
 from __future__ import annotations
@@ -34,13 +35,13 @@ from pathlib import Path
 
 from engines.errors import EngineBuildError
 from engines.onnx_source import OnnxSource, load_onnx
-from engines.sidecar import write_sidecar
+from engines.sidecar import sidecar_bytes
 from engines.trt import choose_compute_capabilities, make_progress_monitor, rtx_compute_capabilities
 from plugins import register_tensorrt_plugins
 from runtime import artifacts
 from runtime.cuda.device import cuda_device
 from runtime.errors import ToolkitError
-from runtime.files import file_sha256, write_atomic
+from runtime.files import atomic_output, check_writable, file_sha256, write_atomic
 from runtime.metadata import PRECISIONS
 from runtime.tensorrt.loader import TensorRT, load_tensorrt, make_logger
 from runtime.tensorrt.sidecar import EngineInfo, EngineSidecar, SidecarError, plugin_key, read_sidecar, sidecar_path
@@ -247,6 +248,9 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
         raise EngineBuildError(f'{source.path} has a fixed batch of {source.input_batch}: pass --max-batch '
                                f'{source.input_batch}, or export with a dynamic batch dimension')
     engine_path = Path(engine_path) if engine_path is not None else artifacts.engine_path(source.path)
+    # Before the build, which takes minutes: an engine that cannot be written is refused now.
+    check_writable(engine_path, 'engine')
+    check_writable(sidecar_path(engine_path), 'engine sidecar')
     trt = load_tensorrt(flavour)
     build_gpu, targets = _targets(trt, compute_capability)
     plugins_registered, reason = register_plugins(trt)
@@ -298,11 +302,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
     info = dataclasses.replace(wanted, engine_sha256=hashlib.sha256(engine_bytes).hexdigest(),
                                built_at=datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'))
     sidecar = EngineSidecar(source.metadata, info)
-    # Without its sidecar an engine is refused by the runtime: drop the old sidecar first, so a
-    # crash between the two writes never pairs the new engine with the old description.
-    sidecar_path(engine_path).unlink(missing_ok=True)
-    write_atomic(engine_path, engine_bytes)
-    write_sidecar(engine_path, sidecar)
+    write_engine_pair(engine_path, engine_bytes, sidecar)
     return engine_path, sidecar
 
 
@@ -312,6 +312,18 @@ def _image_size(text: str) -> tuple[int, int]:
     if not sep or not height.strip().isdigit() or not width.strip().isdigit():
         raise argparse.ArgumentTypeError(f'{text!r} is not HEIGHTxWIDTH, e.g. 1080x1920')
     return int(height), int(width)
+
+
+def write_engine_pair(engine_path: Path, engine_bytes: bytes, sidecar: EngineSidecar) -> None:
+    """Install the engine and its sidecar together: both are written in full to temporary names
+    first, and only then renamed over the old pair. A write that fails (a full disk) leaves the old
+    engine and its sidecar as they were, still usable; renames within a folder do not fail for
+    want of space. OutputError for a path that cannot be written."""
+    with atomic_output(engine_path) as engine_tmp:
+        engine_tmp.write_bytes(engine_bytes)
+        # Nested after the engine's write, so that a failure names the file that failed.
+        with atomic_output(sidecar_path(engine_path)) as sidecar_tmp:
+            sidecar_tmp.write_bytes(sidecar_bytes(sidecar))
 
 
 def parse_args(argv=None) -> argparse.Namespace:

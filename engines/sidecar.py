@@ -11,7 +11,11 @@ from runtime.files import write_atomic
 from runtime.tensorrt.sidecar import EngineSidecar, sidecar_path
 
 
+def sidecar_bytes(sidecar: EngineSidecar) -> bytes:
+    """The sidecar file's content: indented JSON with sorted keys."""
+    return (json.dumps(sidecar.to_dict(), indent=2, sort_keys=True) + '\n').encode()
+
+
 def write_sidecar(engine_path: str | os.PathLike, sidecar: EngineSidecar) -> Path:
     """Write `sidecar` to `FILE.engine.json` atomically; returns that path."""
-    text = json.dumps(sidecar.to_dict(), indent=2, sort_keys=True) + '\n'
-    return write_atomic(sidecar_path(engine_path), text.encode())
+    return write_atomic(sidecar_path(engine_path), sidecar_bytes(sidecar))

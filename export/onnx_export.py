@@ -31,16 +31,22 @@ from export.graph import DeployNetwork
 from export.postprocess_nodes import append_postprocess
 from model.config import YolactConfig, metadata_from_config
 from plugins.onnx_model import DECODED_HEAD_NAMES
+from model.priors import feature_sizes
+from model.protonet import UPSAMPLE_FACTOR
 from runtime import __version__
 from runtime.contract import BATCH_DIM, HEIGHT_DIM, INPUT_NAME, METADATA_KEY, RAW_OUTPUTS, WIDTH_DIM, metadata_from_props
 from runtime.errors import ToolkitError
-from runtime.files import write_atomic
+from runtime.files import check_writable, write_atomic
+from runtime.host_memory import available_memory, check_fits, largest_fitting
 from runtime.metadata import ModelMetadata
 
 # Opset 19: what modelopt's INT8 quantiser emits, inside what onnxruntime 1.24 (7..25) and
 # TensorRT's parser (TensorRT 10 and TensorRT-RTX) accept. The IR version is the exporter's (10).
 OPSET = 19
 # Readable copies of the most asked-for fields (`polygraphy inspect model` and Netron show them).
+# float32 [D, Hp, Wp] tensors an image's mask assembly holds at once: the masks output and the
+# product proto @ coef^T it is computed from (the sigmoid and crop run in place of one of them).
+_MASK_COPIES = 2
 _READABLE_KEYS = ('config', 'precision', 'input_size', 'class_names', 'cross_class', 'max_dets')
 
 
@@ -113,6 +119,27 @@ def check_model(model: onnx.ModelProto) -> None:
         raise ExportError(f'the exported graph does not pass the ONNX checker: {e}') from None
 
 
+def check_max_dets(cfg: YolactConfig, max_dets: int, available: int | None = None) -> None:
+    """ExportError for a detection count D that Fast NMS can never fill (it keeps at most
+    cfg.nms_top_k candidates per class), MemoryLimitError for one whose masks output (float32
+    [D, Hp, Wp] per image, padded to D whatever is found) cannot fit in `available` bytes (default:
+    this machine's available memory) for one image."""
+    if max_dets < 1:
+        raise ExportError(f'max_dets must be at least 1, got {max_dets}')
+    classes = cfg.num_classes - 1
+    candidates = cfg.nms_top_k * classes
+    if max_dets > candidates:
+        raise ExportError(f'--max-dets {max_dets} is more than Fast NMS can return: it keeps at most {candidates} '
+                          f'candidates ({cfg.nms_top_k} per class x {classes} classes); pass --max-dets {candidates} '
+                          f'or less (default {cfg.max_num_detections})')
+    proto_h, proto_w = (side * UPSAMPLE_FACTOR for side in feature_sizes(cfg)[0])
+    per_detection = _MASK_COPIES * proto_h * proto_w * 4
+    available = available_memory() if available is None else available
+    fitting = largest_fitting(0, per_detection, available)
+    check_fits(max_dets * per_detection, f'--max-dets {max_dets} (masks of {proto_h}x{proto_w} per detection, '
+               'for one image)', f'pass --max-dets {fitting} or less (default {cfg.max_num_detections})', available)
+
+
 def build_onnx(yolact: torch.nn.Module, cfg: YolactConfig, *, postprocess: bool = True,
                cross_class: bool = False, max_dets: int | None = None) -> onnx.ModelProto:
     """The ONNX model of `yolact` (a model.yolact.Yolact for `cfg`, any weights; put in eval
@@ -123,8 +150,7 @@ def build_onnx(yolact: torch.nn.Module, cfg: YolactConfig, *, postprocess: bool 
     max_dets: detections per image D (default cfg.max_num_detections).
     """
     max_dets = cfg.max_num_detections if max_dets is None else int(max_dets)
-    if max_dets < 1:
-        raise ExportError(f'max_dets must be at least 1, got {max_dets}')
+    check_max_dets(cfg, max_dets)
     network = DeployNetwork(yolact, cfg, decode_boxes=postprocess).eval()
     model = trace_network(network, cfg, DECODED_HEAD_NAMES if postprocess else RAW_OUTPUTS)
     strip_trace_metadata(model)
@@ -136,35 +162,18 @@ def build_onnx(yolact: torch.nn.Module, cfg: YolactConfig, *, postprocess: bool 
     return model
 
 
-def _writable_folder(output: Path) -> None:
-    """Create output's folder if needed; ExportError if the output cannot be written there."""
-    if output.is_dir():
-        raise ExportError(f'output {output} is a folder: give a file name such as {output / "model.onnx"}')
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ExportError(f'cannot create the folder of {output}: {e.strerror} (choose another --output)') from None
-    if not os.access(output.parent, os.W_OK):
-        raise ExportError(f'cannot write {output}: folder {output.parent} is not writable (choose another --output)')
-
-
 def save_model(model: onnx.ModelProto, output: str | os.PathLike) -> Path:
     """Write `model` to `output` atomically (temporary file in the same folder, then os.replace),
-    creating the folder; ExportError when it cannot be written."""
-    output = Path(output)
-    _writable_folder(output)
+    creating the folder; OutputError (runtime.files) when it cannot be written."""
+    output = check_writable(output, 'output')
     if model.ByteSize() >= 2**31 - 1:
         # Protobuf's limit; no YOLACT config comes close (yolact_base is ~200 MB).
         raise ExportError(f'the model is {model.ByteSize() / 2**30:.1f} GiB, over the 2 GiB ONNX file limit')
-    try:
-        return write_atomic(output, model.SerializeToString())
-    except OSError as e:
-        raise ExportError(f'cannot write {output}: {e.strerror} (choose a writable --output)') from None
+    return write_atomic(output, model.SerializeToString())
 
 
 def export_onnx(yolact: torch.nn.Module, cfg: YolactConfig, output: str | os.PathLike, **options) -> Path:
     """build_onnx(yolact, cfg, **options) written atomically to `output`; returns the path.
     The output is checked first, so a bad path fails before the (slow) trace."""
-    output = Path(output)
-    _writable_folder(output)
+    check_writable(output, 'output')
     return save_model(build_onnx(yolact, cfg, **options), output)

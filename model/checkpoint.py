@@ -20,6 +20,8 @@ is not a loadable YOLACT checkpoint raises one CheckpointError that says why and
 from __future__ import annotations
 
 import dataclasses
+import io
+import re
 from pathlib import Path
 
 import torch
@@ -30,7 +32,7 @@ from model.user_options import configure
 from model.weights_layout import LayoutError, configs_fitting, differences, layout_of_config, read_layout
 from model.yolact import Yolact
 from runtime.errors import ToolkitError
-from runtime.files import atomic_output
+from runtime.files import write_atomic
 
 FORMAT = 'yolact-deploy/1'
 _OWN_FIELDS = ('format', 'config', 'class_names', 'category_ids', 'model')
@@ -47,7 +49,8 @@ def save_checkpoint(path, model: torch.nn.Module, cfg: YolactConfig, **extra) ->
 
     extra: more entries (iteration, optimizer / scheduler state dicts, epoch, ...); they must be
     made of tensors, numbers, strings and containers of them, as weights_only loading allows.
-    Written to a temporary file in the same folder, then renamed: never a half-written checkpoint.
+    Written to a temporary file in the same folder, then renamed: never a half-written checkpoint;
+    OutputError (runtime.files) when it cannot be written.
     """
     clash = sorted(set(extra) & {*_OWN_FIELDS, CONFIG_FIELDS})
     if clash:
@@ -62,10 +65,11 @@ def save_checkpoint(path, model: torch.nn.Module, cfg: YolactConfig, **extra) ->
         'format': FORMAT, 'config': cfg.name, 'class_names': list(cfg.class_names),
         'category_ids': [int(c) for c in cfg.category_ids], 'model': model.state_dict(),
         CONFIG_FIELDS: dataclasses.asdict(cfg), **extra}
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        torch.save(checkpoint, tmp)
-    return path
+    # Serialised in memory first: torch.save reports a failed file write (a full disk) as an
+    # unexplained RuntimeError from its zip writer, and write_atomic as an OutputError naming the path.
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    return write_atomic(path, buffer.getbuffer())
 
 
 def read_checkpoint(path, map_location='cpu') -> dict:
@@ -77,24 +81,35 @@ def read_checkpoint(path, map_location='cpu') -> dict:
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch.load raises many kinds (pickle, zip, EOF, weights_only)
-        raise CheckpointError(
-            f'{path} is not a readable PyTorch checkpoint ({_load_failure_reason(e)}); give a YOLACT .pth '
-            'file (an official release or one saved by this toolkit)') from None
+        raise CheckpointError(_load_failure(path, e)) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f'{path} holds a {type(obj).__name__}, not a checkpoint (expected a state dict '
                               'or a checkpoint dict)')
     return obj
 
 
-def _load_failure_reason(error: Exception) -> str:
-    """The informative line of a torch.load failure (weights_only errors bury it mid-message)."""
+# torch.load's refusal under weights_only of a pickle that names a function or class outside the
+# allowed set: "Trying to load unsupported GLOBAL posix.system whose module posix is blocked" or
+# "Unsupported global: GLOBAL __main__.Payload was not an allowed global by default".
+_BLOCKED_GLOBAL = re.compile(r'GLOBAL ([\w.]+)')
+_UNPICKLER_DETAIL = 'WeightsUnpickler error:'
+
+
+def _load_failure(path: Path, error: Exception) -> str:
+    """One line saying why torch.load failed. torch's own weights_only message advises loading
+    with weights_only=False, which would run whatever the file holds: it is not passed on."""
     text = str(error)
-    marker = 'WeightsUnpickler error:'
-    if marker in text:
-        detail = next((line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()), '')
-        return f'not a PyTorch file, or it holds objects weights_only loading refuses: {detail}'
-    first_line = (text.strip().splitlines() or [type(error).__name__])[0]
-    return f'{type(error).__name__}: {first_line[:200]}'
+    blocked = _BLOCKED_GLOBAL.search(text)
+    if blocked:
+        return (f'{path} was blocked: loading it would call or build {blocked.group(1)}, which a checkpoint of '
+                'weights never needs. The file may be unsafe (made to run code when loaded): do not load it by '
+                'other means; get the checkpoint from a trusted source')
+    if _UNPICKLER_DETAIL in text:
+        detail = next((line.strip() for line in text.split(_UNPICKLER_DETAIL, 1)[1].splitlines() if line.strip()), '')
+    else:
+        detail = (text.strip().splitlines() or [type(error).__name__])[0][:200]
+    return (f'{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {detail}); give a YOLACT .pth '
+            'file (an official release or one saved by this toolkit)')
 
 
 def load_model(path, config: str | YolactConfig | None = None, map_location='cpu', *,

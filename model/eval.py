@@ -26,7 +26,7 @@ from model.data.coco import CocoDataset
 from runtime.backends import BACKENDS, Backend, open_backend
 from runtime.checkpoint_flags import add_checkpoint_flags, checkpoint_flags
 from runtime.errors import ToolkitError
-from runtime.files import write_atomic
+from runtime.files import check_writable, write_atomic
 from runtime.infer import DEFAULT_MODEL
 from runtime.pipeline import ImageLoadError, batches, load_image, predict
 
@@ -143,15 +143,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch < 1:
         parser.error('--batch must be at least 1')
     try:
+        if args.metrics:  # before the evaluation, which takes minutes
+            check_writable(args.metrics, '--metrics')
         metrics = evaluate(args.model, args.data, args.images, backend=args.backend, batch_size=args.batch,
                            **checkpoint_flags(args))
-    except ToolkitError as e:  # DatasetError, BackendError, EvalError, CheckpointError: all say what to fix
+        print(format_metrics(metrics))
+        if args.metrics:
+            write_metrics(args.metrics, metrics)
+            print(f'wrote {args.metrics}')
+    except ToolkitError as e:  # DatasetError, BackendError, EvalError, CheckpointError, OutputError: all say what to fix
         print(f'error: {e}', file=sys.stderr)
         return 1
-    print(format_metrics(metrics))
-    if args.metrics:
-        write_metrics(args.metrics, metrics)
-        print(f'wrote {args.metrics}')
     return 0
 
 

@@ -43,6 +43,8 @@ from model.preprocess import Normalize
 from model.yolact import Yolact
 from runtime.checkpoint_flags import add_checkpoint_flags, checkpoint_flags
 from runtime.errors import ToolkitError
+from runtime.files import check_writable
+from runtime.host_memory import available_memory, check_fits, largest_fitting
 
 LOSS_NAMES = ('box', 'conf', 'mask', 'semantic')
 # Config fields the flags set that a resumed run must keep (the schedule's may be extended).
@@ -142,6 +144,57 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """TrainingError for settings that cannot make a run, before anything is loaded: each would
+    otherwise crash mid-run or save untrained weights as final."""
+    problems = []
+    for flag, value, least in (('--iters', args.iters, 1), ('--batch-size', args.batch_size, 1),
+                               ('--save-every', args.save_every, 1), ('--threads', args.threads, 1),
+                               ('--workers', args.workers, 0), ('--warmup-iters', args.warmup_iters, 0)):
+        if value is not None and value < least:
+            problems.append(f'{flag} must be at least {least}, got {value}')
+    if args.epochs is not None and not (math.isfinite(args.epochs) and args.epochs > 0):
+        problems.append(f'--epochs must be a positive number, got {args.epochs}')
+    for flag, value in (('--lr', args.lr), ('--warmup-lr', args.warmup_lr)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            problems.append(f'{flag} must be a finite number >= 0, got {value}')
+    if problems:
+        raise TrainingError('; '.join(problems))
+
+
+def training_memory(cfg: YolactConfig, batch_size: int) -> tuple[int, int]:
+    """(fixed bytes, bytes per image) of a training step of `cfg`'s network: the weights with their
+    gradients and SGD momentum (fixed), and the activations autograd keeps for the backward pass
+    (per image). Counted from the shapes on the meta device, where nothing is computed; the count
+    is a lower bound (the loss and the backward pass's temporaries come on top)."""
+    def saved_bytes(batch: int) -> tuple[int, int]:
+        with torch.device('meta'):
+            model = Yolact(cfg).train()
+        total = 0
+
+        def pack(tensor):
+            nonlocal total
+            total += tensor.numel() * tensor.element_size()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            model(torch.empty(batch, 3, *cfg.input_size, device='meta'))
+        return total, sum(p.numel() * p.element_size() for p in model.parameters())
+
+    one, weights = saved_bytes(1)
+    per_image = saved_bytes(2)[0] - one
+    return one - per_image + 3 * weights, per_image
+
+
+def check_batch_fits(cfg: YolactConfig, local_batch: int, device: torch.device) -> None:
+    """MemoryLimitError when `local_batch` images per step cannot fit in the device's free memory."""
+    fixed, per_image = training_memory(cfg, local_batch)
+    available = torch.cuda.mem_get_info(device)[0] if device.type == 'cuda' else available_memory()
+    fitting = largest_fitting(fixed, per_image, available)
+    check_fits(fixed + per_image * local_batch, f'--batch-size {local_batch} (per process) of {cfg.name}',
+               f'pass --batch-size {fitting} or less' if fitting else 'this config cannot train here', available)
+
+
 def _resolve_settings(args, cfg: YolactConfig, resumed: dict | None) -> dict:
     """The settings that define a run; a resumed run takes them from its checkpoint (only its
     length and learning-rate steps may change, see `run`)."""
@@ -179,6 +232,9 @@ def _lr_steps(spec: str | None, cfg: YolactConfig, total: int) -> tuple[int, ...
 
 
 def run(args: argparse.Namespace) -> Path:
+    check_args(args)
+    # The checkpoint folder is checked before the data is read, and not created until training starts.
+    check_writable(args.out / 'checkpoint.pth', '--out')
     torch.set_num_threads(args.threads)
     world_size = int(os.environ.get('WORLD_SIZE', '1'))
     rank = int(os.environ.get('RANK', '0'))
@@ -197,6 +253,9 @@ def run(args: argparse.Namespace) -> Path:
     if resumed is not None and ('run' not in resumed or 'optimizer' not in resumed):
         raise TrainingError(f'{args.resume} has no optimizer state or run settings: resume from a checkpoint '
                             'written during training (<out>/<config>_<iteration>.pth), or use --init')
+    if resumed is not None and resumed.get('config') != base_cfg.name:
+        raise TrainingError(f'{args.resume} was trained with config {resumed.get("config")!r}, not '
+                            f'{base_cfg.name!r}: resume with --config {resumed.get("config")}')
     dataset = CocoDataset(args.data, args.images, require_annotations=True)
     if dataset.skipped:
         say(f'{dataset.json_path}: skipped {dataset.skipped_summary()}')
@@ -227,6 +286,7 @@ def run(args: argparse.Namespace) -> Path:
     cfg = dataclasses.replace(cfg, lr=settings['lr'], lr_steps=tuple(steps), max_iter=total,
                               lr_warmup_until=settings['warmup_iters'], lr_warmup_init=settings['warmup_lr'])
 
+    check_batch_fits(cfg, settings['batch_size'] // world_size, device)
     torch.manual_seed(settings['seed'])
     model = Yolact(cfg)
     model.init_weights()

@@ -9,6 +9,7 @@ import hashlib
 import os
 import re
 import secrets
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -71,7 +72,7 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return removed
 
 
-def check_writable(path: str | os.PathLike, what: str, *, folder: bool = False) -> Path:
+def check_writable(path: str | os.PathLike, what: str = 'output', *, folder: bool = False) -> Path:
     """Raise OutputError unless a file (folder=True: files inside a folder) can be created at `path`,
     whose folders may not exist yet: a file not a folder, a folder not a file, not under a file, in
     a writable folder. Checked before the work, so a long run is not thrown away at its last step;
@@ -85,17 +86,26 @@ def check_writable(path: str | os.PathLike, what: str, *, folder: bool = False) 
             raise OutputError(f'{what} {path}: {existing} is a broken link: choose another path')
         existing = existing.parent
     if not existing.is_dir():
-        raise OutputError(f'{what} {path}: {existing} is a file, not a folder: choose another path')
+        if existing == path:
+            raise OutputError(f'{what} {path} is a file, not a folder: choose another path')
+        raise OutputError(f'{what} {path} lies under {existing}, which is a file, not a folder: choose another path')
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f'{what} {path}: the folder {existing} is not writable: choose another path')
     return path
 
 
 def describe_os_error(error: OSError) -> str:
-    """One line for an OSError of a write, with the fix for a full disk."""
+    """One line for an OSError of a write, with the fix where the space ran out."""
     if error.errno == errno.ENOSPC:
         return 'no space left on the device: free some space or choose another path'
-    return error.strerror or str(error)
+    reason = error.strerror or str(error)
+    if error.errno in (errno.EFBIG, errno.EDQUOT):  # a file-size limit or a quota: space, in effect
+        return f'{reason}; free space there or choose another path'
+    return reason
+
+
+def _write_failure(path: Path, error: OSError) -> OutputError:
+    return OutputError(f'cannot write {path}: {describe_os_error(error)}')
 
 
 @contextmanager
@@ -107,9 +117,15 @@ def atomic_output(path: str | os.PathLike, *, suffix: str = '') -> Iterator[Path
     there, removes the temporaries killed runs left in it (remove_stale_temporaries).
 
     suffix: appended to the temporary name, for writers that pick the format by it (OpenCV's
-    VideoWriter needs '.mp4' / '.avi')."""
+    VideoWriter needs '.mp4' / '.avi').
+    An OSError on the way (a full disk, a read-only folder, a path that is a folder or under a file)
+    becomes an OutputError naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(path, 'output')
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _write_failure(path, e) from None
     folder = path.parent.resolve()
     if folder not in _swept_folders:
         _swept_folders.add(folder)
@@ -118,8 +134,26 @@ def atomic_output(path: str | os.PathLike, *, suffix: str = '') -> Iterator[Path
     try:
         yield tmp
         os.replace(tmp, path)
+    except OutputError:
+        raise
+    except OSError as e:
+        raise _write_failure(path, e) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def scratch_folder(prefix: str) -> Iterator[Path]:
+    """A temporary folder under TMPDIR for intermediate files, removed on exit. An OSError inside
+    (a full disk, an unwritable TMPDIR) becomes an OutputError that names the folder and the fix."""
+    try:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            yield Path(tmp)
+    except OutputError:
+        raise
+    except OSError as e:
+        raise OutputError(f'cannot write temporary files in {tempfile.gettempdir()}: {e.strerror or e}; free '
+                          'space there or set TMPDIR to another folder') from None
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> Path:

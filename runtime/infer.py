@@ -20,9 +20,9 @@ from runtime.backends import BACKENDS, open_backend
 from runtime.checkpoint_flags import add_checkpoint_flags, checkpoint_flags
 from runtime.draw import draw_detections
 from runtime.errors import ToolkitError
-from runtime.files import check_writable, describe_os_error, write_atomic
-from runtime.images import DEFAULT_MAX_PIXELS, write_image
 from runtime.detections import Detections
+from runtime.files import OutputError, check_writable, write_atomic
+from runtime.images import DEFAULT_MAX_PIXELS, write_image
 from runtime.metadata import ModelMetadata
 from runtime.pipeline import IMAGE_SUFFIXES, ImageLoadError, batches, find_images, load_image, predict
 from runtime.tensorrt.backend import prefer_engine
@@ -232,9 +232,9 @@ def annotate(args: argparse.Namespace, inputs: list[InputImage], skipped: int, m
                     target = args.out / item.output_name
                     try:
                         write_image(target, draw_detections(image, dets, meta.class_names))
-                    except OSError as e:  # the output folder, not this input: stop
+                    except OutputError as e:  # the output folder, not this input: stop
                         progress.close()
-                        print(f'error: cannot write {target}: {describe_os_error(e)}', file=sys.stderr)
+                        print(f'error: {e}', file=sys.stderr)
                         return 1
                     if args.json is not None:
                         results += dets.to_coco_json(item.image_id, str(item.path), meta.class_names,
@@ -248,8 +248,8 @@ def annotate(args: argparse.Namespace, inputs: list[InputImage], skipped: int, m
     if args.json is not None:
         try:
             write_atomic(args.json, json.dumps(results).encode())
-        except OSError as e:
-            print(f'error: cannot write --json {args.json}: {describe_os_error(e)}', file=sys.stderr)
+        except OutputError as e:
+            print(f'error: --json: {e}', file=sys.stderr)
             return 1
         print(f'{len(results)} detection(s) in {args.json}')
     return 0

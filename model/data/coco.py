@@ -45,10 +45,17 @@ class Sample:
 def resolve_json(path: str | Path) -> Path:
     """The instances JSON named by `path`, or, for a folder, its `train.json` (the shapes layout)."""
     path = Path(path)
+    if not path.exists() and path.suffix == '.json' and path.with_suffix('').is_dir():
+        # The shapes layout (model/data/shapes.py): its JSON is written after its images.
+        raise DatasetError(f'{path} is missing beside the images in {path.with_suffix("")}/: an unfinished data set '
+                           f'(the shapes set writes its JSON last); make it again with `python -m model.data.shapes '
+                           f'--out {path.parent}`')
     if not path.exists():
         raise DatasetError(f'{path} does not exist: give a COCO instances JSON (or a folder holding train.json)')
     if path.is_dir():
         candidate = path / 'train.json'
+        if (path / 'train').is_dir():
+            return resolve_json(candidate)
         if not candidate.is_file():
             raise DatasetError(f'{path} is a folder without train.json: give the COCO instances JSON itself')
         return candidate

@@ -10,6 +10,9 @@ would hide too much of an earlier instance are retried, so every instance stays 
 
 writes `DIR/train.json` and `DIR/val.json` (COCO instances, masks as compressed RLE) with the
 images under `DIR/train/` and `DIR/val/`; each `file_name` is relative to the JSON's folder.
+Regenerating into an existing folder first removes both JSONs, and each is written last: a run
+killed midway leaves partly new images and no JSON, which the loaders refuse (naming this
+command), never an old JSON beside new images. val.json, written last of all, marks a whole set.
 Image i of a split depends only on (seed, split, i), so the output is deterministic and a longer
 split starts with the images of a shorter one.
 """
@@ -29,7 +32,7 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from model.config import SHAPES_CLASSES, get_config
-from runtime.files import write_atomic
+from runtime.files import OutputError, check_writable, write_atomic
 
 SPLITS = ('train', 'val')
 JPEG_QUALITY = 92
@@ -184,8 +187,11 @@ def write_split(out_dir: Path, split: str, count: int, seed: int, spec: ShapesSp
                 progress: bool = True) -> Path:
     """Write `count` images to out_dir/split/ and their annotations to out_dir/split.json.
 
-    The JSON is written last, atomically, so a JSON on disk always has all its images.
+    An existing JSON of the split is removed first and the new one written last, atomically, so a
+    JSON on disk always describes the images beside it.
     """
+    json_path = out_dir / f'{split}.json'
+    json_path.unlink(missing_ok=True)
     image_dir = out_dir / split
     image_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
@@ -208,7 +214,6 @@ def write_split(out_dir: Path, split: str, count: int, seed: int, spec: ShapesSp
         'categories': [{'id': i + 1, 'name': name, 'supercategory': 'shape'}
                        for i, name in enumerate(SHAPES_CLASSES)],
     }
-    json_path = out_dir / f'{split}.json'
     write_atomic(json_path, json.dumps(coco).encode())
     return json_path
 
@@ -231,11 +236,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f'--size must be at least {2 * ShapesSpec.radius[1]} pixels (shapes are up to that wide)')
     spec = ShapesSpec(image_size=args.size)
     try:
+        for split in SPLITS:  # both, before any image changes: a half-made set has no JSON at all
+            check_writable(args.out / f'{split}.json', '--out').unlink(missing_ok=True)
         for split, count in (('train', args.train), ('val', args.val)):
             path = write_split(args.out, split, count, args.seed, spec)
             print(f'wrote {path} ({count} images)')
-    except OSError as e:
-        print(f'error: cannot write to {args.out}: {e}', file=sys.stderr)
+    except OutputError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    except OSError as e:  # the image folders
+        print(f'error: cannot write to {args.out}: {e.strerror or e}', file=sys.stderr)
         return 1
     return 0
 

@@ -62,8 +62,9 @@ def _mask_assembly_function() -> onnx.FunctionProto:
     ], [h.make_opsetid('', OPSET)])
 
 
-def build_standin(seed: int = 0) -> onnx.ModelProto:
-    """The stand-in model; outputs num_dets int32 [B] and masks float32 [B, SIZE*SIZE, TOP]."""
+def build_standin(seed: int = 0, size: int = SIZE) -> onnx.ModelProto:
+    """The stand-in model, resizing images of any size to size x size; outputs num_dets int32 [B]
+    and masks float32 [B, size*size, TOP]."""
     rng = np.random.default_rng(seed)
     initializers = []
 
@@ -77,7 +78,7 @@ def build_standin(seed: int = 0) -> onnx.ModelProto:
     cfg = yolact_tiny
     nodes = [
         h.make_node('Cast', ['images'], ['pixels'], to=T.FLOAT, name='cast_input'),
-        h.make_node('Resize', ['pixels', '', '', tensor('input_size', np.array([SIZE, SIZE]))], ['resized'],
+        h.make_node('Resize', ['pixels', '', '', tensor('input_size', np.array([size, size]))], ['resized'],
                     axes=[1, 2], mode='linear', name='resize_to_input'),
         h.make_node('Sub', ['resized', tensor('mean', np.float32(cfg.mean_bgr))], ['centred'], name='normalise_sub'),
         h.make_node('Div', ['centred', tensor('std', np.float32(cfg.std_bgr))], ['normalised'], name='normalise_div'),
@@ -112,9 +113,9 @@ def build_standin(seed: int = 0) -> onnx.ModelProto:
     # Box decoding against per-prior constants, as the export's: arithmetic after the last
     # convolution, which INT8 must leave alone.
     nodes += [
-        h.make_node('Mul', ['box_offsets', tensor('prior_scale', rng.uniform(0.5, 1.5, (SIZE * SIZE, 4)).astype(np.float32))],
+        h.make_node('Mul', ['box_offsets', tensor('prior_scale', rng.uniform(0.5, 1.5, (size * size, 4)).astype(np.float32))],
                     ['box_scaled'], name=DECODE_MUL),
-        h.make_node('Sub', ['box_offsets', tensor('prior_offset', rng.uniform(-0.5, 0.5, (SIZE * SIZE, 4)).astype(np.float32))],
+        h.make_node('Sub', ['box_offsets', tensor('prior_offset', rng.uniform(-0.5, 0.5, (size * size, 4)).astype(np.float32))],
                     ['box_shifted'], name='decode_sub'),
         # Two computed operands, like the export's centre/size arithmetic.
         h.make_node('Add', ['box_scaled', 'box_shifted'],
@@ -127,11 +128,11 @@ def build_standin(seed: int = 0) -> onnx.ModelProto:
     graph = h.make_graph(
         nodes, 'standin', [h.make_tensor_value_info('images', T.UINT8, ['batch', 'height', 'width', 3])],
         [h.make_tensor_value_info('num_dets', T.INT32, ['batch']),
-         h.make_tensor_value_info('masks', T.FLOAT, ['batch', SIZE * SIZE, TOP])], initializers)
+         h.make_tensor_value_info('masks', T.FLOAT, ['batch', size * size, TOP])], initializers)
     model = h.make_model(graph, opset_imports=[h.make_opsetid('', OPSET), h.make_opsetid('yolact', 1)],
                          functions=[_fast_nms_function(), _mask_assembly_function()])
     model.ir_version = 10
-    cfg = dataclasses.replace(cfg.with_classes(cfg.class_names[:NUM_CLASSES - 1]), max_size=SIZE)
+    cfg = dataclasses.replace(cfg.with_classes(cfg.class_names[:NUM_CLASSES - 1]), max_size=size)
     meta = metadata_from_config(cfg, max_dets=TOP)
     attach_metadata(model, meta)
     onnx.checker.check_model(model, full_check=True)

@@ -6,6 +6,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+import calib.convert
+import calib.quantize
 from calib.__main__ import main
 from calib.convert import convert_model
 from calib.graph import CalibrationError, model_metadata
@@ -13,6 +15,7 @@ from calib.images import load_calibration_images, select
 from runtime.artifacts import precision_path
 from runtime.pipeline import load_image
 from tests.calib.standin import SIZE, smooth_images
+from tests.faults import disk_full_after
 
 
 @pytest.fixture(scope='module')
@@ -87,6 +90,60 @@ def test_cli_reuses_the_calibration_cache(standin_path, image_folder, tmp_path, 
     assert main(args) == 0
     assert '(reused)' in capsys.readouterr().out
     assert (tmp_path / '.calib_cache').is_dir()
+
+
+@pytest.mark.battery
+def test_an_unwritable_cache_is_refused_before_calibrating(standin_path, image_folder, tmp_path, capsys, monkeypatch):
+    (tmp_path / 'a_file').write_bytes(b'')
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError('calibrated although the cache cannot be written')
+
+    monkeypatch.setattr(calib.quantize, 'calibrate_amax', no_calibration)
+    assert main(['--model', str(standin_path), '--precision', 'int8', '--images', str(image_folder), '--count', '3',
+                 '--output', str(tmp_path / 'a.int8.onnx'), '--cache-dir', str(tmp_path / 'a_file' / 'cache')]) == 1
+    err = capsys.readouterr().err.rsplit('\r', 1)[-1]  # after the progress bar
+    assert err.startswith('error: calibration cache ') and err.count('\n') == 1
+    assert err.endswith('a_file, which is a file, not a folder: choose another path\n')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['a_file']
+
+
+@pytest.mark.battery
+def test_a_full_disk_while_writing_the_model_is_one_line(standin_path, image_folder, tmp_path, capsys, monkeypatch):
+    output = tmp_path / 'a.int8.onnx'
+    save_model = calib.convert.save_model
+
+    def on_a_full_disk(model, path):
+        with disk_full_after(5000):
+            return save_model(model, path)
+
+    monkeypatch.setattr(calib.convert, 'save_model', on_a_full_disk)
+    assert main(['--model', str(standin_path), '--precision', 'int8', '--images', str(image_folder),
+                 '--count', '3', '--output', str(output)]) == 1
+    err = capsys.readouterr().err
+    assert err.endswith(f'error: cannot write {output}: File too large; free space there or choose another path\n')
+    assert 'Traceback' not in err and not output.exists()
+
+
+@pytest.mark.battery
+def test_a_full_temporary_folder_is_one_line_naming_tmpdir(standin_path, image_folder, tmp_path, capsys):
+    with disk_full_after(5000):
+        assert main(['--model', str(standin_path), '--precision', 'fp16', '--images', str(image_folder),
+                     '--count', '3', '--output', str(tmp_path / 'a.fp16.onnx')]) == 1
+    err = capsys.readouterr().err.rsplit('\r', 1)[-1]
+    assert err.startswith('error: cannot write temporary files in ') and err.count('\n') == 1
+    assert err.endswith(': File too large; free space there or set TMPDIR to another folder\n')
+
+
+@pytest.mark.battery
+def test_calibration_shows_one_bar_and_names_modules(standin_path, image_folder, tmp_path, capsys):
+    assert main(['--model', str(standin_path), '--precision', 'int8', '--images', str(image_folder), '--count', '6',
+                 '--keep-sensitive', '--output', str(tmp_path / 'a.int8.onnx')]) == 0
+    captured = capsys.readouterr()
+    redraws = [line for line in captured.err.replace('\r', '\n').splitlines() if line.strip()]
+    assert redraws and all(line.startswith('calibrating (entropy): ') for line in redraws), redraws
+    # The stand-in's weights are named as the export names them after the modules (proto.weight ...).
+    assert 'kept in FP32 (2 convolutions): proto, coef\n' in captured.out
 
 
 def test_an_empty_folder_is_a_clear_error(standin_path, tmp_path, capsys):

@@ -3,7 +3,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from calib.graph import (CalibrationError, after_last_convolutions, join_postprocess, model_metadata,
+from calib.graph import (CalibrationError, after_last_convolutions, join_postprocess, model_metadata, module_names,
                          preprocessing_nodes, producing_convs, split_postprocess)
 from tests.calib.standin import COEF_CONV, DECODE_MUL, OPSET, PROTO_CONV, build_standin, raw_export_like
 
@@ -80,3 +80,8 @@ def test_the_tail_after_the_last_convolutions(standin):
 
 def test_the_preprocessing_is_everything_before_the_first_convolution(standin):
     assert preprocessing_nodes(split_postprocess(standin).network) == ['cast_input', 'resize_to_input', 'normalise_sub', 'normalise_div', 'to_nchw']
+
+
+def test_module_names_come_from_the_weights_and_a_shared_weight_counts_once(standin):
+    network = split_postprocess(standin).network
+    assert module_names(network, ['backbone.conv1', 'backbone.conv2', PROTO_CONV]) == ('conv1', 'proto')

@@ -1,6 +1,8 @@
 import tempfile
+import tracemalloc
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -8,11 +10,12 @@ import pytest
 from modelopt.onnx.quantization.calib_utils import import_scales_from_calib_cache
 
 import calib.quantize
+from calib.convert import convert_model
 from calib.graph import CalibrationError, model_metadata, preprocessing_nodes, producing_convs, split_postprocess
 from calib.quantize import CALIBRATION_METHODS, quantize_int8
 from runtime.backends import ort_backend
 from runtime.backends.ort_backend import create_session
-from tests.calib.standin import COEF_CONV, PROTO_CONV, raw_export_like, smooth_images
+from tests.calib.standin import COEF_CONV, PROTO_CONV, build_standin, raw_export_like, smooth_images
 
 QDQ = {'QuantizeLinear', 'DequantizeLinear'}
 
@@ -108,6 +111,33 @@ def test_the_scales_come_from_the_cache(int8):
     assert activation_qs
     for node in activation_qs:
         assert float(initializers[node.input[1]]) == pytest.approx(scales[node.input[0]], rel=1e-6)
+
+
+@pytest.mark.battery
+@pytest.mark.parametrize('corruption', ('header only', 'a nan range', 'not hex', 'a missing tensor'))
+def test_a_corrupted_cache_is_rebuilt_with_one_warning(standin, calibration_pixels, int8, tmp_path, caplog, corruption):
+    good = int8.cache.read_text().splitlines()
+    lines = {'header only': good[:1],
+             'a nan range': [*good[:-1], good[-1].split(':')[0] + ': 7fc00000'],
+             'not hex': [*good[:-1], good[-1].split(':')[0] + ': zz'],
+             'a missing tensor': [line for line in good if not line.startswith('relu1:')]}[corruption]
+    cache = tmp_path / int8.cache.name
+    cache.write_text('\n'.join(lines) + '\n')
+    with caplog.at_level('WARNING', logger='calib'):
+        again = quantize_int8(standin, calibration_pixels, cache_dir=tmp_path, model_name='standin')
+    warnings = [r.getMessage() for r in caplog.records if r.name == 'calib.quantize']
+    assert len(warnings) == 1 and warnings[0].startswith(f'calibration cache {cache} is unusable (')
+    assert not again.cache_hit and again.cache == cache
+    assert cache.read_text() == int8.cache.read_text()
+    assert again.model.SerializeToString() == int8.model.SerializeToString()
+
+
+@pytest.mark.battery
+def test_an_int8_model_without_qdq_is_refused(standin, calibration_pixels, int8, tmp_path, monkeypatch):
+    (tmp_path / int8.cache.name).write_text(int8.cache.read_text().splitlines()[0] + '\n')
+    monkeypatch.setattr(calib.quantize, 'cache_problem', lambda path, needed: None)  # a check that missed it
+    with pytest.raises(CalibrationError, match='put no Q/DQ node in the network'):
+        quantize_int8(standin, calibration_pixels, cache_dir=tmp_path, model_name='standin')
 
 
 def test_other_images_calibrate_afresh(standin, int8):
@@ -247,3 +277,25 @@ def test_images_of_several_sizes_calibrate_and_key_the_cache(standin, tmp_path):
     reshaped = [images[0].reshape(12, 48, 3), *images[1:]]
     second = quantize_int8(standin, reshaped, cache_dir=tmp_path, model_name='standin')
     assert not first.cache_hit and not second.cache_hit and first.cache != second.cache
+
+
+@pytest.mark.battery
+def test_calibration_memory_does_not_grow_with_the_image_count(tmp_path):
+    """Python-side allocations (numpy's included) of a whole INT8 conversion at 8 and at 40 images:
+    the 32 more images (27 KB each at 96x96) must not stay in memory together."""
+    size = 96
+    model_path = tmp_path / 'standin96.onnx'
+    onnx.save(build_standin(size=size), model_path)
+    folder = tmp_path / 'images'
+    folder.mkdir()
+    for i, image in enumerate(smooth_images(40, size=size, seed=5)):
+        cv2.imwrite(str(folder / f'{i:03d}.png'), image)
+    peaks = {}
+    for count in (4, 8, 40):  # the first run imports and patches modelopt's modules: not measured
+        tracemalloc.start()
+        convert_model(model_path, 'int8', folder, count=count, output=tmp_path / f'{count}.int8.onnx',
+                      cache_dir=tmp_path / f'cache{count}')
+        peaks[count] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    image_bytes = size * size * 3
+    assert peaks[40] - peaks[8] < 8 * image_bytes, peaks

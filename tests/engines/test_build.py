@@ -14,6 +14,7 @@ from pathlib import Path
 import onnx
 import pytest
 
+import engines.build
 from engines.build import build_engine, main, register_plugins
 from engines.errors import EngineBuildError
 from engines.trt import RTX_NOT_DEFAULT, rtx_compute_capabilities
@@ -22,6 +23,7 @@ from runtime.tensorrt.loader import TensorRT, load_tensorrt
 from runtime.tensorrt.sidecar import check_sidecar, read_sidecar, sidecar_path
 from tests.engines.build_log import build_logged
 from tests.engines.toy_models import TOY_FUNCTION, toy_metadata, toy_model
+from tests.faults import disk_full_after
 
 rtx_module = pytest.importorskip('tensorrt_rtx', reason='TensorRT-RTX is not installed (pip install -e .[tensorrt-rtx])')
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,6 +111,47 @@ def test_reuse_and_rebuild(write_toy):
     (_, repaired), messages = build_logged(onnx_path, max_batch=4)
     assert any('is not the engine its sidecar describes' in m for m in messages)
     assert repaired.engine.engine_sha256 == hashlib.sha256(engine_path.read_bytes()).hexdigest()
+
+
+@pytest.mark.battery
+def test_a_forced_rebuild_on_a_full_disk_keeps_the_old_pair_usable(write_toy, monkeypatch, capsys):
+    onnx_path = write_toy('fp32')
+    engine_path, old = build_engine(onnx_path, max_batch=2)
+    old_bytes, old_sidecar = engine_path.read_bytes(), sidecar_path(engine_path).read_bytes()
+    write_pair = engines.build.write_engine_pair
+
+    def on_a_full_disk(*args):
+        with disk_full_after(len(old_bytes) // 2):
+            write_pair(*args)
+
+    monkeypatch.setattr(engines.build, 'write_engine_pair', on_a_full_disk)
+    assert main(['--model', str(onnx_path), '--max-batch', '2', '--force']) == 1
+    # The builder's progress bar redraws one line with carriage returns; then comes the error alone.
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.endswith(f'\rerror: cannot write {engine_path}: File too large; '
+                                                  'free space there or choose another path\n')
+    assert engine_path.read_bytes() == old_bytes and sidecar_path(engine_path).read_bytes() == old_sidecar
+    assert read_sidecar(engine_path).engine.engine_sha256 == hashlib.sha256(old_bytes).hexdigest() == old.engine.engine_sha256
+    assert sorted(p.name for p in engine_path.parent.iterdir()) == sorted(
+        [onnx_path.name, engine_path.name, sidecar_path(engine_path).name])
+
+
+@pytest.mark.battery
+@pytest.mark.parametrize('where', ('folder', 'under a file'))
+def test_an_engine_output_that_cannot_be_written_is_refused_before_the_build(write_toy, tmp_path, capsys,
+                                                                             monkeypatch, where):
+    (tmp_path / 'a_file').write_bytes(b'')
+    output = tmp_path if where == 'folder' else tmp_path / 'a_file' / 'toy.engine'
+    model = write_toy('fp32')
+
+    def no_build(flavour):
+        raise AssertionError('the build started')
+
+    monkeypatch.setattr(engines.build, 'load_tensorrt', no_build)
+    assert main(['--model', str(model), '--output', str(output)]) == 1
+    err = capsys.readouterr().err
+    expected = f'{output} is a folder' if where == 'folder' else 'a_file, which is a file'
+    assert err.startswith('error: engine ') and expected in err and err.count('\n') == 1
 
 
 def test_turing_target_and_output_path(write_toy, tmp_path):

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from export.__main__ import main as export_main
-from export.onnx_export import OPSET, ExportError, build_onnx, export_onnx, read_metadata
 from export.bench_artifacts import main as bench_artifacts_main
+from export.onnx_export import OPSET, ExportError, build_onnx, check_max_dets, export_onnx, read_metadata
 from model.box_coding import decode
 from model.checkpoint import load_model, save_checkpoint
 from model.config import get_config, metadata_from_config
@@ -21,7 +21,10 @@ from model.postprocess import detect
 from model.preprocess import Preprocess
 from model.yolact import Yolact
 from plugins.onnx_model import DECODED_HEAD_NAMES
+from runtime.assets import DEMO_MODEL
 from runtime.contract import BATCH_DIM, HEIGHT_DIM, INPUT_NAME, METADATA_KEY, POSTPROCESS_OUTPUTS, RAW_OUTPUTS, WIDTH_DIM
+from runtime.files import OutputError
+from runtime.host_memory import MemoryLimitError
 from runtime.metadata import ModelMetadata
 
 CONFIG = 'yolact_tiny'
@@ -248,9 +251,9 @@ def test_unwritable_output_fails_before_tracing(model_and_cfg, tmp_path):
     model, cfg = model_and_cfg
     blocker = tmp_path / 'a_file'
     blocker.write_text('not a folder')
-    with pytest.raises(ExportError, match='cannot create the folder'):
+    with pytest.raises(OutputError, match='a_file, which is a file'):
         export_onnx(model, cfg, blocker / 'model.onnx')
-    with pytest.raises(ExportError, match='is a folder'):
+    with pytest.raises(OutputError, match='is a folder'):
         export_onnx(model, cfg, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['a_file']
 
@@ -259,6 +262,28 @@ def test_bad_max_dets(model_and_cfg):
     model, cfg = model_and_cfg
     with pytest.raises(ExportError, match='max_dets'):
         build_onnx(model, cfg, max_dets=0)
+
+
+@pytest.mark.battery
+def test_a_max_dets_fast_nms_cannot_fill_is_refused_before_tracing(tmp_path, capsys):
+    # The demo's 5 classes, 200 candidates each: 100000 rows of padding, 21.7 GB for 4 images.
+    demo = DEMO_MODEL
+    assert export_main(['--checkpoint', str(demo), '--max-dets', '100000', '--output', str(tmp_path / 'm.onnx')]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == ('error: --max-dets 100000 is more than Fast NMS can return: it keeps at most 1000 candidates '
+                       '(200 per class x 5 classes); pass --max-dets 1000 or less (default 100)')
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.battery
+def test_a_max_dets_whose_masks_cannot_fit_is_refused_with_one_that_fits():
+    cfg = get_config('yolact_base')  # 80 classes: up to 16000 detections; masks of 138x138
+    per_detection = 2 * 138 * 138 * 4
+    check_max_dets(cfg, 16000, available=16000 * per_detection)
+    with pytest.raises(MemoryLimitError, match=r'^--max-dets 16000 \(masks of 138x138 per detection, for one image\) '
+                                               r'would need about 2.4 GB of memory and this machine has 1.2 GB '
+                                               r'available: pass --max-dets 8000 or less \(default 100\)$'):
+        check_max_dets(cfg, 16000, available=8000 * per_detection)
 
 
 def test_cli_reports_checkpoint_config_mismatch(checkpoint, tmp_path, capsys):

@@ -153,6 +153,23 @@ def test_files_that_are_not_checkpoints(tmp_path):
     raises_checkpoint_error(tmp_path / 'missing.pth', 'does not exist', config='yolact_tiny')
 
 
+class _Payload:
+    """What a malicious checkpoint holds: unpickling it calls os.system."""
+
+    def __reduce__(self):
+        return os.system, ('echo this ran',)
+
+
+@pytest.mark.battery
+def test_a_malicious_checkpoint_is_blocked_and_called_unsafe(tmp_path, capfd):
+    path = tmp_path / 'yolact_tiny_1_6.pth'
+    torch.save({'model': _Payload()}, path)
+    message = raises_checkpoint_error(path, 'was blocked: loading it would call or build', 'system',
+                                      'The file may be unsafe', 'do not load it by other means')
+    assert 'weights_only' not in message and '\n' not in message
+    assert 'this ran' not in capfd.readouterr().out
+
+
 @pytest.mark.parametrize('legacy', [False, True], ids=['zip', 'legacy'])
 def test_truncated_file(tmp_path, tiny_state, legacy):
     whole = tmp_path / 'whole.pth'

@@ -13,9 +13,11 @@ from model.checkpoint import save_checkpoint
 from model.config import get_config, metadata_from_config
 from model.data.coco import CocoDataset
 from model.data.shapes import ShapesSpec, write_split
+import model.eval
 from model.eval import EvalError, coco_metrics, main, predict_dataset
 from model.yolact import Yolact
 from runtime.backends.base import Backend
+from tests.faults import disk_full_after
 
 CFG = get_config('yolact_tiny')
 SMALL = ShapesSpec(image_size=128, radius=(14, 40), min_visible_pixels=60)
@@ -135,3 +137,30 @@ def test_cli_errors(val_json, tmp_path, capsys):
     bad.write_text('{"images": []}')
     assert main(['--data', str(bad), '--model', str(tmp_path / 'none.pth')]) == 1
     assert 'not a COCO instances file' in capsys.readouterr().err
+
+
+@pytest.mark.battery
+@pytest.mark.parametrize('where', ('folder', 'under a file'))
+def test_unwritable_metrics_are_refused_before_the_evaluation(val_json, tmp_path, capsys, monkeypatch, where):
+    (tmp_path / 'a_file').write_bytes(b'')
+    metrics = tmp_path if where == 'folder' else tmp_path / 'a_file' / 'metrics.json'
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError('the evaluation ran')
+
+    monkeypatch.setattr(model.eval, 'evaluate', no_evaluation)
+    assert main(['--data', str(val_json), '--metrics', str(metrics)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f'error: --metrics {metrics} ') and err.count('\n') == 1
+    assert ('is a folder' if where == 'folder' else 'a_file, which is a file') in err
+
+
+@pytest.mark.battery
+def test_metrics_on_a_full_disk_are_one_line(val_json, tmp_path, capsys):
+    checkpoint = save_checkpoint(tmp_path / 'random_tiny.pth', Yolact(CFG), CFG)
+    metrics = tmp_path / 'metrics.json'
+    with disk_full_after(100):
+        assert main(['--model', str(checkpoint), '--data', str(val_json), '--metrics', str(metrics)]) == 1
+    err = capsys.readouterr().err
+    assert err.endswith(f'error: cannot write {metrics}: File too large; free space there or choose another path\n')
+    assert 'Traceback' not in err and not metrics.exists()

@@ -1,15 +1,21 @@
 """The synthetic shapes set: deterministic, exact masks that match their boxes, COCO layout."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
 from model.config import SHAPES_CLASSES
-from model.data.coco import CocoDataset
+import model.data.shapes
+from model.data.coco import CocoDataset, DatasetError
 from model.data.shapes import ShapesSpec, generate_image, main, write_split
 
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = ShapesSpec(image_size=96, radius=(10, 30), min_visible_pixels=40)
 
 
@@ -82,3 +88,50 @@ def test_cli_writes_both_splits_that_the_coco_loader_reads(tmp_path, capsys):
 def test_cli_rejects_bad_counts(tmp_path):
     with pytest.raises(SystemExit):
         main(['--out', str(tmp_path), '--train', '-1'])
+
+
+class _Killed(BaseException):
+    """Stands for the signal that ends a run midway (it is no Exception: nothing may catch it)."""
+
+
+@pytest.mark.battery
+def test_a_regeneration_killed_midway_leaves_no_json_and_the_loaders_name_the_command(tmp_path, monkeypatch, capsys):
+    args = ['--out', str(tmp_path), '--train', '3', '--val', '2', '--size', '160']
+    assert main([*args, '--seed', '1']) == 0
+    made = []
+
+    def killed_at_the_second_image(rng, spec):
+        if len(made) == 1:
+            raise _Killed
+        made.append(1)
+        return generate_image(rng, spec)
+
+    monkeypatch.setattr(model.data.shapes, 'generate_image', killed_at_the_second_image)
+    with pytest.raises(_Killed):
+        main([*args, '--seed', '2'])
+    assert not (tmp_path / 'train.json').exists() and not (tmp_path / 'val.json').exists()
+    for path in (tmp_path / 'train.json', tmp_path, tmp_path / 'val.json'):
+        with pytest.raises(DatasetError, match=rf'is missing beside the images in .*an unfinished data set .*make it '
+                                               rf'again with `python -m model.data.shapes --out {tmp_path}`'):
+            CocoDataset(path)
+
+
+@pytest.mark.battery
+def test_an_out_under_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / 'a_file').write_bytes(b'')
+    assert main(['--out', str(tmp_path / 'a_file' / 'shapes'), '--train', '1', '--val', '1']) == 1
+    assert capsys.readouterr().err.endswith('a_file, which is a file, not a folder: choose another path\n')
+
+
+@pytest.mark.battery
+def test_make_says_it_builds_the_shapes_set_first(tmp_path):
+    venv = Path(sys.executable).parent.parent
+    # Under `make test` the parent make's MAKEFLAGS/MAKELEVEL would make this one print directory lines.
+    env = {k: v for k, v in os.environ.items() if k not in ('MAKEFLAGS', 'MFLAGS', 'MAKELEVEL')}
+    env['PYTHONPATH'] = str(ROOT)
+    result = subprocess.run(['make', '--no-print-directory', '-o', f'{venv}/.installed', f'VENV={venv}',
+                             f'SHAPES_DIR={tmp_path}', 'SHAPES_TRAIN=2', 'SHAPES_VAL=1', f'{tmp_path}/val.json'],
+                            cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.startswith(f'first building the synthetic shapes set in {tmp_path} (2 training + 1 '
+                                    'validation images; once, a few minutes)\n')
+    assert len(CocoDataset(tmp_path / 'train.json')) == 2

@@ -19,8 +19,10 @@ from model.data.coco import CocoDataset
 from model.data.shapes import ShapesSpec, write_split
 from model.data.training import IterationBatches, TrainingStream, collate
 from model.preprocess import Normalize
-from model.train import learning_rate, main, make_optimizer, train_step
+import model.train
+from model.train import learning_rate, main, make_optimizer, train_step, training_memory
 from model.yolact import Yolact
+from tests.faults import disk_full_after
 
 CFG = get_config('yolact_tiny')
 SMALL = ShapesSpec(image_size=128, radius=(14, 40), min_visible_pixels=60)
@@ -195,3 +197,74 @@ def test_resume_with_another_input_size_is_refused(shapes, tmp_path, capsys):
     assert main([*FAST, '--data', str(shapes), '--iters', '2', '--out', str(out),
                  '--resume', str(out / 'yolact_tiny_1.pth')]) == 1
     assert 'was trained with another max_size' in capsys.readouterr().err
+
+
+@pytest.mark.battery
+@pytest.mark.parametrize('flags, expected', [
+    (['--save-every', '0'], '--save-every must be at least 1, got 0'),
+    (['--threads', '0'], '--threads must be at least 1, got 0'),
+    (['--lr', 'nan'], '--lr must be a finite number >= 0, got nan'),
+    (['--iters', '-3'], '--iters must be at least 1, got -3'),
+    (['--epochs', '-1'], '--epochs must be a positive number, got -1.0'),
+    (['--batch-size', '0'], '--batch-size must be at least 1, got 0'),
+])
+def test_flags_that_cannot_make_a_run_are_refused(shapes, tmp_path, capsys, flags, expected):
+    out = tmp_path / 'run'
+    length = [] if flags[0] in ('--iters', '--epochs') else ['--iters', '1']
+    assert main([*FAST, '--data', str(shapes), *length, '--out', str(out), *flags]) == 1
+    assert capsys.readouterr().err == f'error: {expected}\n'
+    assert not out.exists()  # no untrained weights saved as final
+
+
+@pytest.mark.battery
+def test_resume_with_another_config_names_the_one_it_was_trained_with(shapes, tmp_path, capsys):
+    out = tmp_path / 'run'
+    assert main([*FAST, '--data', str(shapes), '--iters', '1', '--save-every', '1', '--out', str(out)]) == 0
+    capsys.readouterr()
+    other = [*FAST[:1], 'yolact_resnet50', *FAST[2:]]
+    assert main([*other, '--data', str(shapes), '--iters', '2', '--out', str(out),
+                 '--resume', str(out / 'yolact_tiny_1.pth')]) == 1
+    assert capsys.readouterr().err == (f'error: {out / "yolact_tiny_1.pth"} was trained with config \'yolact_tiny\', '
+                                       "not 'yolact_resnet50': resume with --config yolact_tiny\n")
+
+
+@pytest.mark.battery
+def test_a_batch_that_cannot_fit_in_memory_is_refused_with_one_that_fits(shapes, tmp_path, capsys, monkeypatch):
+    # A fixed amount: the machine's own changes from one moment to the next with other processes.
+    monkeypatch.setattr(model.train, 'available_memory', lambda: 10 * 10**9)
+    assert main([*FAST, '--data', str(shapes), '--iters', '1', '--out', str(tmp_path / 'run'),
+                 '--batch-size', '100000']) == 1
+    fixed, per_image = training_memory(CFG, 1)
+    need, fitting = (fixed + per_image * 100000) / 1e9, (10 * 10**9 - fixed) // per_image
+    assert 0 < fitting < 100000
+    assert capsys.readouterr().err == (
+        f'error: --batch-size 100000 (per process) of yolact_tiny would need about {need:.1f} GB of memory and this '
+        f'machine has 10.0 GB available: pass --batch-size {fitting} or less\n')
+    assert not (tmp_path / 'run').exists()
+
+
+def test_training_memory_grows_with_the_activations_of_each_image():
+    fixed, per_image = training_memory(CFG, 1)
+    weights = sum(p.numel() for p in Yolact(CFG).parameters()) * 4
+    assert fixed >= 3 * weights
+    # At least every activation of the input convolution's output is kept for its backward pass.
+    h, w = CFG.input_size
+    assert per_image > 64 * (h // 2) * (w // 2) * 4
+    big = dataclasses.replace(CFG, max_size=CFG.max_size * 2)
+    assert training_memory(big, 1)[1] > 3.5 * per_image
+
+
+@pytest.mark.battery
+@pytest.mark.parametrize('where', ('under a file', 'full disk'))
+def test_a_checkpoint_folder_that_cannot_be_written_is_one_line(shapes, tmp_path, capsys, where):
+    if where == 'under a file':
+        (tmp_path / 'a_file').write_bytes(b'')
+        assert main([*FAST, '--data', str(shapes), '--iters', '1', '--out', str(tmp_path / 'a_file' / 'run')]) == 1
+        assert capsys.readouterr().err.endswith('a_file, which is a file, not a folder: choose another path\n')
+        return
+    out = tmp_path / 'run'
+    with disk_full_after(100_000):
+        assert main([*FAST, '--data', str(shapes), '--iters', '1', '--out', str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f'\nerror: cannot write {out / "yolact_tiny_1.pth"}: File too large' in err and 'Traceback' not in err
+    assert list(out.iterdir()) == []

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from runtime.files import OutputError, atomic_output, check_writable, file_sha256, temporary_name, write_atomic
+from tests.faults import disk_full_after
 
 
 def test_write_atomic_creates_the_folder_and_replaces_the_file(tmp_path):
@@ -63,7 +64,7 @@ def test_unwritable_paths_are_named_before_the_work(tmp_path, monkeypatch):
     (tmp_path / 'a_folder').mkdir()
     with pytest.raises(OutputError, match='a_folder is a folder: name a file'):
         check_writable(tmp_path / 'a_folder', '--json')
-    with pytest.raises(OutputError, match='a_file is a file, not a folder'):
+    with pytest.raises(OutputError, match='a_file, which is a file, not a folder'):
         check_writable(tmp_path / 'a_file' / 'sub' / 'dets.json', '--json')
     assert check_writable(tmp_path / 'new' / 'deeper' / 'dets.json', '--json').name == 'dets.json'
     # Tests run as root, which writes anywhere: a read-only folder is what os.access reports.
@@ -75,8 +76,38 @@ def test_unwritable_paths_are_named_before_the_work(tmp_path, monkeypatch):
 @pytest.mark.battery
 def test_an_output_folder_that_is_a_file_is_named(tmp_path):
     (tmp_path / 'a_file').write_text('')
-    with pytest.raises(OutputError, match='--out .*a_file: .*a_file is a file, not a folder'):
+    with pytest.raises(OutputError, match='--out .*a_file is a file, not a folder'):
         check_writable(tmp_path / 'a_file', '--out', folder=True)
-    with pytest.raises(OutputError, match='a_file is a file, not a folder'):
+    with pytest.raises(OutputError, match='a_file, which is a file, not a folder'):
         check_writable(tmp_path / 'a_file' / 'annotated', '--out', folder=True)
     assert check_writable(tmp_path / 'new', '--out', folder=True) == tmp_path / 'new'
+
+
+@pytest.mark.battery
+def test_a_full_disk_is_one_clear_error_and_keeps_the_old_file(tmp_path):
+    target = tmp_path / 'out.bin'
+    target.write_bytes(b'old')
+    with disk_full_after(1000), pytest.raises(OutputError, match=f'cannot write {target}: File too large'):
+        write_atomic(target, bytes(5000))
+    assert target.read_bytes() == b'old'
+    assert [p.name for p in tmp_path.iterdir()] == ['out.bin']
+
+
+@pytest.mark.battery
+def test_unwritable_paths_are_refused_before_writing(tmp_path):
+    (tmp_path / 'a_file').write_bytes(b'')
+    with pytest.raises(OutputError, match='is a folder'):
+        check_writable(tmp_path, '--metrics')
+    with pytest.raises(OutputError, match='a_file, which is a file, not a folder'):
+        write_atomic(tmp_path / 'a_file' / 'sub' / 'out.json', b'{}')
+    assert check_writable(tmp_path / 'new' / 'out.json') == tmp_path / 'new' / 'out.json'
+    assert not (tmp_path / 'new').exists()  # checking creates nothing
+
+
+@pytest.mark.battery
+@pytest.mark.skipif(os.geteuid() == 0, reason='root writes into read-only folders')
+def test_a_read_only_folder_is_refused(tmp_path):
+    folder = tmp_path / 'ro'
+    folder.mkdir(mode=0o555)
+    with pytest.raises(OutputError, match='is not writable'):
+        check_writable(folder / 'out.json')

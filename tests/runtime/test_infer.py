@@ -15,6 +15,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from model.config import yolact_tiny
+import runtime.files as files_module
 import runtime.images as images_module
 import runtime.infer as infer_module
 from runtime.infer import collect_inputs, main
@@ -256,9 +257,9 @@ def test_outputs_that_cannot_be_written_are_one_line_before_the_work(tiny_checkp
     # A full disk shows only when writing: one line and a non-zero exit, no earlier results left.
     real_write_atomic = infer_module.write_atomic
 
-    def full_disk(path, data):
+    def full_disk(path, data):  # what runtime.files raises when the disk fills during the write
         if Path(path).suffix == '.json':
-            raise OSError(errno.ENOSPC, 'No space left on device')
+            raise files_module._write_failure(Path(path), OSError(errno.ENOSPC, 'No space left on device'))
         return real_write_atomic(path, data)
 
     monkeypatch.setattr(infer_module, 'write_atomic', full_disk)
@@ -267,11 +268,14 @@ def test_outputs_that_cannot_be_written_are_one_line_before_the_work(tiny_checkp
     assert main([str(photo), '--json', str(tmp_path / 'dets.json'), '--model', str(tiny_checkpoint),
                  '--out', str(tmp_path / 'out')]) == 1
     assert capsys.readouterr().err.splitlines()[-1] == (
-        f'error: cannot write --json {tmp_path / "dets.json"}: no space left on the device: free some space or '
+        f'error: --json: cannot write {tmp_path / "dets.json"}: no space left on the device: free some space or '
         'choose another path')
     assert (tmp_path / 'out' / 'a.png').is_file() and not (tmp_path / 'dets.json').exists()
     # Annotated images are written by runtime.images.write_image.
-    monkeypatch.setattr(images_module, 'write_atomic', lambda path, data: full_disk(Path(path).with_suffix('.json'), data))
+    def image_disk_full(path, data):
+        raise files_module._write_failure(Path(path), OSError(errno.ENOSPC, 'No space left on device'))
+
+    monkeypatch.setattr(images_module, 'write_atomic', image_disk_full)
     assert main([str(photo), '--model', str(tiny_checkpoint), '--out', str(tmp_path / 'full')]) == 1
     assert capsys.readouterr().err.splitlines()[-1] == (
         f'error: cannot write {tmp_path / "full" / "a.png"}: no space left on the device: free some space or '
