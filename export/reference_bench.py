@@ -75,5 +75,5 @@ class TorchStages:
 
     def post(self, raw: YolactOutput) -> dict[str, np.ndarray]:
         with torch.inference_mode():
-            out = detect(raw, self.model.priors, self.cfg)
+            out = detect(raw, self.model.priors, self.cfg, maskiou_net=self.model.maskiou_net)
         return {name: value.numpy() for name, value in out._asdict().items()}

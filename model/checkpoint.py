@@ -1,7 +1,8 @@
 """Reading and writing YOLACT checkpoints.
 
 Two kinds load:
-- the official YOLACT releases (yolact_base_54_800000.pth, ...): a raw state dict; the config
+- the official YOLACT and YOLACT++ releases (yolact_base_54_800000.pth,
+  yolact_plus_resnet50_54_800000.pth, ...): a raw state dict; the config
   comes from the file name as the original infers it (model.config.config_from_filename) unless
   given;
 - the toolkit's own: a dict {'format': FORMAT, 'config': name, 'class_names': [...],
@@ -94,7 +95,6 @@ def load_model(path, config: str | YolactConfig | None = None, map_location='cpu
     from the file name (official releases).
     """
     path = Path(path)
-    _refuse_yolact_plus_name(path)
     obj = read_checkpoint(path, map_location)
     if 'format' in obj:
         state, cfg = _own_format(obj, path, config)
@@ -105,12 +105,6 @@ def load_model(path, config: str | YolactConfig | None = None, map_location='cpu
     _check_keys(state, model.state_dict(), path, cfg)
     model.load_state_dict(state)
     return model.eval(), cfg
-
-
-def _refuse_yolact_plus_name(path: Path) -> None:
-    if path.name.startswith('yolact_plus'):
-        raise CheckpointError(f'{path.name} is a YOLACT++ checkpoint (deformable convolutions, mask re-scoring), '
-                              'which this toolkit does not support: use a YOLACT checkpoint')
 
 
 def _own_format(obj: dict, path: Path, config) -> tuple[dict, YolactConfig]:
@@ -156,11 +150,6 @@ def _clean_state_dict(state, path: Path, cfg: YolactConfig) -> dict[str, Tensor]
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
         raise CheckpointError(f'{path} is not a state dict (a mapping of names to tensors) nor a {FORMAT} '
                               'checkpoint: give a YOLACT .pth file')
-    plus_keys = [k for k in state if k.startswith(('maskiou_net.', 'module.maskiou_net.'))
-                 or any(part.startswith('conv_offset') or 'dcn' in part for part in k.split('.'))]
-    if plus_keys:
-        raise CheckpointError(f'{path} is a YOLACT++ checkpoint (it has {plus_keys[0]}): deformable convolutions '
-                              'and mask re-scoring are not supported by this toolkit; use a YOLACT checkpoint')
     cleaned = {}
     for key, value in state.items():
         key = key.removeprefix('module.')

@@ -56,7 +56,7 @@ class TorchBackend(Backend):
         with torch.inference_mode():
             batch = self._normalize(torch.from_numpy(images).to(self.device))
             out = detect(self._model(batch), self._model.priors, self._cfg, cross_class=self.cross_class,
-                         max_dets=self.metadata.max_dets)
+                         max_dets=self.metadata.max_dets, maskiou_net=self._model.maskiou_net)
         return {name: tensor.cpu().numpy() for name, tensor in out._asdict().items()}
 
     def _close_impl(self) -> None:
