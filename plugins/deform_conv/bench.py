@@ -161,7 +161,8 @@ def main(argv=None) -> int:
             needed = f'{np.abs(dcn.run(None, dcn_feeds)[0] - expected).max():.2g}'
         print(f'{name:11s} {str([1, channels, size, size]):>18s} {stride:6d} {dcn_ms:15.1f} {conv_ms:8.1f} '
               f'{dcn_ms / conv_ms:6.1f} {count:5d} {needed:>11s}', flush=True)
-    print(f'{"all 12 DCN layers of one 550 px image":47s} {total_dcn:8.1f} {total_conv:8.1f} '
+    layers = sum(count for *_, count in YOLACT_PLUS_RESNET50_DCN)
+    print(f'{f"all {layers} DCN layers of one 550 px image":47s} {total_dcn:8.1f} {total_conv:8.1f} '
           f'{total_dcn / total_conv:6.1f}')
     return 0
 
