@@ -4,6 +4,7 @@ import dataclasses
 
 import torch
 
+from model.backbones.resnet import Bottleneck
 from model.config import get_config
 from model.deform_conv import DCN
 from model.yolact import Yolact
@@ -20,7 +21,8 @@ def random_plus_state(name: str, seed: int = 0) -> dict:
     """A state dict in the official key layout of config `name`, with weights that exercise every
     YOLACT++ part: offsets of a few pixels (fractional, some samples outside the image), masks
     away from 1, DCN biases, confident class scores (some detections at 80 classes) and positive
-    predicted mask IoUs."""
+    predicted mask IoUs. The residual branches are damped (bn3's scale 0.5) so that the deep
+    ResNet-101's activations stay of order 1, as a trained network's do."""
     torch.manual_seed(seed)
     model = Yolact(get_config(name))
     with torch.no_grad():
@@ -29,6 +31,8 @@ def random_plus_state(name: str, seed: int = 0) -> dict:
                 module.conv_offset_mask.weight.normal_(0, 0.05)
                 module.conv_offset_mask.bias.normal_(0, 1.0)
                 module.bias.normal_(0, 0.1)
+            elif isinstance(module, Bottleneck):
+                module.bn3.weight.fill_(0.5)
         model.prediction_layers[0].conf_layer.weight.mul_(20)
         last = [m for m in model.maskiou_net.modules() if isinstance(m, torch.nn.Conv2d)][-1]
         last.bias.uniform_(0.2, 1.0)
