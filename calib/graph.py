@@ -17,6 +17,7 @@ import onnx
 from onnx import helper
 
 from export.onnx_export import attach_metadata, read_metadata
+from plugins import DEFORM_CONV_OP, DOMAIN
 from runtime.errors import ToolkitError
 from runtime.metadata import MetadataError, ModelMetadata
 
@@ -56,7 +57,13 @@ def split_postprocess(model: onnx.ModelProto) -> SplitModel:
     """Cut `model` before its model-local function calls (see the module docstring).
 
     A model exported without post-processing has no function calls: its network is all of it.
+    YOLACT++ models (yolact::DeformConv2d calls inside the network) raise CalibrationError: cut
+    there, the network would end at the first deformable conv and the rest stay FP32 unnoticed.
     """
+    if any(n.domain == DOMAIN and n.op_type == DEFORM_CONV_OP for n in model.graph.node):
+        raise CalibrationError(
+            'this is a YOLACT++ model (yolact::DeformConv2d in the backbone): FP16 and INT8 conversion does not '
+            'handle its deformable convolutions yet; deploy the FP32 model')
     model = _copy(model)
     for i, node in enumerate(model.graph.node):
         # Nodes are named in the result (modelopt names them otherwise; ours must match its names).

@@ -27,6 +27,7 @@ import onnx
 import torch
 
 from export.cleanup import fold_and_clean, strip_trace_metadata
+from export.deform_conv import TRANSLATIONS, add_deform_conv_function
 from export.graph import DeployNetwork
 from export.postprocess_nodes import append_postprocess
 from model.config import YolactConfig, metadata_from_config
@@ -83,7 +84,7 @@ def trace_network(network: DeployNetwork, cfg: YolactConfig, output_names) -> on
         warnings.simplefilter('ignore', FutureWarning)
         program = torch.onnx.export(
             network, (example,), dynamo=True, opset_version=OPSET, verbose=False, optimize=True,
-            input_names=[INPUT_NAME], output_names=list(output_names),
+            input_names=[INPUT_NAME], output_names=list(output_names), custom_translation_table=TRANSLATIONS,
             # Positional (the forward's one argument): the graph input's name is INPUT_NAME, above.
             dynamic_shapes=({0: torch.export.Dim(BATCH_DIM), 1: torch.export.Dim(HEIGHT_DIM),
                              2: torch.export.Dim(WIDTH_DIM)},))
@@ -145,8 +146,8 @@ def build_onnx(yolact: torch.nn.Module, cfg: YolactConfig, *, postprocess: bool 
     """The ONNX model of `yolact` (a model.yolact.Yolact for `cfg`, any weights; put in eval
     mode), checked.
 
-    postprocess: append FastNMS + MaskAssembly (outputs POSTPROCESS_OUTPUTS); False exports the raw
-        head (RAW_OUTPUTS). cross_class: Fast NMS across classes instead of per class.
+    postprocess: append FastNMS + MaskAssembly, and YOLACT++'s mask re-scoring when the model has a
+        maskiou_net (outputs POSTPROCESS_OUTPUTS); False exports the raw head (RAW_OUTPUTS). cross_class: Fast NMS across classes instead of per class.
     max_dets: detections per image D (default cfg.max_num_detections).
     """
     max_dets = cfg.max_num_detections if max_dets is None else int(max_dets)
@@ -154,9 +155,10 @@ def build_onnx(yolact: torch.nn.Module, cfg: YolactConfig, *, postprocess: bool 
     network = DeployNetwork(yolact, cfg, decode_boxes=postprocess).eval()
     model = trace_network(network, cfg, DECODED_HEAD_NAMES if postprocess else RAW_OUTPUTS)
     strip_trace_metadata(model)
-    model = fold_and_clean(model)
+    model = add_deform_conv_function(fold_and_clean(model))
     if postprocess:
-        model = append_postprocess(model, cfg, cross_class=cross_class, max_dets=max_dets)
+        model = append_postprocess(model, cfg, cross_class=cross_class, max_dets=max_dets,
+                                   maskiou_net=yolact.maskiou_net)
     attach_metadata(model, metadata_from_config(cfg, cross_class=cross_class, max_dets=max_dets))
     check_model(model)
     return model

@@ -1,5 +1,6 @@
 """Append YOLACT's post-processing to a traced network: the `yolact::FastNMS` and
-`yolact::MaskAssembly` function nodes (bodies and nodes from plugins/*/onnx_function.py).
+`yolact::MaskAssembly` function nodes (bodies and nodes from plugins/*/onnx_function.py), and for
+YOLACT++ the mask re-scoring (model.postprocess.rescore) as standard ops after them.
 
 The traced network's outputs (names DECODED_HEAD_NAMES, shapes as export.graph.DecodedHead) become
 the ops' inputs, and the graph's outputs become the model contract (README, "The model contract"):
@@ -10,7 +11,8 @@ masks float32 [B, D, Hp, Wp].
 from __future__ import annotations
 
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
 
 from model.config import YolactConfig
 from plugins.fast_nms import onnx_function as fast_nms_function
@@ -27,22 +29,71 @@ def _output_dims(model: onnx.ModelProto, name: str) -> list:
     return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
 
 
+def _rescoring_nodes(model: onnx.ModelProto, maskiou_net: nn.Module, *, scores: str, classes: str, masks: str,
+                     output: str, max_dets: int, proto_hw) -> list[onnx.NodeProto]:
+    """model.postprocess.rescore in standard ops, its weights added to `model`'s initialisers:
+    masks [B, D, Hp, Wp] -> [B*D, 1, Hp, Wp] -> maskiou_net's Conv + Relu layers -> ReduceMax over
+    the grid -> [B, D, K]; the entry of each row's class (classes int32 [B, D]) times scores [B, D]
+    -> `output` float32 [B, D]. Padding rows have score 0 and stay 0."""
+    nodes, value = [], 'maskiou/input'
+    nodes.append(helper.make_node('Reshape', [masks, _constant(model, 'maskiou/input_shape', [-1, 1, *proto_hw])],
+                                  [value]))
+    for index, layer in enumerate(maskiou_net.maskiou_net):
+        if isinstance(layer, nn.Conv2d):
+            weight, bias = (f'maskiou_net.maskiou_net.{index}.{name}' for name in ('weight', 'bias'))
+            model.graph.initializer.extend([numpy_helper.from_array(layer.weight.detach().cpu().numpy(), weight),
+                                            numpy_helper.from_array(layer.bias.detach().cpu().numpy(), bias)])
+            nodes.append(helper.make_node('Conv', [value, weight, bias], [f'maskiou/conv{index}'],
+                                          kernel_shape=list(layer.kernel_size), strides=list(layer.stride)))
+            value = f'maskiou/conv{index}'
+        else:  # the ReLU after every conv
+            nodes.append(helper.make_node('Relu', [value], [f'maskiou/relu{index}']))
+            value = f'maskiou/relu{index}'
+    num_classes = maskiou_net.maskiou_net[-2].out_channels
+    nodes += [
+        helper.make_node('ReduceMax', [value, _constant(model, 'maskiou/grid_axes', [2, 3])], ['maskiou/max'],
+                         keepdims=0),
+        helper.make_node('Reshape', ['maskiou/max', _constant(model, 'maskiou/per_detection', [-1, max_dets, num_classes])],
+                         ['maskiou/iou']),                                                        # [B, D, K]
+        helper.make_node('Cast', [classes], ['maskiou/classes'], to=TensorProto.INT64),
+        helper.make_node('Unsqueeze', ['maskiou/classes', _constant(model, 'maskiou/last_axis', [2])],
+                         ['maskiou/class_index']),
+        helper.make_node('GatherElements', ['maskiou/iou', 'maskiou/class_index'], ['maskiou/class_iou'], axis=2),
+        helper.make_node('Squeeze', ['maskiou/class_iou', 'maskiou/last_axis'], ['maskiou/predicted_iou']),
+        helper.make_node('Mul', [scores, 'maskiou/predicted_iou'], [output]),
+    ]
+    return nodes
+
+
+def _constant(model: onnx.ModelProto, name: str, values: list[int]) -> str:
+    """An int64 initialiser `name` holding `values`; returns its name."""
+    model.graph.initializer.append(helper.make_tensor(name, TensorProto.INT64, [len(values)], values))
+    return name
+
+
 def append_postprocess(model: onnx.ModelProto, cfg: YolactConfig, *, cross_class: bool,
-                       max_dets: int) -> onnx.ModelProto:
+                       max_dets: int, maskiou_net: nn.Module | None = None) -> onnx.ModelProto:
     """`model` (outputs DECODED_HEAD_NAMES) with FastNMS and MaskAssembly appended, its outputs
-    replaced by the contract's; thresholds and top-k from `cfg`. Modifies and returns `model`."""
+    replaced by the contract's; thresholds and top-k from `cfg`. With a maskiou_net (YOLACT++'s
+    model.maskiou.MaskIoUNet) the scores are re-scored by it (Fast NMS's order is kept).
+    Modifies and returns `model`."""
     boxes, scores, coef, proto = DECODED_HEAD_NAMES
     num_dets, det_boxes, det_scores, det_classes, masks = POSTPROCESS_OUTPUTS
     batch = _output_dims(model, boxes)[0]
     proto_h, proto_w = _output_dims(model, proto)[1:3]
 
+    nms_scores = det_scores if maskiou_net is None else 'nms_scores'
     nms = fast_nms_function.make_node(
-        [boxes, scores], [num_dets, det_boxes, det_scores, det_classes, _DET_INDICES],
+        [boxes, scores], [num_dets, det_boxes, nms_scores, det_classes, _DET_INDICES],
         conf_thresh=cfg.conf_thresh, iou_thresh=cfg.nms_thresh, top_k=cfg.nms_top_k,
         max_dets=max_dets, cross_class=cross_class)
     assembly = mask_assembly_function.make_node(
         [proto, coef, _DET_INDICES, det_boxes, num_dets], [masks], crop_padding=cfg.crop_padding)
     model.graph.node.extend([nms, assembly])
+    if maskiou_net is not None:
+        model.graph.node.extend(_rescoring_nodes(model, maskiou_net, scores=nms_scores, classes=det_classes,
+                                                 masks=masks, output=det_scores, max_dets=max_dets,
+                                                 proto_hw=(proto_h, proto_w)))
     add_functions(model)  # the function bodies at the model's opset, and the yolact domain's import
 
     del model.graph.output[:]

@@ -1,8 +1,8 @@
 """Reading and writing YOLACT checkpoints.
 
 Two kinds load:
-- a raw state dict in the official key layout: the official releases
-  (yolact_base_54_800000.pth, ...) and what anyone trained with dbolya/yolact on their own data
+- a raw state dict in the official key layout: the official YOLACT and YOLACT++ releases
+  (yolact_base_54_800000.pth, yolact_plus_resnet50_54_800000.pth, ...) and what anyone trained with dbolya/yolact on their own data
   (yolact_resnet50_pascal_12_3000.pth). The base config comes from the file name's longest known
   prefix (model.config.config_from_filename) unless given, or else from the architecture the
   weights have; the class count always comes from the weights (model.weights_layout), which
@@ -123,7 +123,6 @@ def load_model(path, config: str | YolactConfig | None = None, map_location='cpu
     model.user_options.configure.
     """
     path = Path(path)
-    _refuse_yolact_plus_name(path)
     obj = read_checkpoint(path, map_location)
     flags = {'class_names': class_names, 'input_size': input_size, 'config_file': config_file}
     if 'format' in obj:
@@ -139,12 +138,6 @@ def load_model(path, config: str | YolactConfig | None = None, map_location='cpu
     _check_keys(state, model.state_dict(), path, cfg)
     model.load_state_dict(state)
     return model.eval(), cfg
-
-
-def _refuse_yolact_plus_name(path: Path) -> None:
-    if path.name.startswith('yolact_plus'):
-        raise CheckpointError(f'{path.name} is a YOLACT++ checkpoint (deformable convolutions, mask re-scoring), '
-                              'which this toolkit does not support: use a YOLACT checkpoint')
 
 
 def _own_format(obj: dict, path: Path, config) -> tuple[dict, YolactConfig]:
@@ -232,11 +225,6 @@ def _clean_state_dict(state, path: Path, num_downsample: int | None) -> dict[str
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
         raise CheckpointError(f'{path} is not a state dict (a mapping of names to tensors) nor a {FORMAT} '
                               'checkpoint: give a YOLACT .pth file')
-    plus_keys = [k for k in state if k.startswith(('maskiou_net.', 'module.maskiou_net.'))
-                 or any(part.startswith('conv_offset') or 'dcn' in part for part in k.split('.'))]
-    if plus_keys:
-        raise CheckpointError(f'{path} is a YOLACT++ checkpoint (it has {plus_keys[0]}): deformable convolutions '
-                              'and mask re-scoring are not supported by this toolkit; use a YOLACT checkpoint')
     cleaned = {}
     for key, value in state.items():
         key = key.removeprefix('module.')

@@ -64,6 +64,10 @@ class BackboneConfig:
         tiny config uses fewer.
     selected_layers: stages whose outputs feed the FPN (C3, C4, C5 for ResNet: 1, 2, 3).
     pred_scales / pred_aspect_ratios: per FPN level (P3..P7), as the original.
+    dcn_layers / dcn_interval (ResNet, YOLACT++): per stage, how many of its last blocks have a
+        deformable 3x3 conv (model.deform_conv.DCN) instead of a plain one; among those, block i
+        of the stage is deformable only if i % dcn_interval == 0 (block 0 whenever all are). The
+        original's ResNetBackbone._make_layer rule.
     """
 
     name: str
@@ -77,6 +81,8 @@ class BackboneConfig:
     preapply_sqrt: bool = False
     # The original keeps square anchors "for backward compatibility with a bug": w = h.
     use_square_anchors: bool = True
+    dcn_layers: tuple[int, ...] = (0, 0, 0, 0)
+    dcn_interval: int = 1
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,11 @@ class YolactConfig:
     mask_dim: int = 32
     # Prediction head (shared by all levels): upfeature conv3x3+ReLU with this many channels.
     head_channels: int = 256
+    # YOLACT++ mask re-scoring: (out_channels, kernel, stride) of the maskiou_net convs (no
+    # padding, ReLU after each; a 1x1 conv to num_classes - 1 and a global max follow). Empty:
+    # no maskiou_net (YOLACT). When present, post-processing multiplies each detection's score
+    # by the IoU the net predicts for its class from its cropped mask (the original's rescore_mask).
+    maskiou_net: tuple[tuple[int, int, int], ...] = ()
 
     # Box coding (SSD) variances.
     variances: tuple[float, float] = (0.1, 0.2)
@@ -201,9 +212,26 @@ yolact_tiny = dataclasses.replace(
     lr_steps=(), max_iter=0, lr_warmup_until=100, masks_to_train=100,
     discard_box_width=4 / 320, discard_box_height=4 / 320)
 
+# YOLACT++ (data/config.py yolact_plus_base_config, yolact_plus_resnet50_config): deformable
+# convs in the backbone, three scales per level with non-square anchors, and mask re-scoring.
+_PLUS_SCALES = tuple(tuple(i * 2 ** (j / 3.0) for j in range(3)) for i in (24, 48, 96, 192, 384))
+_MASKIOU_NET = ((8, 3, 2), (16, 3, 2), (32, 3, 2), (64, 3, 2), (128, 3, 2))
+
+yolact_plus_base = dataclasses.replace(
+    yolact_base, name='yolact_plus_base', maskiou_net=_MASKIOU_NET,
+    backbone=dataclasses.replace(
+        _RESNET101, name='ResNet101_DCN_Interval3', pred_scales=_PLUS_SCALES, use_square_anchors=False,
+        dcn_layers=(0, 4, 23, 3), dcn_interval=3))
+
+yolact_plus_resnet50 = dataclasses.replace(
+    yolact_plus_base, name='yolact_plus_resnet50',
+    backbone=dataclasses.replace(
+        yolact_plus_base.backbone, name='ResNet50_DCNv2', layers=(3, 4, 6, 3), dcn_layers=(0, 4, 6, 3),
+        dcn_interval=1))
+
 CONFIGS: dict[str, YolactConfig] = {
     c.name: c for c in (yolact_base, yolact_im400, yolact_im700, yolact_resnet50,
-                        yolact_darknet53, yolact_tiny)
+                        yolact_darknet53, yolact_tiny, yolact_plus_base, yolact_plus_resnet50)
 }
 
 
@@ -243,10 +271,6 @@ def config_from_filename(path) -> YolactConfig:
     for name in sorted(CONFIGS, key=len, reverse=True):
         if stem.startswith(name):
             return CONFIGS[name]
-    if stem.startswith('yolact_plus'):
-        raise ConfigError(
-            f'{Path(path).name} looks like a YOLACT++ checkpoint (deformable convolutions), which this '
-            'toolkit does not support: use a YOLACT checkpoint')
     raise ConfigError(
         f'cannot infer the config from the file name {Path(path).name!r}: pass --config with one of '
         f'{", ".join(CONFIGS)}')

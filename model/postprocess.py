@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from model.box_coding import box_iou, decode
 from model.config import YolactConfig
@@ -147,9 +147,23 @@ def assemble_masks(proto: Tensor, coef: Tensor, boxes: Tensor, padding: int) -> 
     return crop_masks(masks, boxes, padding)
 
 
+def rescore(scores: Tensor, classes: Tensor, masks: Tensor, maskiou_net: nn.Module) -> Tensor:
+    """YOLACT++'s mask re-scoring: each score times the mask IoU maskiou_net predicts for its class.
+
+    scores float [D]; classes int [D] 0-based, background excluded; masks float [D, Hp, Wp]
+    (assembled: sigmoid, cropped). Returns float [D]. The original (layers/output_utils.py
+    postprocess, rescore_mask) keeps the class score for boxes and this one for masks; its display
+    path, like this toolkit's single score, uses this one for both.
+    """
+    predicted_iou = maskiou_net(masks[:, None])                                      # [D, K]
+    return scores * predicted_iou.gather(1, classes[:, None].long())[:, 0]
+
+
 def detect(out: 'YolactOutput', priors: Tensor, cfg: YolactConfig, *, cross_class: bool = False,
-           max_dets: int | None = None) -> PostprocessOutput:
-    """The whole post-processing of a batch: softmax, decode, Fast NMS, mask assembly.
+           max_dets: int | None = None, maskiou_net: nn.Module | None = None) -> PostprocessOutput:
+    """The whole post-processing of a batch: softmax, decode, Fast NMS, mask assembly, and with a
+    maskiou_net (YOLACT++: the model's `maskiou_net`) the scores re-scored by `rescore`. The
+    re-scored detections keep Fast NMS's order.
 
     out: the model's raw outputs (loc [B, P, 4], conf logits [B, P, C], coef [B, P, M],
     proto [B, Hp, Wp, M]); priors: float [P, 4] cxcywh relative. Thresholds come from cfg
@@ -178,9 +192,11 @@ def detect(out: 'YolactOutput', priors: Tensor, cfg: YolactConfig, *, cross_clas
         n = len(kept.indices)
         result.num_dets[b] = n
         result.boxes[b, :n] = kept.boxes
-        result.scores[b, :n] = kept.scores
+        masks = assemble_masks(proto[b], kept.coef, kept.boxes, cfg.crop_padding)
+        result.scores[b, :n] = kept.scores if maskiou_net is None else rescore(kept.scores, kept.classes, masks,
+                                                                               maskiou_net)
         result.classes[b, :n] = kept.classes.to(torch.int32)
-        result.masks[b, :n] = assemble_masks(proto[b], kept.coef, kept.boxes, cfg.crop_padding)
+        result.masks[b, :n] = masks
     return result
 
 

@@ -1,7 +1,8 @@
 """YOLACT: backbone -> FPN -> (ProtoNet on P3, one prediction head shared by all levels).
 
 The module tree reproduces the official checkpoints' state-dict keys (backbone.*, fpn.*,
-proto_net.*, prediction_layers.0.*, semantic_seg_conv.*), so they load with load_state_dict.
+proto_net.*, prediction_layers.0.*, semantic_seg_conv.*, and for YOLACT++ maskiou_net.* and the
+backbone's DCN conv2.conv_offset_mask.*), so they load with load_state_dict.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from model.backbones import build_backbone
 from model.config import YolactConfig
 from model.fpn import FPN
 from model.head import PredictionHead
+from model.maskiou import MaskIoUNet
 from model.priors import make_priors, priors_per_location
 from model.protonet import make_protonet
 
@@ -42,6 +44,8 @@ class Yolact(nn.Module):
     gives it) -> YolactOutput.
 
     `priors`: float32 [P, 4] (cx, cy, w, h) relative, a non-persistent buffer from make_priors(cfg).
+    `maskiou_net`: YOLACT++'s MaskIoUNet (configs with cfg.maskiou_net), else None; post-processing
+    uses it (model.postprocess.detect), forward does not.
     """
 
     def __init__(self, cfg: YolactConfig):
@@ -57,6 +61,7 @@ class Yolact(nn.Module):
         # One head for all levels; a ModuleList so its keys are prediction_layers.0.*, as the original.
         self.prediction_layers = nn.ModuleList([PredictionHead(cfg.fpn_features, cfg, priors_per_location(cfg))])
         self.semantic_seg_conv = nn.Conv2d(cfg.fpn_features, cfg.num_classes - 1, kernel_size=1)
+        self.maskiou_net = MaskIoUNet(cfg) if cfg.maskiou_net else None
         self.register_buffer('priors', make_priors(cfg), persistent=False)
         self._bn_frozen = False
 

@@ -1,5 +1,8 @@
 """Benchmark the post-processing: the TensorRT plugins against the same ONNX graph built from the
 function bodies (standard ops), and against torch's batched_nms path, for 1, 8 and 32 images.
+Then YOLACT++'s deformable convolution: the Triton kernel against the torch op
+(model/deform_conv.py, grid_sample) and a plain cuDNN conv of the same shape, at each DCN layer of
+yolact_plus_resnet50 at 550 px, one image.
 
     python -m plugins.bench [--config yolact_base] [--batch 1 8 32] [--iterations 50] [--fp16]
 
@@ -162,6 +165,39 @@ def time_ms(fn, iterations: int, warmup: int = 5) -> float:
     return statistics.median(times)
 
 
+def deform_conv_rows(iterations: int, dtype) -> list[tuple]:
+    """(layer, x shape, stride, Triton ms, torch op ms, cuDNN conv ms, count, max |Triton - torch op|) per
+    DCN layer shape of yolact_plus_resnet50 at 550 px (plugins.deform_conv.bench's table)."""
+    import torch
+
+    from model.deform_conv import deform_conv2d as torch_deform_conv2d
+    from plugins.deform_conv.bench import YOLACT_PLUS_RESNET50_DCN
+    from plugins.deform_conv.kernels import deform_conv2d as triton_deform_conv2d
+    from plugins.deform_conv.reference import output_size
+
+    generator = torch.Generator(device='cuda').manual_seed(0)
+    rows = []
+    for name, channels, size, stride, count in YOLACT_PLUS_RESNET50_DCN:
+        out = output_size(size, 3, stride, 1, 1)
+
+        def randn(*shape, scale=1.0):
+            return (scale * torch.randn(*shape, device='cuda', generator=generator)).to(dtype)
+
+        x, weight, bias = randn(1, channels, size, size), randn(channels, channels, 3, 3, scale=0.05), randn(channels)
+        offset = randn(1, 18, out, out, scale=1.5)
+        mask = torch.rand(1, 9, out, out, device='cuda', generator=generator).to(dtype)
+        triton_y = triton_deform_conv2d(x, offset, mask, weight, bias, stride=stride, padding=1)
+        torch_y = torch_deform_conv2d(x, offset, mask, weight, bias, [stride] * 2, [1, 1], [1, 1], 1)
+        rows.append((name, [1, channels, size, size], stride,
+                     time_ms(lambda: triton_deform_conv2d(x, offset, mask, weight, bias, stride=stride, padding=1),
+                             iterations),
+                     time_ms(lambda: torch_deform_conv2d(x, offset, mask, weight, bias, [stride] * 2, [1, 1], [1, 1], 1),
+                             iterations),
+                     time_ms(lambda: torch.nn.functional.conv2d(x, weight, bias, stride=stride, padding=1), iterations),
+                     count, (triton_y.float() - torch_y.float()).abs().max().item()))
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog='python -m plugins.bench', description=__doc__.split('\n\n')[0])
     parser.add_argument('--config', default='yolact_base', help='model config giving the sizes and thresholds')
@@ -217,6 +253,17 @@ def main(argv=None) -> int:
     for batch, row in rows:
         cells = ' | '.join(f'{row[n]:20.3f}' if row[n] is not None else f'{"n/a (no torchvision)":>20}' for n in names)
         print(f'{batch:>5} | {cells} | {row["standard ops"] / row["plugins"]:.1f}x')
+
+    print(f'\nDeformConv2d, yolact_plus_resnet50 at 550 px, one image, {"fp16" if args.fp16 else "fp32"}')
+    print(f'{"layer":11s} {"x":>18s} {"stride":>6s} {"Triton ms":>10s} {"torch op ms":>11s} {"cuDNN conv ms":>13s} '
+          f'{"count":>5s} {"max |Triton - torch|":>20s}')
+    totals, layers = [0.0, 0.0, 0.0], 0
+    for name, shape, stride, triton_ms, torch_ms, conv_ms, count, diff in deform_conv_rows(args.iterations, dtype):
+        totals = [t + count * v for t, v in zip(totals, (triton_ms, torch_ms, conv_ms))]
+        layers += count
+        print(f'{name:11s} {str(shape):>18s} {stride:6d} {triton_ms:10.3f} {torch_ms:11.3f} {conv_ms:13.3f} '
+              f'{count:5d} {diff:20.2g}')
+    print(f'{f"all {layers} DCN layers":37s} {totals[0]:10.3f} {totals[1]:11.3f} {totals[2]:13.3f}')
     return 0
 
 

@@ -22,7 +22,8 @@ def _backbone_class(kind: str):
 def build_backbone(cfg: BackboneConfig) -> nn.Module:
     """The backbone `cfg` describes, with freshly initialised weights."""
     if cfg.kind == 'resnet':
-        return _backbone_class(cfg.kind)(cfg.layers, width=cfg.width)
+        return _backbone_class(cfg.kind)(cfg.layers, width=cfg.width, dcn_layers=cfg.dcn_layers,
+                                          dcn_interval=cfg.dcn_interval)
     return _backbone_class(cfg.kind)(cfg.layers)
 
 

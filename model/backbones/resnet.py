@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from model.deform_conv import DCN
+
 EXPANSION = 4  # output channels of a bottleneck block = EXPANSION * its 3x3 conv's channels
 STEM_KERNEL, STEM_STRIDE, STEM_PADDING = 7, 2, 3
 POOL_KERNEL, POOL_STRIDE, POOL_PADDING = 3, 2, 1
@@ -26,13 +28,18 @@ class Bottleneck(nn.Module):
     """1x1 -> 3x3 (stride here) -> 1x1 with batch norms, plus the (projected) input, then ReLU.
 
     x float32 [B, in_channels, H, W] -> [B, EXPANSION * planes, H / stride, W / stride].
+    deformable: the 3x3 conv is YOLACT++'s DCN (with a bias and its conv_offset_mask).
     """
 
-    def __init__(self, in_channels: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+    def __init__(self, in_channels: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 deformable: bool = False):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, planes, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        if deformable:
+            self.conv2 = DCN(planes, planes, kernel_size=3, stride=stride, padding=1)
+        else:
+            self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, planes * EXPANSION, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * EXPANSION)
@@ -52,11 +59,13 @@ class ResNetBackbone(nn.Module):
 
     layers: bottleneck blocks per stage ((3, 4, 23, 3) is ResNet-101). width: channels of the stem
     and of stage 0's 3x3 convs (64 for the official models); stage i uses width * 2**i.
+    dcn_layers, dcn_interval: which blocks' 3x3 convs are deformable (BackboneConfig's rule).
     forward(x float32 [B, 3, H, W]) -> list of every stage's output; stage i has `channels[i]`
     channels and stride 4 * 2**i.
     """
 
-    def __init__(self, layers: Sequence[int], width: int = 64):
+    def __init__(self, layers: Sequence[int], width: int = 64, dcn_layers: Sequence[int] = (0, 0, 0, 0),
+                 dcn_interval: int = 1):
         super().__init__()
         self.conv1 = nn.Conv2d(3, width, kernel_size=STEM_KERNEL, stride=STEM_STRIDE, padding=STEM_PADDING,
                                bias=False)
@@ -69,7 +78,9 @@ class ResNetBackbone(nn.Module):
         in_channels = width
         for index, num_blocks in enumerate(layers):
             planes = width * 2 ** index
-            stage = self._make_stage(in_channels, planes, num_blocks, STAGE_STRIDES[index])
+            deformable = [(i + dcn_layers[index]) >= num_blocks and i % dcn_interval == 0
+                          for i in range(num_blocks)]
+            stage = self._make_stage(in_channels, planes, STAGE_STRIDES[index], deformable)
             self.layers.append(stage)
             in_channels = planes * EXPANSION
             self.channels.append(in_channels)
@@ -82,16 +93,22 @@ class ResNetBackbone(nn.Module):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        # The original zeroes a DCN's bias and offsets: it starts as the plain conv it replaces.
+        for module in self.modules():
+            if isinstance(module, DCN):
+                for tensor in (module.bias, module.conv_offset_mask.weight, module.conv_offset_mask.bias):
+                    nn.init.zeros_(tensor)
 
     @staticmethod
-    def _make_stage(in_channels: int, planes: int, num_blocks: int, stride: int) -> nn.Sequential:
+    def _make_stage(in_channels: int, planes: int, stride: int, deformable: Sequence[bool]) -> nn.Sequential:
+        """One block per entry of `deformable` (whether its 3x3 conv is a DCN)."""
         downsample = None
         if stride != 1 or in_channels != planes * EXPANSION:
             downsample = nn.Sequential(
                 nn.Conv2d(in_channels, planes * EXPANSION, kernel_size=1, stride=stride, bias=False),
                 nn.BatchNorm2d(planes * EXPANSION))
-        blocks = [Bottleneck(in_channels, planes, stride, downsample)]
-        blocks += [Bottleneck(planes * EXPANSION, planes) for _ in range(1, num_blocks)]
+        blocks = [Bottleneck(in_channels, planes, stride, downsample, deformable[0])]
+        blocks += [Bottleneck(planes * EXPANSION, planes, deformable=d) for d in deformable[1:]]
         return nn.Sequential(*blocks)
 
     @staticmethod

@@ -3,6 +3,10 @@ shape, at the DCN layers of yolact_plus_resnet50 at 550 px, and the tolerance ea
 the float64 reference. A measurement, not a test:
 
     python -m plugins.deform_conv.bench [--threads 2] [--runs 10]
+    python -m plugins.deform_conv.bench --model yolact_plus_resnet50.raw.onnx [--threads 2] [--runs 5]
+
+With --model (an exported YOLACT++ model, e.g. `--no-postprocess`): the DeformConv2d bodies' share of
+the whole network's onnxruntime node time, from onnxruntime's profile.
 
 YOLACT++ ResNet-50 (dbolya/yolact data/config.py `resnet50_dcnv2_backbone`, dcn_layers [0, 4, 6, 3],
 interval 1) replaces conv2 (3x3, padding 1) of every bottleneck of layers 2-4 by DCN; the first
@@ -83,12 +87,59 @@ def median_ms(session, feeds: dict, runs: int) -> float:
     return 1e3 * statistics.median(times)
 
 
+def network_share(model_path: str, threads: int, runs: int) -> None:
+    """Print the DeformConv2d function bodies' share of `model_path`'s onnxruntime node time.
+
+    onnxruntime inlines model-local functions under generic node names, so the model is inlined here
+    first (the graph onnxruntime would run) and the bodies' nodes, which the inliner leaves unnamed,
+    are named for the profile. Input: one random uint8 image at the model's input size.
+    """
+    import collections
+    import json
+    import os
+    import tempfile
+
+    import onnx
+    import onnx.inliner
+    import onnxruntime as ort
+
+    from runtime.contract import INPUT_NAME, metadata_from_props
+
+    model = onnx.load(model_path)
+    height, width = metadata_from_props({p.key: p.value for p in model.metadata_props}, model_path).input_size
+    model = onnx.inliner.inline_local_functions(model)
+    for index, node in enumerate(model.graph.node):
+        node.name = node.name or f'DeformConv2d_body_{index}'
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.enable_profiling = True
+    options.profile_file_prefix = os.path.join(tempfile.mkdtemp(prefix='dcn-share-'), 'profile')
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=['CPUExecutionProvider'])
+    feeds = {INPUT_NAME: np.random.default_rng(0).integers(0, 256, (1, height, width, 3), dtype=np.uint8)}
+    wall = median_ms(session, feeds, runs)
+    with open(session.end_profiling()) as f:
+        events = json.load(f)
+    first_timed = [e for e in events if e.get('name') == 'model_run'][-runs]['ts']
+    node_us = collections.Counter()
+    for event in events:
+        if event.get('cat') == 'Node' and event['name'].endswith('_kernel_time') and event['ts'] >= first_timed:
+            node_us['dcn' if event['name'].startswith('DeformConv2d_body_') else 'other'] += event['dur']
+    dcn_ms, total_ms = node_us['dcn'] / runs / 1e3, sum(node_us.values()) / runs / 1e3
+    print(f'CPU: {cpu_name()}; onnxruntime {ort.__version__}, {threads} threads, {runs} runs, one {height}x{width} image')
+    print(f'network wall {wall:.0f} ms (median); node time {total_ms:.0f} ms, of which DeformConv2d bodies '
+          f'{dcn_ms:.0f} ms ({100 * dcn_ms / total_ms:.1f}%; their conv_offset_mask convs are not counted)')
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog='python -m plugins.deform_conv.bench', description=__doc__.split('\n\n')[0])
     parser.add_argument('--threads', type=int, default=2, help='onnxruntime intra-op threads')
     parser.add_argument('--runs', type=int, default=10, help='timed runs per layer (median)')
     parser.add_argument('--no-check', action='store_true', help='skip the float64 reference (slow on big layers)')
+    parser.add_argument('--model', help="an exported YOLACT++ .onnx: measure the DCN bodies' share of its network time")
     args = parser.parse_args(argv)
+    if args.model:
+        network_share(args.model, args.threads, args.runs)
+        return 0
 
     import onnxruntime as ort
 
@@ -110,7 +161,8 @@ def main(argv=None) -> int:
             needed = f'{np.abs(dcn.run(None, dcn_feeds)[0] - expected).max():.2g}'
         print(f'{name:11s} {str([1, channels, size, size]):>18s} {stride:6d} {dcn_ms:15.1f} {conv_ms:8.1f} '
               f'{dcn_ms / conv_ms:6.1f} {count:5d} {needed:>11s}', flush=True)
-    print(f'{"all 12 DCN layers of one 550 px image":47s} {total_dcn:8.1f} {total_conv:8.1f} '
+    layers = sum(count for *_, count in YOLACT_PLUS_RESNET50_DCN)
+    print(f'{f"all {layers} DCN layers of one 550 px image":47s} {total_dcn:8.1f} {total_conv:8.1f} '
           f'{total_dcn / total_conv:6.1f}')
     return 0
 

@@ -77,7 +77,7 @@ class TorchBackend(Backend):
 
         with torch.inference_mode():
             out = detect(head, self._model.priors, self._cfg, cross_class=self.cross_class,
-                         max_dets=self.metadata.max_dets)
+                         max_dets=self.metadata.max_dets, maskiou_net=self._model.maskiou_net)
         return {name: tensor.cpu().numpy() for name, tensor in out._asdict().items()}
 
     def head_decoding_to(self, decoded: dict[str, np.ndarray]):

@@ -24,6 +24,17 @@ def test_split_cuts_before_the_function_calls(standin):
     onnx.checker.check_model(split.network, full_check=True)
 
 
+def test_yolact_plus_models_are_refused(standin):
+    """Their deformable convs are function calls inside the network; a split there would leave
+    most of it FP32 under an fp16/int8 label."""
+    model = onnx.ModelProto()
+    model.CopyFrom(standin)
+    model.graph.node.insert(0, onnx.helper.make_node('DeformConv2d', ['x', 'offset', 'mask', 'weight', 'bias'], ['y'],
+                                                     domain='yolact'))
+    with pytest.raises(CalibrationError, match='YOLACT\\+\\+ model .*deploy the FP32 model'):
+        split_postprocess(model)
+
+
 def test_split_then_join_is_the_same_model(standin, calibration_pixels):
     split = split_postprocess(standin)
     joined = join_postprocess(split.network, split, 'fp32')

@@ -43,7 +43,8 @@ def test_feature_sizes_and_prior_count(name):
     cfg = CONFIGS[name]
     sides = expected_level_sizes(cfg)
     assert feature_sizes(cfg) == [(s, s) for s in sides]
-    assert make_priors(cfg).shape == (sum(s * s for s in sides) * len(ASPECT_RATIOS), 4)
+    scales_per_level = len(cfg.backbone.pred_scales[0])  # YOLACT++: three
+    assert make_priors(cfg).shape == (sum(s * s for s in sides) * len(ASPECT_RATIOS) * scales_per_level, 4)
 
 
 def test_yolact_base_level_sizes_and_count():

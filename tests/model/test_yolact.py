@@ -17,7 +17,7 @@ from model.yolact import Yolact
 
 def expected_shapes(cfg, batch=1):
     sides = [h for h, _ in feature_sizes(cfg)]
-    per_location = 3  # three aspect ratios, one scale per level in every named config
+    per_location = 3 * len(cfg.backbone.pred_scales[0])  # three aspect ratios; one scale per level, three for YOLACT++
     num_priors = sum(s * s for s in sides) * per_location
     return {'loc': (batch, num_priors, 4), 'conf': (batch, num_priors, cfg.num_classes),
             'coef': (batch, num_priors, cfg.mask_dim), 'proto': (batch, 2 * sides[0], 2 * sides[0], cfg.mask_dim),

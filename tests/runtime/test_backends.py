@@ -162,3 +162,29 @@ def test_the_runtime_imports_without_torch():
     done = subprocess.run([sys.executable, '-c', code], cwd=Path(__file__).resolve().parents[2],
                           capture_output=True, text=True, check=True)
     assert done.stdout.strip() == 'False'
+
+
+def test_torch_backend_rescores_yolact_plus(tmp_path):
+    """An official YOLACT++ checkpoint (config from its file name, 550 px): the backend's scores are
+    the re-scored ones, as the exported graph's."""
+    import torch
+
+    from model.checkpoint import load_model
+    from model.postprocess import detect
+    from model.preprocess import Normalize
+    from tests.model.plus_checkpoints import PLUS_FILES, random_plus_state
+
+    path = tmp_path / PLUS_FILES['yolact_plus_resnet50']
+    torch.save(random_plus_state('yolact_plus_resnet50'), path)
+    images = np.random.default_rng(0).integers(0, 256, (1, 550, 550, 3), dtype=np.uint8)
+    with TorchBackend(path) as backend:
+        got = backend.infer(images)
+    model, cfg = load_model(path)
+    with torch.no_grad():
+        out = model(Normalize(cfg)(torch.from_numpy(images)))
+        rescored = detect(out, model.priors, cfg, maskiou_net=model.maskiou_net)
+        unscored = detect(out, model.priors, cfg)
+    n = int(got['num_dets'][0])
+    assert n > 0 and n == int(rescored.num_dets[0])
+    np.testing.assert_allclose(got['scores'][0, :n], rescored.scores[0, :n].numpy(), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(got['scores'][0, :n], unscored.scores[0, :n].numpy(), rtol=1e-3)

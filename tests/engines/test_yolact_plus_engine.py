@@ -1,0 +1,29 @@
+"""A YOLACT++ engine built by TensorRT-RTX on the CPU: the official ResNet-50 layout (random
+weights) exported at a small input size, its 13 `yolact::DeformConv2d` nodes and the re-scoring
+parsed (as function bodies and standard layers: TensorRT-RTX has no plugin API). Running it needs
+a GPU (tests/gpu)."""
+
+import pytest
+import torch
+
+from engines.build import build_engine
+from export.onnx_export import export_onnx
+from model.config import get_config, metadata_from_config
+from model.yolact import Yolact
+from runtime.tensorrt.sidecar import read_sidecar
+from tests.model.plus_checkpoints import random_plus_state, small
+
+pytest.importorskip('tensorrt_rtx', reason='TensorRT-RTX is not installed (pip install -e .[tensorrt-rtx])')
+
+
+def test_yolact_plus_engine_builds_on_the_cpu(tmp_path):
+    cfg = small(get_config('yolact_plus_resnet50'))
+    model = Yolact(cfg).eval()
+    model.load_state_dict(random_plus_state(cfg.name))
+    onnx_path = export_onnx(model, cfg, tmp_path / 'yolact_plus_resnet50.onnx')
+    engine_path, sidecar = build_engine(onnx_path, max_batch=2, flavour='tensorrt-rtx')
+    assert engine_path.stat().st_size > 0
+    assert read_sidecar(engine_path) == sidecar
+    assert sidecar.metadata == metadata_from_config(cfg)
+    assert sidecar.engine.plugins == ()  # the DCN and post-processing ran through their function bodies
+    assert sidecar.engine.max_batch == 2
