@@ -140,7 +140,7 @@ SHAPES_VAL ?= 300
 # calib, accuracy and eval build it on first use: say so, as it takes minutes.
 $(SHAPES_DIR)/val.json: | setup
 	@echo 'first building the synthetic shapes set in $(SHAPES_DIR) ($(SHAPES_TRAIN) training + $(SHAPES_VAL) validation images; once, a few minutes)'
-	$(PY) -m model.data.shapes --out $(SHAPES_DIR) --train $(SHAPES_TRAIN) --val $(SHAPES_VAL) --seed 0
+	$(PY) -m yolact_torch.data.shapes --out $(SHAPES_DIR) --train $(SHAPES_TRAIN) --val $(SHAPES_VAL) --seed 0
 
 # make train-demo: trains the shipped demo model (yolact_tiny on the shapes set, from scratch) and
 # writes runtime/assets/yolact_tiny_shapes.pth (weights only) and its COCO metrics on the val split.
@@ -151,25 +151,25 @@ $(SHAPES_DIR)/val.json: | setup
 DEMO_RUN ?= build/train-demo
 .PHONY: train-demo eval
 train-demo: setup $(SHAPES_DIR)/val.json
-	$(PY) -m model.train --config yolact_tiny --data $(SHAPES_DIR)/train.json --out $(DEMO_RUN)/stage1 \
+	$(PY) -m yolact_torch.train --config yolact_tiny --data $(SHAPES_DIR)/train.json --out $(DEMO_RUN)/stage1 \
 	  --iters 1900 --batch-size 8 --lr 4e-3 --warmup-iters 100 --lr-steps 0.8,0.92 \
 	  --no-expand --no-crop --threads 1 --save-every 100
-	$(PY) -m model.train --config yolact_tiny --data $(SHAPES_DIR)/train.json --out $(DEMO_RUN)/stage2 \
+	$(PY) -m yolact_torch.train --config yolact_tiny --data $(SHAPES_DIR)/train.json --out $(DEMO_RUN)/stage2 \
 	  --init $(DEMO_RUN)/stage1/yolact_tiny_final.pth \
 	  --iters 900 --batch-size 8 --lr 8e-3 --warmup-iters 50 --lr-steps 0.75,0.9 \
 	  --no-expand --no-crop --threads 1 --save-every 300
-	$(PY) -m model.train --config yolact_tiny --data $(SHAPES_DIR)/train.json --out $(DEMO_RUN)/stage3 \
+	$(PY) -m yolact_torch.train --config yolact_tiny --data $(SHAPES_DIR)/train.json --out $(DEMO_RUN)/stage3 \
 	  --init $(DEMO_RUN)/stage2/yolact_tiny_final.pth \
 	  --iters 6000 --batch-size 8 --lr 8e-3 --warmup-iters 100 --lr-steps 0.65,0.88 \
 	  --no-expand --no-crop --threads 2 --save-every 500
 	cp $(DEMO_RUN)/stage3/yolact_tiny_final.pth runtime/assets/yolact_tiny_shapes.pth
-	$(PY) -m model.eval --model runtime/assets/yolact_tiny_shapes.pth --data $(SHAPES_DIR)/val.json \
+	$(PY) -m yolact_torch.eval --model runtime/assets/yolact_tiny_shapes.pth --data $(SHAPES_DIR)/val.json \
 	  --metrics runtime/assets/yolact_tiny_shapes.metrics.json
 
 # make eval [EVAL_MODEL=any model file the runtime loads] [EVAL_DATA=COCO JSON]: box and mask AP.
 EVAL_MODEL ?= runtime/assets/yolact_tiny_shapes.pth
 eval: setup $(if $(filter $(SHAPES_DIR)/%,$(EVAL_DATA)),$(EVAL_DATA))
-	$(PY) -m model.eval --model $(EVAL_MODEL) --data $(EVAL_DATA)
+	$(PY) -m yolact_torch.eval --model $(EVAL_MODEL) --data $(EVAL_DATA)
 
 # calib and accuracy read the shapes set when their images / evaluation data are under SHAPES_DIR.
 calib: $(if $(filter $(SHAPES_DIR)/%,$(CALIB_IMAGES)),$(SHAPES_DIR)/val.json)

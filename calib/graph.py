@@ -183,7 +183,7 @@ def producing_convs(model: onnx.ModelProto, tensors) -> list[str]:
 
 def preprocessing_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of the nodes that compute the first convolution's input from the images: the cast, the
-    resize to the model size and the normalisation (model/preprocess.py). They stay FP32 in the FP16
+    resize to the model size and the normalisation (yolact_torch/preprocess.py). They stay FP32 in the FP16
     and INT8 models: the resize's coordinates reach the input's size (thousands) and its weights
     need float32's 24 bits to give the original's pixels.
     """

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from calib.graph import CalibrationError
-from model.data.coco import CocoDataset, DatasetError
+from yolact_torch.data.coco import CocoDataset, DatasetError
 from runtime.images import IMAGE_SUFFIXES, find_images, load_image
 
 

@@ -2,7 +2,7 @@
 
     python -m calib.report --data shapes/val.json MODEL.onnx MODEL.fp16.onnx MODEL.int8.onnx ...
 
-Every model is evaluated with onnxruntime by model.eval (the runtime's own pre-processing, mask
+Every model is evaluated with onnxruntime by yolact_torch.eval (the runtime's own pre-processing, mask
 pasting and pycocotools' COCOeval), and box and mask AP are printed side by side with the change
 against the first model (the FP32 baseline), in AP points. A variant converted with
 `--keep-sensitive` listed beside the plain one shows what keeping the prototype and coefficient
@@ -52,7 +52,7 @@ def model_precision(path: Path) -> str:
 def evaluate_models(models: list[Path], data: Path, images: Path | None = None, *, batch_size: int = 8,
                     progress: bool = True) -> list[Row]:
     """Evaluate each ONNX model with onnxruntime on the COCO JSON `data`; AP in points."""
-    from model.eval import evaluate
+    from yolact_torch.eval import evaluate
 
     rows = []
     for path in models:
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     print(f'{args.data}: AP in points, deltas against {rows[0].model.name}')
     print(format_table(rows))
     if args.json is not None:
-        from model.eval import write_metrics
+        from yolact_torch.eval import write_metrics
 
         write_metrics(args.json, rows_to_json(rows))
     if args.check and any(r.within_target(rows[0]) is False for r in rows[1:]):

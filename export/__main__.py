@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     output = args.output or export_path(args.checkpoint, postprocess=postprocess, cross_class=args.cross_class)
     # Imported here so --help answers without loading torch.
     from export.onnx_export import export_onnx
-    from model.checkpoint import load_model
+    from yolact_torch.checkpoint import load_model
 
     if not args.checkpoint.is_file():
         print(f'error: checkpoint {args.checkpoint} not found: give --checkpoint FILE', file=sys.stderr)

@@ -24,13 +24,13 @@ from runtime.errors import ToolkitError
 
 
 def random_checkpoint(config: str, path: str | Path, seed: int = 0) -> Path:
-    """Write a checkpoint of `config` (a model.config name) with weights seeded by `seed` to `path`,
-    atomically, in the toolkit's own format (model.checkpoint.save_checkpoint); returns the path."""
+    """Write a checkpoint of `config` (a yolact_torch.config name) with weights seeded by `seed` to `path`,
+    atomically, in the toolkit's own format (yolact_torch.checkpoint.save_checkpoint); returns the path."""
     import torch
 
-    from model.checkpoint import save_checkpoint
-    from model.config import get_config
-    from model.yolact import Yolact
+    from yolact_torch.checkpoint import save_checkpoint
+    from yolact_torch.config import get_config
+    from yolact_torch.yolact import Yolact
 
     cfg = get_config(config)
     torch.manual_seed(seed)
@@ -46,7 +46,7 @@ def postprocess_only(raw_onnx: str | Path) -> onnx.ModelProto:
     metadata. ExportError for a file that is not a raw export of this toolkit."""
     from export.onnx_export import ExportError
     from export.postprocess_nodes import postprocess_model
-    from model.config import get_config
+    from yolact_torch.config import get_config
 
     raw_onnx = Path(raw_onnx)
     if not raw_onnx.is_file():

@@ -1,5 +1,5 @@
 """YOLACT++'s deformable convolutions in the exported graph: each `torch.ops.yolact.deform_conv2d`
-(model/deform_conv.py) becomes one `yolact::DeformConv2d` node, and the model gets that op's
+(yolact_torch/deform_conv.py) becomes one `yolact::DeformConv2d` node, and the model gets that op's
 function body (plugins/deform_conv/onnx_function.py).
 
 The dynamo exporter's custom translation table does it (`TRANSLATIONS`, passed to
@@ -18,7 +18,7 @@ import torch
 from onnx import helper
 from onnx.defs import OpSchema
 
-import model.deform_conv  # noqa: F401 - registers torch.ops.yolact.deform_conv2d
+import yolact_torch.deform_conv  # noqa: F401 - registers torch.ops.yolact.deform_conv2d
 from plugins import DEFORM_CONV_OP, DOMAIN, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from plugins.deform_conv import onnx_function
 from plugins.onnx_model import DOMAIN_VERSION

@@ -12,9 +12,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from model.box_coding import decode
-from model.config import YolactConfig
-from model.preprocess import Preprocess
+from yolact_torch.box_coding import decode
+from yolact_torch.config import YolactConfig
+from yolact_torch.preprocess import Preprocess
 
 
 class DecodedHead(NamedTuple):
@@ -46,7 +46,7 @@ class RawHead(NamedTuple):
 
 
 class DeployNetwork(nn.Module):
-    """Pre-processing (resize to cfg.input_size and normalisation, model.preprocess.Preprocess) +
+    """Pre-processing (resize to cfg.input_size and normalisation, yolact_torch.preprocess.Preprocess) +
     YOLACT + softmax (+ box decoding) for export.
 
     forward(images uint8 [B, H, W, 3] BGR at their own size, H, W >= 1)

@@ -10,7 +10,7 @@ The graph (README, "The model contract"):
 `postprocess=False` stops after the network: loc, conf (softmax), coef, proto (NHWC), priors.
 
 Tracing uses torch.export (the dynamo exporter): it gives a graph whose only shape arithmetic is
-the input's batch, height and width (the resize taps, model/preprocess.py) and keeps interpolation
+the input's batch, height and width (the resize taps, yolact_torch/preprocess.py) and keeps interpolation
 to exact sizes (`Resize` with `sizes`), which stays exact for any batch. The trace is then folded and cleaned until nothing changes
 (export/cleanup.py) before the post-processing ops are appended.
 """
@@ -30,10 +30,10 @@ from export.cleanup import fold_and_clean, strip_trace_metadata
 from export.deform_conv import TRANSLATIONS, add_deform_conv_function
 from export.graph import DeployNetwork
 from export.postprocess_nodes import append_postprocess
-from model.config import YolactConfig, metadata_from_config
+from yolact_torch.config import YolactConfig, metadata_from_config
 from plugins.onnx_model import DECODED_HEAD_NAMES
-from model.priors import feature_sizes
-from model.protonet import UPSAMPLE_FACTOR
+from yolact_torch.priors import feature_sizes
+from yolact_torch.protonet import UPSAMPLE_FACTOR
 from runtime import __version__
 from runtime.contract import BATCH_DIM, HEIGHT_DIM, INPUT_NAME, METADATA_KEY, RAW_OUTPUTS, WIDTH_DIM, metadata_from_props
 from runtime.errors import ToolkitError
@@ -143,7 +143,7 @@ def check_max_dets(cfg: YolactConfig, max_dets: int, available: int | None = Non
 
 def build_onnx(yolact: torch.nn.Module, cfg: YolactConfig, *, postprocess: bool = True,
                cross_class: bool = False, max_dets: int | None = None) -> onnx.ModelProto:
-    """The ONNX model of `yolact` (a model.yolact.Yolact for `cfg`, any weights; put in eval
+    """The ONNX model of `yolact` (a yolact_torch.yolact.Yolact for `cfg`, any weights; put in eval
     mode), checked.
 
     postprocess: append FastNMS + MaskAssembly, and YOLACT++'s mask re-scoring when the model has a

@@ -1,6 +1,6 @@
 """Append YOLACT's post-processing to a traced network: the `yolact::FastNMS` and
 `yolact::MaskAssembly` function nodes (bodies and nodes from plugins/*/onnx_function.py), and for
-YOLACT++ the mask re-scoring (model.postprocess.rescore) as standard ops after them.
+YOLACT++ the mask re-scoring (yolact_torch.postprocess.rescore) as standard ops after them.
 
 The traced network's outputs (names DECODED_HEAD_NAMES, shapes as export.graph.DecodedHead) become
 the ops' inputs, and the graph's outputs become the model contract (README, "The model contract"):
@@ -14,7 +14,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from model.config import YolactConfig
+from yolact_torch.config import YolactConfig
 from plugins.fast_nms import onnx_function as fast_nms_function
 from plugins.mask_assembly import onnx_function as mask_assembly_function
 from plugins.onnx_model import DECODED_HEAD_NAMES, add_functions
@@ -31,7 +31,7 @@ def _output_dims(model: onnx.ModelProto, name: str) -> list:
 
 def _rescoring_nodes(model: onnx.ModelProto, maskiou_net: nn.Module, *, scores: str, classes: str, masks: str,
                      output: str, max_dets: int, proto_hw) -> list[onnx.NodeProto]:
-    """model.postprocess.rescore in standard ops, its weights added to `model`'s initialisers:
+    """yolact_torch.postprocess.rescore in standard ops, its weights added to `model`'s initialisers:
     masks [B, D, Hp, Wp] -> [B*D, 1, Hp, Wp] -> maskiou_net's Conv + Relu layers -> ReduceMax over
     the grid -> [B, D, K]; the entry of each row's class (classes int32 [B, D]) times scores [B, D]
     -> `output` float32 [B, D]. Padding rows have score 0 and stay 0."""
@@ -75,7 +75,7 @@ def append_postprocess(model: onnx.ModelProto, cfg: YolactConfig, *, cross_class
                        max_dets: int, maskiou_net: nn.Module | None = None) -> onnx.ModelProto:
     """`model` (outputs DECODED_HEAD_NAMES) with FastNMS and MaskAssembly appended, its outputs
     replaced by the contract's; thresholds and top-k from `cfg`. With a maskiou_net (YOLACT++'s
-    model.maskiou.MaskIoUNet) the scores are re-scored by it (Fast NMS's order is kept).
+    yolact_torch.maskiou.MaskIoUNet) the scores are re-scored by it (Fast NMS's order is kept).
     Modifies and returns `model`."""
     boxes, scores, coef, proto = DECODED_HEAD_NAMES
     num_dets, det_boxes, det_scores, det_classes, masks = POSTPROCESS_OUTPUTS

@@ -1,7 +1,7 @@
 """Benchmark the post-processing: the TensorRT plugins against the same ONNX graph built from the
 function bodies (standard ops), and against torch's batched_nms path, for 1, 8 and 32 images.
 Then YOLACT++'s deformable convolution: the Triton kernel against the torch op
-(model/deform_conv.py, grid_sample) and a plain cuDNN conv of the same shape, at each DCN layer of
+(yolact_torch/deform_conv.py, grid_sample) and a plain cuDNN conv of the same shape, at each DCN layer of
 yolact_plus_resnet50 at 550 px, one image.
 
     python -m plugins.bench [--config yolact_base] [--batch 1 8 32] [--iterations 50] [--fp16]
@@ -107,7 +107,7 @@ def synthetic_inputs(config, batch: int, *, dtype, seed: int = 0) -> dict:
     softmax class scores (background dropped), tanh coefficients, ReLU prototypes."""
     import torch
 
-    from model.priors import feature_sizes, make_priors
+    from yolact_torch.priors import feature_sizes, make_priors
 
     generator = torch.Generator(device='cuda').manual_seed(seed)
     priors = make_priors(config).cuda()
@@ -133,7 +133,7 @@ def batched_nms_path(config, inputs: dict):
         return None
     import torch
 
-    from model.postprocess import crop_masks
+    from yolact_torch.postprocess import crop_masks
 
     def run():
         results = []
@@ -170,7 +170,7 @@ def deform_conv_rows(iterations: int, dtype) -> list[tuple]:
     DCN layer shape of yolact_plus_resnet50 at 550 px (plugins.deform_conv.bench's table)."""
     import torch
 
-    from model.deform_conv import deform_conv2d as torch_deform_conv2d
+    from yolact_torch.deform_conv import deform_conv2d as torch_deform_conv2d
     from plugins.deform_conv.bench import YOLACT_PLUS_RESNET50_DCN
     from plugins.deform_conv.kernels import deform_conv2d as triton_deform_conv2d
     from plugins.deform_conv.reference import output_size
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
     from onnx import TensorProto
     from tqdm import tqdm
 
-    from model.config import get_config
+    from yolact_torch.config import get_config
     from plugins import register_tensorrt_plugins
     from plugins.onnx_model import nms_and_masks_model
 

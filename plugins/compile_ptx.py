@@ -29,7 +29,7 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 
 def kernel_specs(config, *, cross_class: bool):
     """(name, jit function, signature(float_type) callable, constexprs, num_warps) of the plugins'
-    kernels for a model config (model.config.YolactConfig), and of the runtime's paste kernel."""
+    kernels for a model config (yolact_torch.config.YolactConfig), and of the runtime's paste kernel."""
     from plugins.fast_nms import kernels as nms
     from plugins.mask_assembly import kernels as masks
     from runtime.tensorrt import paste_kernel as paste
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     parser.add_argument('--json', action='store_true', help='print one JSON object per kernel instead of a table')
     args = parser.parse_args(argv)
 
-    from model.config import ConfigError, get_config
+    from yolact_torch.config import ConfigError, get_config
 
     try:
         config = get_config(args.config)

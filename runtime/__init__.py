@@ -1,5 +1,5 @@
 """The deployment runtime: the bottom layer, the only package a deployment host installs (numpy, cv2,
-onnxruntime or TensorRT, cuda-python). It imports nothing from model/, export/, calib/, engines/ or
+onnxruntime or TensorRT, cuda-python). It imports nothing from yolact_torch/, export/, calib/, engines/ or
 torch at module level (tests/runtime/test_layering.py); every other package may import it.
 
 The Python API (README "Python API"): `runtime.load(path)` gives a model to call on images.

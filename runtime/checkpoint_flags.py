@@ -1,8 +1,8 @@
 """The three flags of every command that loads a .pth checkpoint (python -m export, runtime.infer,
-model.eval, model.train): --class-names, --input-size, --config-file.
+yolact_torch.eval, yolact_torch.train): --class-names, --input-size, --config-file.
 
-Declared here, once, because runtime.infer takes them and the runtime imports nothing from model/.
-Their values pass through as given; model.user_options reads and checks them when the checkpoint
+Declared here, once, because runtime.infer takes them and the runtime imports nothing from yolact_torch/.
+Their values pass through as given; yolact_torch.user_options reads and checks them when the checkpoint
 is loaded (in the torch backend, lazily). An exported model carries its names and size: these
 flags are for checkpoints only.
 """
@@ -32,6 +32,6 @@ def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def checkpoint_flags(args: argparse.Namespace) -> dict:
-    """The flags that were given, as keyword arguments of model.checkpoint.load_model (and the torch
+    """The flags that were given, as keyword arguments of yolact_torch.checkpoint.load_model (and the torch
     backend): only those given, so a command without them passes nothing."""
     return {name: getattr(args, name) for name in FLAG_DESTS if getattr(args, name) is not None}

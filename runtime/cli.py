@@ -35,13 +35,13 @@ STAGES: dict[str, Stage] = {
                    'without one'),
     'infer': Stage('runtime.infer', 'python -m runtime.infer', 'segment images and videos (default: the demo model)',
                    'pip install "yolact-deploy[cpu]" (on a GPU host: [gpu])'),
-    'eval': Stage('model.eval', 'python -m model.eval', 'COCO box and mask AP of any model file', BUILD_PROFILE),
+    'eval': Stage('yolact_torch.eval', 'python -m yolact_torch.eval', 'COCO box and mask AP of any model file', BUILD_PROFILE),
     'bench': Stage('runtime.bench.cpu', 'python -m runtime.bench', 'latency per stage, images/s', BUILD_PROFILE),
-    'train': Stage('model.train', 'python -m model.train', 'train a YOLACT model', BUILD_PROFILE),
+    'train': Stage('yolact_torch.train', 'python -m yolact_torch.train', 'train a YOLACT model', BUILD_PROFILE),
 }
 # Packages of this toolkit: a ModuleNotFoundError naming one of them is a broken install, not a
 # missing profile.
-OWN_PACKAGES = ('runtime', 'model', 'export', 'calib', 'engines', 'plugins')
+OWN_PACKAGES = ('runtime', 'yolact_torch', 'export', 'calib', 'engines', 'plugins')
 
 
 def usage() -> str:

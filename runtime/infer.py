@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def read_coco_images(path: Path) -> list[tuple[Path, int]]:
     """(image file, image id) of each entry of a COCO instances JSON's 'images' list; file_name is
-    relative to the JSON's folder, as model.data.coco reads it. InputError when it is not one."""
+    relative to the JSON's folder, as yolact_torch.data.coco reads it. InputError when it is not one."""
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -2,7 +2,7 @@
 the torch checkpoint all describe a model with this one record.
 
 Part of the runtime's contract: the runtime reads it on hosts that have only onnxruntime or
-TensorRT. The build-time side makes one from a config with model.config.metadata_from_config.
+TensorRT. The build-time side makes one from a config with yolact_torch.config.metadata_from_config.
 """
 
 from __future__ import annotations

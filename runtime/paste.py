@@ -1,7 +1,7 @@
 """Mask pasting for the runtime (numpy, and numba where installed; no torch): prototype-grid masks ->
 binary image masks.
 
-Equal to model.postprocess.paste_masks (bilinear resize with align_corners=False, > threshold,
+Equal to yolact_torch.postprocess.paste_masks (bilinear resize with align_corners=False, > threshold,
 cleared outside the box), but it interpolates only the pixels inside each box, with per-axis
 bilinear taps, so its cost follows the boxes' area rather than N * H * W. The blend is compiled
 with numba, because in numpy (a dozen calls per box, each a pass over the box) 100 detections
@@ -27,7 +27,7 @@ except ImportError:  # a host installed without the `numba` extra: _paste_boxes_
 def box_pixel_ranges(lo: np.ndarray, hi: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Relative coordinates of one axis, float32 [N] each -> integer pixel ranges [first, stop) [N].
 
-    The crop rule of model.postprocess.box_region (no padding): x inside iff lo * size <= x < hi * size
+    The crop rule of yolact_torch.postprocess.box_region (no padding): x inside iff lo * size <= x < hi * size
     after ordering and clamping to [0, size]; for integer x that is ceil(lo) <= x < ceil(hi).
     """
     size_f = np.float32(size)

@@ -1,6 +1,6 @@
 """The PyTorch backend: runs a .pth checkpoint (official YOLACT weights or this toolkit's own) with
 the reference model and post-processing. The only runtime module that imports torch. Images go in at
-their own size: the pre-processing is model.preprocess.Preprocess, the module the exporter traces."""
+their own size: the pre-processing is yolact_torch.preprocess.Preprocess, the module the exporter traces."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from runtime.backends.base import Backend, BackendError, RawDetections
 
 
 class TorchBackend(Backend):
-    """path: a checkpoint model.checkpoint.load_model reads.
+    """path: a checkpoint yolact_torch.checkpoint.load_model reads.
 
     config: config name (default: from the checkpoint, or its file name for official weights).
     class_names, input_size, config_file: the checkpoint flags (runtime.checkpoint_flags), for
@@ -41,9 +41,9 @@ class TorchBackend(Backend):
             import torch
         except ImportError as e:
             raise BackendError(f'the torch backend needs torch (pip install "yolact-deploy[torch]"): {e}') from None
-        from model.checkpoint import load_model
-        from model.config import metadata_from_config
-        from model.preprocess import Preprocess
+        from yolact_torch.checkpoint import load_model
+        from yolact_torch.config import metadata_from_config
+        from yolact_torch.preprocess import Preprocess
 
         if self.num_threads is not None:
             torch.set_num_threads(self.num_threads)
@@ -60,7 +60,7 @@ class TorchBackend(Backend):
 
     def network(self, images: np.ndarray):
         """The network alone, pre-processing (resize and normalisation) included as in the exported
-        graph. images: uint8 [B, H, W, 3] BGR, any size. Returns the raw head, a model.yolact.YolactOutput
+        graph. images: uint8 [B, H, W, 3] BGR, any size. Returns the raw head, a yolact_torch.yolact.YolactOutput
         of torch tensors on `device`: loc [B, P, 4], conf logits [B, P, C] (C with the background),
         coef [B, P, M], proto [B, Hp, Wp, M]."""
         import torch
@@ -69,11 +69,11 @@ class TorchBackend(Backend):
             return self._model(self._preprocess(torch.from_numpy(images).to(self.device)))
 
     def postprocess(self, head) -> RawDetections:
-        """Fast NMS and mask assembly (model.postprocess.detect) of a raw head as `network` returns it,
+        """Fast NMS and mask assembly (yolact_torch.postprocess.detect) of a raw head as `network` returns it,
         as the contract's numpy arrays."""
         import torch
 
-        from model.postprocess import detect
+        from yolact_torch.postprocess import detect
 
         with torch.inference_mode():
             out = detect(head, self._model.priors, self._cfg, cross_class=self.cross_class,
@@ -89,8 +89,8 @@ class TorchBackend(Backend):
         post-processing the same ones)."""
         import torch
 
-        from model.box_coding import encode
-        from model.yolact import YolactOutput
+        from yolact_torch.box_coding import encode
+        from yolact_torch.yolact import YolactOutput
 
         boxes, scores = torch.from_numpy(decoded['boxes']), torch.from_numpy(decoded['class_scores'])
         background = (1 - scores.sum(-1, keepdim=True)).clamp(min=1e-6)

@@ -12,7 +12,7 @@ Stages, per batch of B images of 640x480 (B = 1 and 4 by default):
 - network: the network alone (torch: Normalize + Yolact; ORT: the --no-postprocess export, whose
   graph includes normalisation, softmax and box decoding);
 - post: Fast NMS + mask assembly of a synthetic head with DETECTIONS detections per image (torch:
-  model.postprocess.detect through the torch backend; ORT: NAME.postprocess.onnx, the
+  yolact_torch.postprocess.detect through the torch backend; ORT: NAME.postprocess.onnx, the
   yolact::FastNMS / yolact::MaskAssembly function nodes alone);
 - paste: the runtime's pasting of those masks into 640x480 images (runtime.pipeline.to_detections).
 Each row gives p50/p90 per stage, images/s from the sum of the stage medians, and the network's
@@ -245,7 +245,7 @@ def ort_rows(context: BenchContext) -> tuple[list[dict], list[str]]:
 
 def torch_rows(context: BenchContext) -> tuple[list[dict], list[str]]:
     """torch eager rows: the torch backend on each model's checkpoint, its network and its
-    post-processing (model.postprocess.detect) timed apart on the same inputs as onnxruntime's."""
+    post-processing (yolact_torch.postprocess.detect) timed apart on the same inputs as onnxruntime's."""
     from runtime.backends.torch_backend import TorchBackend
 
     rows, notes = [], []

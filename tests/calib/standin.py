@@ -1,7 +1,7 @@
 """A small stand-in for an exported YOLACT model, built op by op so calibration tests run in seconds.
 
 Same contract as the real export: uint8 NHWC `images` input of any size, a resize to SIZE x SIZE
-(onnxruntime's Resize; the export's exact taps are model/preprocess.py's) and normalisation in the graph, Conv+Relu
+(onnxruntime's Resize; the export's exact taps are yolact_torch/preprocess.py's) and normalisation in the graph, Conv+Relu
 network, a prototype branch (NHWC) and box/score/coefficient heads, then post-processing as
 model-local functions in domain "yolact" (FastNMS, MaskAssembly) whose bodies contain quantisable
 ops (a MatMul) that must stay FP32, and ModelMetadata under metadata_props.
@@ -20,7 +20,7 @@ from onnx import numpy_helper as nh
 
 from calib.graph import split_postprocess
 from export.onnx_export import attach_metadata
-from model.config import metadata_from_config, yolact_tiny
+from yolact_torch.config import metadata_from_config, yolact_tiny
 from runtime.metadata import ModelMetadata
 
 OPSET = 19

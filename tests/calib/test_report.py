@@ -17,11 +17,11 @@ from calib.convert import convert_model
 from calib.graph import after_last_convolutions, split_postprocess
 from calib.report import TARGET_MASK_AP_DROP, evaluate_models, format_table, main
 from export.onnx_export import export_onnx
-from model.config import yolact_tiny
-from model.data.coco import CocoDataset
-from model.data.shapes import main as make_shapes
-from model.eval import predict_dataset
-from model.yolact import Yolact
+from yolact_torch.config import yolact_tiny
+from yolact_torch.data.coco import CocoDataset
+from yolact_torch.data.shapes import main as make_shapes
+from yolact_torch.eval import predict_dataset
+from yolact_torch.yolact import Yolact
 from runtime.backends import open_backend
 
 pytestmark = pytest.mark.slow

@@ -27,8 +27,8 @@ def pipeline(tmp_path_factory):
     """precision -> (onnx path, engine path, sidecar, log messages)."""
     from calib.convert import convert_model
     from export.onnx_export import export_onnx
-    from model.config import get_config
-    from model.yolact import Yolact
+    from yolact_torch.config import get_config
+    from yolact_torch.yolact import Yolact
 
     folder = tmp_path_factory.mktemp('pipeline')
     torch.set_num_threads(2)

@@ -8,8 +8,8 @@ import torch
 
 from engines.build import build_engine
 from export.onnx_export import export_onnx
-from model.config import get_config, metadata_from_config
-from model.yolact import Yolact
+from yolact_torch.config import get_config, metadata_from_config
+from yolact_torch.yolact import Yolact
 from runtime.tensorrt.sidecar import read_sidecar
 from tests.model.plus_checkpoints import random_plus_state, small
 

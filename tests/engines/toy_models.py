@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from model.config import get_config, metadata_from_config
+from yolact_torch.config import get_config, metadata_from_config
 from runtime.contract import METADATA_KEY
 from runtime.metadata import ModelMetadata
 

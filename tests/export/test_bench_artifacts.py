@@ -4,7 +4,7 @@
 import torch
 
 from export.bench_artifacts import main
-from model.checkpoint import load_model
+from yolact_torch.checkpoint import load_model
 
 
 def test_writes_a_loadable_checkpoint_whose_weights_follow_the_seed(tmp_path):

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from export.onnx_export import build_onnx, read_metadata
-from model.config import get_config
-from model.preprocess import Normalize
-from model.yolact import Yolact
+from yolact_torch.config import get_config
+from yolact_torch.preprocess import Normalize
+from yolact_torch.yolact import Yolact
 from runtime.contract import INPUT_NAME, POSTPROCESS_OUTPUTS, RAW_OUTPUTS
 
 SHALLOW_LAYERS = {'resnet': (1, 1, 1, 1), 'darknet': (1, 1, 1, 1, 1)}

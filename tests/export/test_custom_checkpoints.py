@@ -15,11 +15,11 @@ import torch
 from pycocotools import mask as mask_utils
 
 from export.__main__ import main as export_main
-from model.checkpoint import load_model
-from model.config import get_config
-from model.user_options import generated_class_names
-from model.weights_layout import layout_of_config, read_layout
-from model.yolact import Yolact
+from yolact_torch.checkpoint import load_model
+from yolact_torch.config import get_config
+from yolact_torch.user_options import generated_class_names
+from yolact_torch.weights_layout import layout_of_config, read_layout
+from yolact_torch.yolact import Yolact
 from runtime.infer import main as infer_main
 
 # Backbone -> (base config, the custom config name a user gives it, as the original names files).

@@ -14,12 +14,12 @@ import torch
 from export.__main__ import main as export_main
 from export.bench_artifacts import main as bench_artifacts_main
 from export.onnx_export import OPSET, ExportError, build_onnx, check_max_dets, export_onnx, read_metadata
-from model.box_coding import decode
-from model.checkpoint import load_model, save_checkpoint
-from model.config import get_config, metadata_from_config
-from model.postprocess import detect
-from model.preprocess import Preprocess
-from model.yolact import Yolact
+from yolact_torch.box_coding import decode
+from yolact_torch.checkpoint import load_model, save_checkpoint
+from yolact_torch.config import get_config, metadata_from_config
+from yolact_torch.postprocess import detect
+from yolact_torch.preprocess import Preprocess
+from yolact_torch.yolact import Yolact
 from plugins.onnx_model import DECODED_HEAD_NAMES
 from runtime.assets import DEMO_MODEL
 from runtime.contract import BATCH_DIM, HEIGHT_DIM, INPUT_NAME, METADATA_KEY, POSTPROCESS_OUTPUTS, RAW_OUTPUTS, WIDTH_DIM

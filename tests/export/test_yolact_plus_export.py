@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from export.onnx_export import export_onnx
-from model.checkpoint import load_model
-from model.postprocess import detect
-from model.preprocess import Normalize
+from yolact_torch.checkpoint import load_model
+from yolact_torch.postprocess import detect
+from yolact_torch.preprocess import Normalize
 from runtime.contract import INPUT_NAME, POSTPROCESS_OUTPUTS, RAW_OUTPUTS
 from tests.gpu.compare import assert_equal_detections
 from tests.model.plus_checkpoints import PLUS_FILES, random_plus_state, small

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get('YOLACT_BUILD_DIR', ROOT / 'build'))
 DEMO_NAME = 'yolact_tiny_shapes'
 CHECKPOINT = DEMO_MODEL
-# The evaluation split of the synthetic shapes set (python -m model.data.shapes --out build/shapes ...).
+# The evaluation split of the synthetic shapes set (python -m yolact_torch.data.shapes --out build/shapes ...).
 SHAPES_VAL = BUILD / 'shapes' / 'val.json'
 MAX_BATCH = int(os.environ.get('YOLACT_GPU_MAX_BATCH', '8'))
 
@@ -58,7 +58,7 @@ def engine_for(precision: str, cross_class: bool) -> Path:
 def shapes_images(count: int, seed: int = 7) -> np.ndarray:
     """`count` images of the synthetic shapes set the demo model was trained on, uint8
     [count, S, S, 3] BGR at their own size, as the runtime feeds them (the model resizes)."""
-    from model.data.shapes import generate_image
+    from yolact_torch.data.shapes import generate_image
 
     rng = np.random.default_rng(seed)
     return np.stack([generate_image(rng)[0] for _ in range(count)])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from calib.report import TARGET_MASK_AP_DROP, KINDS, METRICS, Row, evaluate_models
-from model.eval import evaluate
+from yolact_torch.eval import evaluate
 from tests.gpu.artifacts import MAX_BATCH, SHAPES_VAL, engine_for, how_to_make, onnx_path, require_file
 
 pytestmark = pytest.mark.gpu
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.gpu
 
 @pytest.mark.parametrize('cross_class', [False, True], ids=['per_class', 'cross_class'])
 def test_int8_engine_mask_ap_within_the_calibration_tolerance(cross_class):
-    data = require_file(SHAPES_VAL, 'python -m model.data.shapes --out build/shapes --train 256 --val 128 --seed 0')
+    data = require_file(SHAPES_VAL, 'python -m yolact_torch.data.shapes --out build/shapes --train 256 --val 128 --seed 0')
     fp32 = require_file(onnx_path('fp32', cross_class), how_to_make('fp32', cross_class))
     baseline, = evaluate_models([fp32], data, batch_size=MAX_BATCH, progress=False)
     engine = engine_for('int8', cross_class)

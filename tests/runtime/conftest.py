@@ -8,9 +8,9 @@ def tiny_checkpoint(tmp_path_factory):
     """A yolact_tiny checkpoint with random weights (seeded), saved in the toolkit's own format."""
     import torch
 
-    from model.checkpoint import save_checkpoint
-    from model.config import yolact_tiny
-    from model.yolact import Yolact
+    from yolact_torch.checkpoint import save_checkpoint
+    from yolact_torch.config import yolact_tiny
+    from yolact_torch.yolact import Yolact
 
     torch.manual_seed(0)
     model = Yolact(yolact_tiny).eval()

@@ -188,7 +188,7 @@ def test_the_model_is_a_context_manager_usable_for_many_calls(sample):
 @pytest.mark.slow  # it exports the demo model to ONNX first
 def test_onnxruntime_results_come_through_the_same_type(demo, sample, tmp_path):
     from export.onnx_export import export_onnx
-    from model.checkpoint import load_model
+    from yolact_torch.checkpoint import load_model
 
     reference, cfg = load_model(DEMO_MODEL)
     onnx_path = export_onnx(reference, cfg, tmp_path / 'demo.onnx')

@@ -4,7 +4,7 @@ the torch backend's outputs against the ONNX contract."""
 import numpy as np
 import pytest
 
-from model.config import metadata_from_config, yolact_tiny
+from yolact_torch.config import metadata_from_config, yolact_tiny
 from runtime.backends import Backend, BackendError, backend_for_path, open_backend
 from runtime.backends.torch_backend import TorchBackend
 from runtime.contract import POSTPROCESS_OUTPUTS
@@ -128,8 +128,8 @@ def test_official_checkpoint_sees_the_originals_preprocessing(tmp_path):
     float pre-processing (resize of the float image, then normalisation)."""
     import torch
 
-    from model.config import yolact_resnet50
-    from model.yolact import Yolact
+    from yolact_torch.config import yolact_resnet50
+    from yolact_torch.yolact import Yolact
 
     torch.manual_seed(0)
     path = tmp_path / 'yolact_resnet50_54_800000.pth'  # the official file name gives the config
@@ -169,9 +169,9 @@ def test_torch_backend_rescores_yolact_plus(tmp_path):
     the re-scored ones, as the exported graph's."""
     import torch
 
-    from model.checkpoint import load_model
-    from model.postprocess import detect
-    from model.preprocess import Normalize
+    from yolact_torch.checkpoint import load_model
+    from yolact_torch.postprocess import detect
+    from yolact_torch.preprocess import Normalize
     from tests.model.plus_checkpoints import PLUS_FILES, random_plus_state
 
     path = tmp_path / PLUS_FILES['yolact_plus_resnet50']

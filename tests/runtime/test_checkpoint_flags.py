@@ -1,5 +1,5 @@
 """The three checkpoint flags, declared once (runtime.checkpoint_flags) and taken by every CLI that
-loads a .pth: here runtime.infer and model.eval on a 3-class yolact_tiny in the official layout."""
+loads a .pth: here runtime.infer and yolact_torch.eval on a 3-class yolact_tiny in the official layout."""
 
 import argparse
 import json
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.config import yolact_tiny
-from model.eval import main as eval_main
-from model.yolact import Yolact
+from yolact_torch.config import yolact_tiny
+from yolact_torch.eval import main as eval_main
+from yolact_torch.yolact import Yolact
 from runtime.checkpoint_flags import add_checkpoint_flags, checkpoint_flags
 from runtime.infer import main as infer_main
 

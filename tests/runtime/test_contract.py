@@ -2,7 +2,7 @@
 
 import pytest
 
-from model.config import get_config, metadata_from_config
+from yolact_torch.config import get_config, metadata_from_config
 from runtime.contract import METADATA_KEY, metadata_from_props
 from runtime.metadata import MetadataError
 

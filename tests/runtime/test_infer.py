@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from model.config import yolact_tiny
+from yolact_torch.config import yolact_tiny
 import runtime.files as files_module
 import runtime.images as images_module
 import runtime.infer as infer_module

@@ -1,5 +1,5 @@
 """The rule README "The pipeline" states: runtime/ is the bottom layer a deployment host installs alone.
-It imports nothing from model/, export/, calib/, engines/ or torch at module level; only the torch
+It imports nothing from yolact_torch/, export/, calib/, engines/ or torch at module level; only the torch
 backend imports the reference, lazily, when it loads a .pth."""
 
 import ast
@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from export.onnx_export import export_onnx
-from model.checkpoint import load_model
+from yolact_torch.checkpoint import load_model
 from runtime.assets import SAMPLE_IMAGE
 
 ROOT = Path(__file__).resolve().parents[2]
-BUILD_TIME = ('torch', 'model', 'export', 'calib', 'engines')
+BUILD_TIME = ('torch', 'yolact_torch', 'export', 'calib', 'engines')
 # Function-level imports of build-time packages that the rule allows, by file.
-LAZY_ALLOWED = {'runtime/backends/torch_backend.py': {'torch', 'model'}}
+LAZY_ALLOWED = {'runtime/backends/torch_backend.py': {'torch', 'yolact_torch'}}
 
 
 def imported_roots(node: ast.AST) -> list[str]:
@@ -57,8 +57,8 @@ def test_runtime_module_imports_no_build_time_package(name):
 
 def test_the_scan_sees_both_kinds_of_import(tmp_path):
     sample = tmp_path / 'sample.py'
-    sample.write_text('import numpy\nfrom model.config import get_config\n\n\ndef load():\n    import torch\n')
-    assert build_time_imports(sample) == (['2: model'], ['6: torch'])
+    sample.write_text('import numpy\nfrom yolact_torch.config import get_config\n\n\ndef load():\n    import torch\n')
+    assert build_time_imports(sample) == (['2: yolact_torch'], ['6: torch'])
 
 
 def test_infer_runs_an_onnx_model_with_the_build_time_packages_unimportable(tiny_checkpoint, tmp_path):

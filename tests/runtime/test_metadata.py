@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from model.config import metadata_from_config, yolact_tiny
+from yolact_torch.config import metadata_from_config, yolact_tiny
 from runtime.metadata import MetadataError, ModelMetadata
 
 

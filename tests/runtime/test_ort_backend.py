@@ -8,8 +8,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from export.onnx_export import export_onnx
-from model.checkpoint import load_model
-from model.config import metadata_from_config, yolact_tiny
+from yolact_torch.checkpoint import load_model
+from yolact_torch.config import metadata_from_config, yolact_tiny
 from runtime.backends import BackendError, open_backend
 from runtime.backends.ort_backend import OrtBackend
 from runtime.contract import INPUT_NAME, METADATA_KEY, RAW_OUTPUTS

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from runtime.contract import METADATA_KEY, metadata_from_props
 from export.onnx_export import export_onnx
-from model.checkpoint import load_model
+from yolact_torch.checkpoint import load_model
 from runtime.backends import BackendError, ort_backend
 from runtime.backends.ort_backend import EXACT_INT8_OPTION, create_session, int8_kernels
 from runtime.infer import main as infer_main

@@ -1,4 +1,4 @@
-"""runtime.paste (numpy, box region only) against the torch reference model.postprocess.paste_masks."""
+"""runtime.paste (numpy, box region only) against the torch reference yolact_torch.postprocess.paste_masks."""
 
 import os
 import subprocess
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.postprocess import paste_masks as reference_paste
+from yolact_torch.postprocess import paste_masks as reference_paste
 from runtime.paste import paste_masks
 
 

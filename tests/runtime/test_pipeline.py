@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from runtime.paste import paste_masks
-from model.config import metadata_from_config, yolact_tiny
+from yolact_torch.config import metadata_from_config, yolact_tiny
 from runtime.backends.base import Backend
 from runtime.pipeline import (ImageLoadError, batches, find_images, load_image, predict, predict_batches,
                               same_size_groups, to_detections)

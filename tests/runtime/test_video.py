@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from model.config import metadata_from_config, yolact_tiny
+from yolact_torch.config import metadata_from_config, yolact_tiny
 from runtime.backends.base import Backend
 from runtime.video import VideoError, annotate_video, read_frames, video_target
 

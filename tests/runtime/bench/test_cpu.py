@@ -14,8 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 from export.onnx_export import export_onnx
 from export.postprocess_nodes import postprocess_model
 from export.bench_artifacts import main as bench_artifacts_main
-from model.checkpoint import load_model
-from model.config import yolact_tiny
+from yolact_torch.checkpoint import load_model
+from yolact_torch.config import yolact_tiny
 from plugins.onnx_model import DECODED_HEAD_NAMES
 from runtime.backends.ort_backend import create_session
 from runtime.backends.torch_backend import TorchBackend

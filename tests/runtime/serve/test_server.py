@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from model.data.shapes import generate_image
+from yolact_torch.data.shapes import generate_image
 from runtime.client import main as client_main
 from runtime.infer import main as infer_main
 from runtime.serve.protocol import MODEL_NAME

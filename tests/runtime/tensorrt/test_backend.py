@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from engines.sidecar import write_sidecar
-from model.config import get_config, metadata_from_config
+from yolact_torch.config import get_config, metadata_from_config
 from runtime.backends.base import BackendError
 from runtime.files import file_sha256
 from runtime.tensorrt.backend import (TensorRTUnavailableError, TrtBackend, check_engine, describe_engine,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.config import get_config, metadata_from_config
+from yolact_torch.config import get_config, metadata_from_config
 from runtime.tensorrt.engine_io import (EngineIO, EngineIOError, TensorSpec, check_num_dets, download_segments,
                                        fit_to_profile, gather_detections, validate_engine_io)
 

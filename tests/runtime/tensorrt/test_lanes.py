@@ -9,7 +9,7 @@ import ctypes
 import numpy as np
 import pytest
 
-from model.config import get_config, metadata_from_config
+from yolact_torch.config import get_config, metadata_from_config
 from runtime.backends.base import BackendError
 from runtime.cuda import memory as cuda_mem
 from runtime.metadata import ModelMetadata

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from engines.sidecar import write_sidecar
-from model.config import get_config, metadata_from_config
+from yolact_torch.config import get_config, metadata_from_config
 from runtime.tensorrt.sidecar import (EngineInfo, EngineMismatchError, EngineSidecar, SidecarError, check_sidecar,
                                       plugin_key, read_sidecar, sidecar_mismatches, sidecar_path)
 
