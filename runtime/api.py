@@ -49,7 +49,7 @@ def load(path: str | os.PathLike, *, backend: str = 'auto', batch_size: int = 1,
     batch_size: images per inference call when the model is called with many. options go to the
     backend (runtime.backends.open_backend): e.g. config=, cross_class= (all backends),
     providers=, num_threads= (ort), streams=, gpu_paste= (trt), device= (torch).
-    A served model's URL (SERVED_SCHEMES) is the hook for serving: open_served.
+    A served model's URL (SERVED_SCHEMES: http://HOST:PORT/yolact, grpc://...) opens it (open_served).
     Raises a ToolkitError subclass naming the fix for a missing file, an unknown suffix or a
     model the backend cannot load.
     """
@@ -64,17 +64,23 @@ def load(path: str | os.PathLike, *, backend: str = 'auto', batch_size: int = 1,
 
 
 def open_served(url: str, **options) -> 'Model':
-    """The model served at `url`, as a Model. Serving is not part of the toolkit yet: this is where a
-    client backend plugs in (a Backend whose infer() posts the batch), so load() gains it unchanged."""
-    raise InputError(f'{url}: loading a served model is not available yet; load a local .pth, .onnx or '
-                     '.engine file')
+    """The model served at `url` (python -m runtime.serve; http://HOST:PORT/yolact or
+    grpc://HOST:PORT/yolact) as a Model whose calls go to the server. The server was started with
+    its options, so none are taken here."""
+    if options:
+        raise InputError(f'{url}: a served model takes no options ({", ".join(sorted(options))}); the server '
+                         'was started with them (python -m runtime.serve --help)')
+    from runtime.serve.client import ServedModel  # tritonclient, only for served models
+
+    return Model(ServedModel(url))
 
 
 class Model:
     """A loaded model, callable on images; usable for many calls, and as a context manager that
     frees the backend on exit (or call close()).
 
-    backend: a loaded runtime.backends.Backend (load() makes one); batch_size: images per call.
+    backend: a loaded runtime.backends.Backend (load() makes one), or a served model
+    (runtime.serve.client.ServedModel: open_served makes one); batch_size: images per call.
     """
 
     def __init__(self, backend: Backend, *, batch_size: int = 1):
@@ -113,7 +119,10 @@ class Model:
         meta = self.metadata
         results = []
         for group in batches(loaded, self.batch_size):
-            detections = predict(self.backend, [image for image, _ in group], score_threshold=score_threshold)
+            images = [image for image, _ in group]
+            detections = (predict(self.backend, images, score_threshold=score_threshold)
+                          if isinstance(self.backend, Backend) else
+                          self.backend.predict(images, score_threshold=score_threshold))  # a served model
             results += [dataclasses.replace(dets, class_names=meta.class_names, category_ids=meta.category_ids,
                                             image=image, file_name=file_name)
                         for (image, file_name), dets in zip(group, detections)]
@@ -130,6 +139,8 @@ class Model:
         self.close()
 
     def __repr__(self) -> str:
+        if not isinstance(self.backend, Backend):  # a served model
+            return f'Model({self.backend.url!r}, {self.description})'
         state = self.description if self.backend.is_loaded else 'closed'
         return f'Model({str(self.backend.path)!r}, {state})'
 

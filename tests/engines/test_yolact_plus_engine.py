@@ -11,7 +11,7 @@ from export.onnx_export import export_onnx
 from yolact_torch.config import get_config, metadata_from_config
 from yolact_torch.yolact import Yolact
 from runtime.tensorrt.sidecar import read_sidecar
-from tests.model.plus_checkpoints import random_plus_state, small
+from tests.yolact_torch.plus_checkpoints import random_plus_state, small
 
 pytest.importorskip('tensorrt_rtx', reason='TensorRT-RTX is not installed (pip install -e .[tensorrt-rtx])')
 

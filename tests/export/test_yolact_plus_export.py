@@ -15,7 +15,7 @@ from yolact_torch.postprocess import detect
 from yolact_torch.preprocess import Normalize
 from runtime.contract import INPUT_NAME, POSTPROCESS_OUTPUTS, RAW_OUTPUTS
 from tests.gpu.compare import assert_equal_detections
-from tests.model.plus_checkpoints import PLUS_FILES, random_plus_state, small
+from tests.yolact_torch.plus_checkpoints import PLUS_FILES, random_plus_state, small
 
 # DCN layers of each official config (test_yolact_plus checks which blocks).
 DCN_LAYERS = {'yolact_plus_resnet50': 13, 'yolact_plus_base': 11}

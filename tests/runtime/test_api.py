@@ -125,8 +125,8 @@ def test_missing_file_and_bad_options_are_toolkit_errors(demo, tmp_path):
         runtime.load(tmp_path / 'weights.bin')
     with pytest.raises(InputError, match='batch_size'):
         runtime.load(DEMO_MODEL, batch_size=0)
-    with pytest.raises(InputError, match='served model'):
-        runtime.load('http://localhost:8000/yolact')
+    with pytest.raises(InputError, match='a served model takes no options'):
+        runtime.load('http://localhost:8000/yolact', num_threads=2)
 
 
 def test_plot_draws_a_copy_and_save_writes_it(demo, sample, tmp_path):

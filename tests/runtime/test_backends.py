@@ -172,7 +172,7 @@ def test_torch_backend_rescores_yolact_plus(tmp_path):
     from yolact_torch.checkpoint import load_model
     from yolact_torch.postprocess import detect
     from yolact_torch.preprocess import Normalize
-    from tests.model.plus_checkpoints import PLUS_FILES, random_plus_state
+    from tests.yolact_torch.plus_checkpoints import PLUS_FILES, random_plus_state
 
     path = tmp_path / PLUS_FILES['yolact_plus_resnet50']
     torch.save(random_plus_state('yolact_plus_resnet50'), path)

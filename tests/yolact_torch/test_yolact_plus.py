@@ -14,7 +14,7 @@ from yolact_torch.deform_conv import DCN
 from yolact_torch.postprocess import detect
 from yolact_torch.yolact import Yolact
 from plugins.deform_conv.reference import deform_conv2d as reference_deform_conv2d
-from tests.model.plus_checkpoints import PLUS_FILES, random_plus_state, small
+from tests.yolact_torch.plus_checkpoints import PLUS_FILES, random_plus_state, small
 
 
 def shapes(cfg):

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from yolact_torch.data.shapes import generate_image
+import runtime
 from runtime.client import main as client_main
 from runtime.infer import main as infer_main
 from runtime.serve.protocol import MODEL_NAME
@@ -118,6 +119,18 @@ def test_client_writes_what_infer_writes(server, images, demo_onnx, tmp_path, sc
     assert served == local
     for annotated in (tmp_path / 'local').rglob('*.png'):
         assert (tmp_path / 'served' / annotated.relative_to(tmp_path / 'local')).read_bytes() == annotated.read_bytes()
+
+
+@pytest.mark.parametrize('scheme', ['http', 'grpc'])
+def test_runtime_load_opens_a_served_model_as_it_opens_a_file(server, images, demo_onnx, scheme):
+    _, http_port, grpc_port, _ = server
+    url = f'{scheme}://127.0.0.1:{http_port if scheme == "http" else grpc_port}/{MODEL_NAME}'
+    paths = sorted(images.rglob('*.png'))
+    with runtime.load(url) as served, runtime.load(demo_onnx) as local:
+        assert served.class_names == local.class_names
+        for remote, here in zip(served(paths, score_threshold=0), local(paths, score_threshold=0)):
+            assert remote.to_coco_json(image_id=1) == here.to_coco_json(image_id=1)
+            assert remote.names == here.names
 
 
 def post(port, body, header_length=None):
