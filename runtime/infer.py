@@ -12,15 +12,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 from tqdm import tqdm
 
 from runtime.api import DEFAULT_SCORE_THRESHOLD
 from runtime.assets import DEMO_MODEL
 from runtime.backends import BACKENDS, open_backend
 from runtime.checkpoint_flags import add_checkpoint_flags, checkpoint_flags
+from runtime.detections import Detections
 from runtime.draw import draw_detections
 from runtime.errors import ToolkitError
-from runtime.detections import Detections
 from runtime.files import OutputError, check_writable, write_atomic
 from runtime.images import DEFAULT_MAX_PIXELS, write_image
 from runtime.metadata import ModelMetadata

@@ -13,7 +13,7 @@ ids are not contiguous).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from runtime.errors import ToolkitError
 from runtime.metadata import ModelMetadata

@@ -32,11 +32,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from yolact_torch.checkpoint import CONFIG_FIELDS, CheckpointError, load_model, read_checkpoint, save_checkpoint
+from yolact_torch.checkpoint import CONFIG_FIELDS, load_model, read_checkpoint, save_checkpoint
 from yolact_torch.config import YolactConfig, get_config
 from yolact_torch.user_options import configure
 from yolact_torch.data.augment import TrainAugmentation
-from yolact_torch.data.coco import CocoDataset, DatasetError
+from yolact_torch.data.coco import CocoDataset
 from yolact_torch.data.training import IterationBatches, TrainingStream, collate
 from yolact_torch.losses import LossTerms, yolact_loss
 from yolact_torch.preprocess import Normalize

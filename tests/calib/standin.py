@@ -21,7 +21,6 @@ from onnx import numpy_helper as nh
 from calib.graph import split_postprocess
 from export.onnx_export import attach_metadata
 from yolact_torch.config import metadata_from_config, yolact_tiny
-from runtime.metadata import ModelMetadata
 
 OPSET = 19
 SIZE = 16  # input height and width

@@ -3,7 +3,6 @@ TensorRT sees it; every bad model gets a message that names the problem and the 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 
 import numpy as np

@@ -4,7 +4,6 @@ parsed (as function bodies and standard layers: TensorRT-RTX has no plugin API).
 a GPU (tests/gpu)."""
 
 import pytest
-import torch
 
 from engines.build import build_engine
 from export.onnx_export import export_onnx

@@ -7,7 +7,7 @@ import pytest
 
 from yolact_torch.config import get_config
 from yolact_torch.data.augment import (Example, TrainAugmentation, eval_transform, expand, mirror, photometric_distort,
-                                random_crop, resize)
+                                       random_crop, resize)
 
 CFG = get_config('yolact_tiny')
 

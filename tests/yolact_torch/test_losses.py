@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from yolact_torch.box_coding import encode, point_form
+from yolact_torch.box_coding import point_form
 from yolact_torch.config import get_config
 from yolact_torch.losses import (Match, Target, box_loss, match, mask_loss, ohem_conf_loss, semantic_loss,
-                          yolact_loss)
+                                 yolact_loss)
 from yolact_torch.priors import feature_sizes, make_priors
 from yolact_torch.yolact import Yolact
 
