@@ -229,9 +229,17 @@ yolact_plus_resnet50 = dataclasses.replace(
         yolact_plus_base.backbone, name='ResNet50_DCNv2', layers=(3, 4, 6, 3), dcn_layers=(0, 4, 6, 3),
         dcn_interval=1))
 
+# yolact_tiny with YOLACT++'s two network changes (a deformable 3x3 conv in every block of stages
+# 2-4, and maskiou_net with re-scoring); tiny's priors, so that it starts from the demo's trained
+# weights (make train-demo-plus). Small enough for the tests and for CPU calibration.
+yolact_plus_tiny = dataclasses.replace(
+    yolact_tiny, name='yolact_plus_tiny', maskiou_net=_MASKIOU_NET,
+    backbone=dataclasses.replace(yolact_tiny.backbone, name='ResNetTiny_DCN', dcn_layers=(0, 1, 2, 1)))
+
 CONFIGS: dict[str, YolactConfig] = {
     c.name: c for c in (yolact_base, yolact_im400, yolact_im700, yolact_resnet50,
-                        yolact_darknet53, yolact_tiny, yolact_plus_base, yolact_plus_resnet50)
+                        yolact_darknet53, yolact_tiny, yolact_plus_base, yolact_plus_resnet50,
+                        yolact_plus_tiny)
 }
 
 

@@ -21,6 +21,7 @@ from yolact_torch.priors import priors_per_location
 
 HEAD = 'prediction_layers.0.'
 _STAGE_BLOCK = re.compile(r'backbone\.layers\.(\d+)\.(\d+)\.')
+_DCN_BLOCK = re.compile(r'backbone\.layers\.(\d+)\.(\d+)\.conv2\.conv_offset_mask\.weight')
 
 
 class LayoutError(ValueError):
@@ -36,6 +37,8 @@ class WeightsLayout:
     are fixed, 32). num_classes: scores per prior, background included. mask_dim: prototypes.
     priors_per_location: priors per feature-map cell. fpn_levels: FPN outputs (selected backbone
     stages plus the downsampled extra levels). fpn_features: FPN channels.
+    deformable: (stage, block) of the backbone blocks whose 3x3 conv is a DCN (YOLACT++).
+    maskiou: whether it has YOLACT++'s maskiou_net.
     """
 
     backbone: str
@@ -46,12 +49,16 @@ class WeightsLayout:
     priors_per_location: int
     fpn_levels: int
     fpn_features: int
+    deformable: tuple[tuple[int, int], ...] = ()
+    maskiou: bool = False
 
     def describe(self) -> str:
         """One phrase, e.g. 'resnet backbone with blocks (3, 4, 6, 3), 3 classes, ...'."""
+        plus = (f', deformable convs in blocks {list(self.deformable)}' if self.deformable else '') + \
+            (', a maskiou_net' if self.maskiou else '')
         return (f'{self.backbone} backbone with blocks {self.layers} (width {self.width}), '
                 f'{self.num_classes - 1} classes, mask_dim {self.mask_dim}, {self.priors_per_location} priors '
-                f'per location, {self.fpn_levels} FPN levels of {self.fpn_features} channels')
+                f'per location, {self.fpn_levels} FPN levels of {self.fpn_features} channels{plus}')
 
 
 def _shape(state: dict[str, Tensor], key: str) -> tuple[int, ...]:
@@ -94,19 +101,24 @@ def read_layout(state: dict[str, Tensor]) -> WeightsLayout:
     return WeightsLayout(
         backbone=backbone, layers=layers, width=width, num_classes=conf // per_location,
         mask_dim=mask // per_location, priors_per_location=per_location, fpn_levels=lateral + downsample,
-        fpn_features=_shape(state, 'fpn.lat_layers.0.weight')[0])
+        fpn_features=_shape(state, 'fpn.lat_layers.0.weight')[0],
+        deformable=tuple(sorted((int(m[1]), int(m[2])) for m in map(_DCN_BLOCK.fullmatch, state) if m)),
+        maskiou=any(k.startswith('maskiou_net.') for k in state))
 
 
 def layout_of_config(cfg: YolactConfig) -> WeightsLayout:
     """The layout a model built from `cfg` has (no model is built)."""
     from yolact_torch.backbones.darknet import STEM_CHANNELS
+    from yolact_torch.backbones.resnet import deformable_blocks
 
     bcfg = cfg.backbone
     return WeightsLayout(
         backbone=bcfg.kind, layers=tuple(bcfg.layers),
         width=bcfg.width if bcfg.kind == 'resnet' else STEM_CHANNELS, num_classes=cfg.num_classes,
         mask_dim=cfg.mask_dim, priors_per_location=priors_per_location(cfg),
-        fpn_levels=len(bcfg.selected_layers) + cfg.fpn_num_downsample, fpn_features=cfg.fpn_features)
+        fpn_levels=len(bcfg.selected_layers) + cfg.fpn_num_downsample, fpn_features=cfg.fpn_features,
+        deformable=deformable_blocks(bcfg.layers, bcfg.dcn_layers, bcfg.dcn_interval) if bcfg.kind == 'resnet' else (),
+        maskiou=bool(cfg.maskiou_net))
 
 
 # What the class set does not decide: a checkpoint fits a config when these agree.

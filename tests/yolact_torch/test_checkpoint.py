@@ -221,7 +221,16 @@ def test_yolact_plus_keys_do_not_fit_a_yolact_config(tmp_path, tiny_state):
     path = tmp_path / 'yolact_tiny_4_1.pth'
     extra = 'backbone.layers.1.0.conv2.conv_offset_mask.weight'
     torch.save(dict(tiny_state, **{extra: torch.zeros(1)}), path)
-    raises_checkpoint_error(path, 'does not fit config yolact_tiny', f'unexpected keys: {extra}')
+    raises_checkpoint_error(path, 'does not fit config yolact_tiny', 'deformable ((1, 0),) (config ())',
+                            'deformable convs in blocks [(1, 0)]; they fit no known config')
+
+
+def test_yolact_weights_do_not_fit_a_yolact_plus_config(tmp_path, tiny_state):
+    # yolact_plus_tiny is yolact_tiny plus DCNs and a maskiou_net: the layout tells them apart.
+    path = tmp_path / 'yolact_plus_tiny_4_1.pth'
+    torch.save(tiny_state, path)
+    raises_checkpoint_error(path, 'does not fit config yolact_plus_tiny', 'maskiou False (config True)',
+                            'they fit yolact_tiny: pass --config yolact_tiny')
 
 
 def test_config_from_the_weights_when_the_name_says_nothing(tmp_path, tiny_state, caplog):

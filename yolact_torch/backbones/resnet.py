@@ -54,6 +54,14 @@ class Bottleneck(nn.Module):
         return self.relu(out + self.downsample(x))
 
 
+def deformable_blocks(layers: Sequence[int], dcn_layers: Sequence[int], dcn_interval: int) -> tuple[tuple[int, int], ...]:
+    """(stage, block) of every block whose 3x3 conv is deformable: of a stage's blocks, the last
+    dcn_layers[stage], and among those only block i with i % dcn_interval == 0 (the original's
+    ResNetBackbone._make_layer rule)."""
+    return tuple((stage, i) for stage, num_blocks in enumerate(layers) for i in range(num_blocks)
+                 if i + dcn_layers[stage] >= num_blocks and i % dcn_interval == 0)
+
+
 class ResNetBackbone(nn.Module):
     """ResNet without its classifier: stem (7x7/2 conv, BN, ReLU, 3x3/2 max pool), then stages.
 
@@ -76,10 +84,10 @@ class ResNetBackbone(nn.Module):
         self.layers = nn.ModuleList()
         self.channels: list[int] = []
         in_channels = width
+        dcn = deformable_blocks(layers, dcn_layers, dcn_interval)
         for index, num_blocks in enumerate(layers):
             planes = width * 2 ** index
-            deformable = [(i + dcn_layers[index]) >= num_blocks and i % dcn_interval == 0
-                          for i in range(num_blocks)]
+            deformable = [(index, i) in dcn for i in range(num_blocks)]
             stage = self._make_stage(in_channels, planes, STAGE_STRIDES[index], deformable)
             self.layers.append(stage)
             in_channels = planes * EXPANSION
