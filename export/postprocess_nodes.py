@@ -1,6 +1,7 @@
 """Append YOLACT's post-processing to a traced network: the `yolact::FastNMS` and
 `yolact::MaskAssembly` function nodes (bodies and nodes from plugins/*/onnx_function.py), and for
-YOLACT++ the mask re-scoring (yolact_torch.postprocess.rescore) as standard ops after them.
+YOLACT++ the mask re-scoring (yolact_torch.postprocess.rescore) and the stable sort by the re-scored
+score (yolact_torch.postprocess.detect) as standard ops after them.
 
 The traced network's outputs (names DECODED_HEAD_NAMES, shapes as export.graph.DecodedHead) become
 the ops' inputs, and the graph's outputs become the model contract (README, "The model contract"):
@@ -10,6 +11,7 @@ masks float32 [B, D, Hp, Wp].
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
@@ -34,7 +36,7 @@ def _rescoring_nodes(model: onnx.ModelProto, maskiou_net: nn.Module, *, scores: 
     """yolact_torch.postprocess.rescore in standard ops, its weights added to `model`'s initialisers:
     masks [B, D, Hp, Wp] -> [B*D, 1, Hp, Wp] -> maskiou_net's Conv + Relu layers -> ReduceMax over
     the grid -> [B, D, K]; the entry of each row's class (classes int32 [B, D]) times scores [B, D]
-    -> `output` float32 [B, D]. Padding rows have score 0 and stay 0."""
+    -> `output` float32 [B, D]. Padding rows have score 0 and stay 0; the rows keep their order."""
     nodes, value = [], 'maskiou/input'
     nodes.append(helper.make_node('Reshape', [masks, _constant(model, 'maskiou/input_shape', [-1, 1, *proto_hw])],
                                   [value]))
@@ -65,6 +67,46 @@ def _rescoring_nodes(model: onnx.ModelProto, maskiou_net: nn.Module, *, scores: 
     return nodes
 
 
+def _sorting_nodes(model: onnx.ModelProto, *, key: str, num_dets: str, values: dict[str, str],
+                   max_dets: int) -> list[onnx.NodeProto]:
+    """The detections stable-sorted by `key` (float32 [B, D]), descending, as torch.sort(stable=True):
+    ties keep their row order, and the padding rows (past num_dets int32 [B]) stay at the end.
+    values: {input: output} names of the per-detection tensors ([B, D, ...]) to permute alike.
+
+    Each row's rank is counted (the rows with a higher key, plus the earlier rows with an equal one)
+    rather than left to TopK's tie break, which ONNX defines (lower index first) but TensorRT does
+    not document: the ranks are distinct, so the TopK over them has no ties to break. D^2
+    comparisons per image (10^4 at D = 100) cost next to nothing."""
+    model.graph.initializer.extend([
+        numpy_helper.from_array(np.arange(max_dets, dtype=np.int32), 'sort/position'),     # [D]
+        numpy_helper.from_array(np.array(-np.inf, np.float32), 'sort/minus_inf')])
+    axis_1, axis_2 = _constant(model, 'sort/axis_1', [1]), _constant(model, 'sort/axis_2', [2])
+    nodes = [
+        helper.make_node('Unsqueeze', [num_dets, axis_1], ['sort/num_dets']),                        # [B, 1]
+        helper.make_node('Less', ['sort/position', 'sort/num_dets'], ['sort/is_detection']),         # [B, D]
+        # Padding below every detection whatever its score.
+        helper.make_node('Where', ['sort/is_detection', key, 'sort/minus_inf'], ['sort/key']),
+        # Entry [b, i, j] compares row i (key_i [B, D, 1]) with row j (key_j [B, 1, D]).
+        helper.make_node('Unsqueeze', ['sort/key', axis_2], ['sort/key_i']),
+        helper.make_node('Unsqueeze', ['sort/key', axis_1], ['sort/key_j']),
+        helper.make_node('Greater', ['sort/key_j', 'sort/key_i'], ['sort/higher']),                  # [B, D, D]
+        helper.make_node('Equal', ['sort/key_j', 'sort/key_i'], ['sort/equal']),
+        helper.make_node('Unsqueeze', ['sort/position', axis_1], ['sort/position_i']),               # [D, 1]
+        helper.make_node('Less', ['sort/position', 'sort/position_i'], ['sort/earlier']),            # [D, D]: j < i
+        helper.make_node('And', ['sort/equal', 'sort/earlier'], ['sort/tied_earlier']),
+        helper.make_node('Or', ['sort/higher', 'sort/tied_earlier'], ['sort/ahead']),
+        # float 0/1, not bool or uint8, for TensorRT's ReduceSum; exact up to 2^24 rows.
+        helper.make_node('Cast', ['sort/ahead'], ['sort/ahead_count'], to=TensorProto.FLOAT),
+        helper.make_node('ReduceSum', ['sort/ahead_count', axis_2], ['sort/rank'], keepdims=0),      # [B, D]
+        helper.make_node('TopK', ['sort/rank', _constant(model, 'sort/k', [max_dets])],
+                         ['sort/ranks', 'sort/order'], axis=1, largest=0, sorted=1),                 # [B, D]
+        helper.make_node('Unsqueeze', ['sort/order', axis_2], ['sort/gather_rows']),                 # [B, D, 1]
+    ]
+    nodes += [helper.make_node('GatherND', [value, 'sort/gather_rows'], [output], batch_dims=1)
+              for value, output in values.items()]
+    return nodes
+
+
 def _constant(model: onnx.ModelProto, name: str, values: list[int]) -> str:
     """An int64 initialiser `name` holding `values`; returns its name."""
     model.graph.initializer.append(helper.make_tensor(name, TensorProto.INT64, [len(values)], values))
@@ -75,25 +117,33 @@ def append_postprocess(model: onnx.ModelProto, cfg: YolactConfig, *, cross_class
                        max_dets: int, maskiou_net: nn.Module | None = None) -> onnx.ModelProto:
     """`model` (outputs DECODED_HEAD_NAMES) with FastNMS and MaskAssembly appended, its outputs
     replaced by the contract's; thresholds and top-k from `cfg`. With a maskiou_net (YOLACT++'s
-    yolact_torch.maskiou.MaskIoUNet) the scores are re-scored by it (Fast NMS's order is kept).
-    Modifies and returns `model`."""
+    yolact_torch.maskiou.MaskIoUNet) the scores are re-scored by it and the detections stable-sorted
+    by the re-scored score (yolact_torch.postprocess.detect). Modifies and returns `model`."""
     boxes, scores, coef, proto = DECODED_HEAD_NAMES
     num_dets, det_boxes, det_scores, det_classes, masks = POSTPROCESS_OUTPUTS
     batch = _output_dims(model, boxes)[0]
     proto_h, proto_w = _output_dims(model, proto)[1:3]
 
-    nms_scores = det_scores if maskiou_net is None else 'nms_scores'
+    # YOLACT++: Fast NMS and MaskAssembly write the unsorted detections the sort permutes into the
+    # contract's outputs (value names unsorted/*).
+    unsorted = {name: name if maskiou_net is None else f'unsorted/{name}'
+                for name in (det_boxes, det_scores, det_classes, masks)}
     nms = fast_nms_function.make_node(
-        [boxes, scores], [num_dets, det_boxes, nms_scores, det_classes, _DET_INDICES],
+        [boxes, scores], [num_dets, unsorted[det_boxes], unsorted[det_scores], unsorted[det_classes], _DET_INDICES],
         conf_thresh=cfg.conf_thresh, iou_thresh=cfg.nms_thresh, top_k=cfg.nms_top_k,
         max_dets=max_dets, cross_class=cross_class)
     assembly = mask_assembly_function.make_node(
-        [proto, coef, _DET_INDICES, det_boxes, num_dets], [masks], crop_padding=cfg.crop_padding)
+        [proto, coef, _DET_INDICES, unsorted[det_boxes], num_dets], [unsorted[masks]], crop_padding=cfg.crop_padding)
     model.graph.node.extend([nms, assembly])
     if maskiou_net is not None:
-        model.graph.node.extend(_rescoring_nodes(model, maskiou_net, scores=nms_scores, classes=det_classes,
-                                                 masks=masks, output=det_scores, max_dets=max_dets,
-                                                 proto_hw=(proto_h, proto_w)))
+        rescored = 'maskiou/scores'
+        model.graph.node.extend(_rescoring_nodes(model, maskiou_net, scores=unsorted[det_scores],
+                                                 classes=unsorted[det_classes], masks=unsorted[masks],
+                                                 output=rescored, max_dets=max_dets, proto_hw=(proto_h, proto_w)))
+        values = {unsorted[det_boxes]: det_boxes, rescored: det_scores, unsorted[det_classes]: det_classes,
+                  unsorted[masks]: masks}
+        model.graph.node.extend(_sorting_nodes(model, key=rescored, num_dets=num_dets, values=values,
+                                               max_dets=max_dets))
     add_functions(model)  # the function bodies at the model's opset, and the yolact domain's import
 
     del model.graph.output[:]
@@ -108,10 +158,13 @@ def append_postprocess(model: onnx.ModelProto, cfg: YolactConfig, *, cross_class
 
 
 def postprocess_model(cfg: YolactConfig, *, num_priors: int, mask_dim: int, proto_hw: tuple[int, int],
-                      cross_class: bool = False, max_dets: int | None = None, opset: int = 19) -> onnx.ModelProto:
+                      cross_class: bool = False, max_dets: int | None = None, maskiou_net: nn.Module | None = None,
+                      opset: int = 19) -> onnx.ModelProto:
     """The post-processing alone as a model: inputs DECODED_HEAD_NAMES (decoded_boxes float32
     [B, P, 4], class_scores float32 [B, P, K], coef float32 [B, P, M], proto float32 [B, Hp, Wp, M]),
-    outputs the contract's. The benchmark times the ops with it, apart from the network."""
+    outputs the contract's; with a maskiou_net, YOLACT++'s re-scoring and sort too
+    (append_postprocess, the nodes the export appends). The benchmark times the ops with it, apart
+    from the network."""
     max_dets = cfg.max_num_detections if max_dets is None else int(max_dets)
     boxes, scores, coef, proto = DECODED_HEAD_NAMES
     shapes = {boxes: ['batch', num_priors, 4], scores: ['batch', num_priors, cfg.num_classes - 1],
@@ -120,4 +173,4 @@ def postprocess_model(cfg: YolactConfig, *, num_priors: int, mask_dim: int, prot
     # The inputs stand as outputs until append_postprocess replaces them with the contract's.
     graph = helper.make_graph([], 'yolact_postprocess', values, values)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', opset)])
-    return append_postprocess(model, cfg, cross_class=cross_class, max_dets=max_dets)
+    return append_postprocess(model, cfg, cross_class=cross_class, max_dets=max_dets, maskiou_net=maskiou_net)

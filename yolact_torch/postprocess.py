@@ -152,8 +152,9 @@ def rescore(scores: Tensor, classes: Tensor, masks: Tensor, maskiou_net: nn.Modu
 
     scores float [D]; classes int [D] 0-based, background excluded; masks float [D, Hp, Wp]
     (assembled: sigmoid, cropped). Returns float [D]. The original (layers/output_utils.py
-    postprocess, rescore_mask) keeps the class score for boxes and this one for masks; its display
-    path, like this toolkit's single score, uses this one for both.
+    postprocess, rescore_mask) keeps the class score for boxes and this one for masks in its COCO
+    evaluation; its display path, like this toolkit's single score, uses this one for both and
+    sorts the detections by it (`detect`).
     """
     predicted_iou = maskiou_net(masks[:, None])                                      # [D, K]
     return scores * predicted_iou.gather(1, classes[:, None].long())[:, 0]
@@ -162,8 +163,8 @@ def rescore(scores: Tensor, classes: Tensor, masks: Tensor, maskiou_net: nn.Modu
 def detect(out: 'YolactOutput', priors: Tensor, cfg: YolactConfig, *, cross_class: bool = False,
            max_dets: int | None = None, maskiou_net: nn.Module | None = None) -> PostprocessOutput:
     """The whole post-processing of a batch: softmax, decode, Fast NMS, mask assembly, and with a
-    maskiou_net (YOLACT++: the model's `maskiou_net`) the scores re-scored by `rescore`. The
-    re-scored detections keep Fast NMS's order.
+    maskiou_net (YOLACT++: the model's `maskiou_net`) the scores re-scored by `rescore` and the
+    detections stable-sorted by them, descending (ties keep Fast NMS's order).
 
     out: the model's raw outputs (loc [B, P, 4], conf logits [B, P, C], coef [B, P, M],
     proto [B, Hp, Wp, M]); priors: float [P, 4] cxcywh relative. Thresholds come from cfg
@@ -190,12 +191,19 @@ def detect(out: 'YolactOutput', priors: Tensor, cfg: YolactConfig, *, cross_clas
                         iou_thresh=cfg.nms_thresh, top_k=cfg.nms_top_k, max_dets=max_dets,
                         cross_class=cross_class)
         n = len(kept.indices)
-        result.num_dets[b] = n
-        result.boxes[b, :n] = kept.boxes
         masks = assemble_masks(proto[b], kept.coef, kept.boxes, cfg.crop_padding)
-        result.scores[b, :n] = kept.scores if maskiou_net is None else rescore(kept.scores, kept.classes, masks,
-                                                                               maskiou_net)
-        result.classes[b, :n] = kept.classes.to(torch.int32)
+        det_scores, det_classes, det_boxes = kept.scores, kept.classes, kept.boxes
+        if maskiou_net is not None:
+            det_scores = rescore(det_scores, det_classes, masks, maskiou_net)
+            # The original's display order (eval.py prep_display sorts by the re-scored score);
+            # stable, so ties keep Fast NMS's order.
+            order = torch.sort(det_scores, descending=True, stable=True).indices
+            det_scores, det_classes, det_boxes, masks = (det_scores[order], det_classes[order], det_boxes[order],
+                                                         masks[order])
+        result.num_dets[b] = n
+        result.boxes[b, :n] = det_boxes
+        result.scores[b, :n] = det_scores
+        result.classes[b, :n] = det_classes.to(torch.int32)
         result.masks[b, :n] = masks
     return result
 
