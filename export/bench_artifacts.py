@@ -3,8 +3,10 @@
     checkpoint --config NAME --output FILE.pth [--seed N]
         a checkpoint of a config with seeded random weights, for timing a config no trained
         checkpoint exists for (yolact_resnet50): a network's speed does not depend on its weights.
-    postprocess --raw build/NAME.raw.onnx [--output FILE]
-        Fast NMS and mask assembly alone (export.postprocess_nodes.postprocess_model) for the raw
+    postprocess --raw build/NAME.raw.onnx [--checkpoint FILE.pth] [--output FILE]
+        the post-processing alone (export.postprocess_nodes.postprocess_model: the nodes the export
+        appends, Fast NMS and mask assembly, and for YOLACT++ the maskiou_net re-scoring and the sort
+        by it, with the weights of the checkpoint the raw export came from) for the raw
         (--no-postprocess) export's shapes and config, written to build/NAME.postprocess.onnx
         (runtime.artifacts.postprocess_only_path); the benchmark's 'post' stage runs it in
         onnxruntime apart from the network.
@@ -13,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -39,13 +42,17 @@ def random_checkpoint(config: str, path: str | Path, seed: int = 0) -> Path:
     return save_checkpoint(path, Yolact(cfg).eval(), cfg)
 
 
-def postprocess_only(raw_onnx: str | Path) -> onnx.ModelProto:
+def postprocess_only(raw_onnx: str | Path, checkpoint: str | Path | None = None) -> onnx.ModelProto:
     """The post-processing model for the raw export at `raw_onnx`: inputs decoded_boxes float32 [B, P, 4],
     class_scores float32 [B, P, K], coef float32 [B, P, M], proto float32 [B, Hp, Wp, M] with P, K, M,
-    Hp, Wp the raw export's; thresholds from its config, cross-class and max detections from its
-    metadata. ExportError for a file that is not a raw export of this toolkit."""
+    Hp, Wp the raw export's; thresholds, top-k, cross-class and max detections from its metadata (what
+    it was exported with), the rest from its config. A YOLACT++ config re-scores with the maskiou_net
+    of `checkpoint`, the checkpoint the raw export came from (needed then; for YOLACT only checked).
+    ExportError for a file that is not a raw export of this toolkit, a YOLACT++ one without its
+    checkpoint, or a checkpoint of another config."""
     from export.onnx_export import ExportError
     from export.postprocess_nodes import postprocess_model
+    from yolact_torch.checkpoint import load_model
     from yolact_torch.config import get_config
 
     raw_onnx = Path(raw_onnx)
@@ -58,17 +65,30 @@ def postprocess_only(raw_onnx: str | Path) -> onnx.ModelProto:
                           'export of python -m export --no-postprocess')
     meta = metadata_from_props({p.key: p.value for p in raw.metadata_props}, str(raw_onnx),
                                fix='export the checkpoint with python -m export --no-postprocess')
+    cfg = dataclasses.replace(get_config(meta.config), conf_thresh=meta.conf_thresh, nms_thresh=meta.nms_thresh,
+                              nms_top_k=meta.top_k)
+    maskiou_net = None
+    if checkpoint is not None:
+        model, checkpoint_cfg = load_model(checkpoint)
+        if checkpoint_cfg.name != cfg.name:
+            raise ExportError(f'{checkpoint} is a {checkpoint_cfg.name} checkpoint but {raw_onnx} was exported from '
+                              f'{cfg.name}: give the checkpoint the raw export came from')
+        maskiou_net = model.maskiou_net
+    elif cfg.maskiou_net:
+        raise ExportError(f'{meta.config} re-scores its detections with the maskiou_net of its checkpoint: give the '
+                          f'checkpoint {raw_onnx} was exported from with --checkpoint')
     num_priors, mask_dim = outputs['coef'][1:3]
     proto_hw = tuple(outputs['proto'][1:3])
-    return postprocess_model(get_config(meta.config), num_priors=num_priors, mask_dim=mask_dim, proto_hw=proto_hw,
-                             cross_class=meta.cross_class, max_dets=meta.max_dets)
+    return postprocess_model(cfg, num_priors=num_priors, mask_dim=mask_dim, proto_hw=proto_hw,
+                             cross_class=meta.cross_class, max_dets=meta.max_dets, maskiou_net=maskiou_net)
 
 
-def write_postprocess_only(raw_onnx: str | Path, output: str | Path | None = None) -> Path:
-    """postprocess_only(raw_onnx) written atomically to `output` (default: beside the raw export)."""
+def write_postprocess_only(raw_onnx: str | Path, output: str | Path | None = None,
+                           checkpoint: str | Path | None = None) -> Path:
+    """postprocess_only(raw_onnx, checkpoint) written atomically to `output` (default: beside the raw export)."""
     from export.onnx_export import save_model
 
-    return save_model(postprocess_only(raw_onnx), output or postprocess_only_path(raw_onnx))
+    return save_model(postprocess_only(raw_onnx, checkpoint), output or postprocess_only_path(raw_onnx))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -80,6 +100,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     checkpoint.add_argument('--seed', type=int, default=0, help='torch seed of the weights (default: %(default)s)')
     post = commands.add_parser('postprocess', help='the post-processing alone for a raw export')
     post.add_argument('--raw', type=Path, required=True, help='the raw export (python -m export --no-postprocess)')
+    post.add_argument('--checkpoint', type=Path, default=None,
+                      help='the checkpoint the raw export came from: YOLACT++ re-scores with its maskiou_net')
     post.add_argument('--output', type=Path, default=None,
                       help='ONNX file to write (default: NAME.postprocess.onnx beside NAME.raw.onnx)')
     return parser.parse_args(argv)
@@ -91,8 +113,8 @@ def main(argv=None) -> int:
         if args.command == 'checkpoint':
             path = random_checkpoint(args.config, args.output, args.seed)
         else:
-            path = write_postprocess_only(args.raw, args.output)
-    except ToolkitError as e:  # ExportError, MetadataError, ConfigError: the message names the fix
+            path = write_postprocess_only(args.raw, args.output, args.checkpoint)
+    except ToolkitError as e:  # ExportError, MetadataError, ConfigError, CheckpointError: the message names the fix
         print(f'error: {e}', file=sys.stderr)
         return 2
     print(path)

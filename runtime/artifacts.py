@@ -8,7 +8,7 @@ choice and the benchmarks all follow (the Makefile spells the same names):
     FOLDER/NAME.fp16.onnx, NAME.int8.onnx, NAME.int8-ort.onnx
                                          python -m calib, beside the FP32 model
     FOLDER/NAME.postprocess.onnx         python -m export.bench_artifacts postprocess, beside the raw export
-                                         NAME.raw.onnx: Fast NMS and mask assembly alone (the benchmark)
+                                         NAME.raw.onnx: the post-processing alone (the benchmark)
     FOLDER/NAME[.PRECISION].engine       python -m engines.build, beside the ONNX it was built from
 """
 

@@ -11,9 +11,10 @@ Stages, per batch of B images of 640x480 (B = 1 and 4 by default):
 - pre: resize to the model size and stack (runtime.pipeline, the same for every backend);
 - network: the network alone (torch: Normalize + Yolact; ORT: the --no-postprocess export, whose
   graph includes normalisation, softmax and box decoding);
-- post: Fast NMS + mask assembly of a synthetic head with DETECTIONS detections per image (torch:
-  yolact_torch.postprocess.detect through the torch backend; ORT: NAME.postprocess.onnx, the
-  yolact::FastNMS / yolact::MaskAssembly function nodes alone);
+- post: Fast NMS + mask assembly (and for YOLACT++ the maskiou_net re-scoring and the sort by it)
+  of a synthetic head with DETECTIONS detections per image (torch: yolact_torch.postprocess.detect
+  through the torch backend; ORT: NAME.postprocess.onnx, the nodes the export appends after the
+  network: the yolact::FastNMS / yolact::MaskAssembly function nodes, and YOLACT++'s after them);
 - paste: the runtime's pasting of those masks into 640x480 images (runtime.pipeline.to_detections).
 Each row gives p50/p90 per stage, images/s from the sum of the stage medians, and the network's
 achieved GFLOP/s (2 x the convolutions' multiply-accumulates / network p50) next to this machine's
@@ -314,7 +315,7 @@ def model_artifacts(spec: str) -> BenchModel:
     raw_onnx = export_path(checkpoint, postprocess=False)
     post_onnx = postprocess_only_path(raw_onnx)
     makers = {raw_onnx: f'python -m export --checkpoint {checkpoint} --no-postprocess',
-              post_onnx: f'python -m export.bench_artifacts postprocess --raw {raw_onnx}'}
+              post_onnx: f'python -m export.bench_artifacts postprocess --raw {raw_onnx} --checkpoint {checkpoint}'}
     for path, command in makers.items():
         if not path.is_file():
             raise MissingArtifactError(f'{path} is missing: make bench builds it ({command})')

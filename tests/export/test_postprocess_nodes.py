@@ -1,8 +1,8 @@
 """YOLACT++'s post-processing after MaskAssembly (export/postprocess_nodes.py): the maskiou_net
 re-scoring, then the detections stable-sorted by the re-scored score (the original's display
 order), in onnxruntime against the torch reference (yolact_torch.postprocess.detect): on a
-yolact_plus_tiny export whose re-scoring reorders its detections, and on a hand-made case with
-ties and a zero re-scored score."""
+yolact_plus_tiny export whose re-scoring reorders its detections, on a hand-made case with ties
+and a zero re-scored score, and as the benchmark's post-processing-only model."""
 
 import dataclasses
 
@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from export.bench_artifacts import main as bench_artifacts_main
 from export.onnx_export import export_onnx
 from export.postprocess_nodes import postprocess_model
 from yolact_torch.box_coding import decode
@@ -22,6 +23,7 @@ from yolact_torch.postprocess import detect, rescore
 from yolact_torch.preprocess import Normalize
 from yolact_torch.yolact import Yolact, YolactOutput
 from plugins.onnx_model import DECODED_HEAD_NAMES
+from runtime.assets import DEMO_MODEL
 from runtime.contract import INPUT_NAME, POSTPROCESS_OUTPUTS
 from tests.gpu.compare import assert_equal_detections
 from tests.yolact_torch.plus_checkpoints import random_plus_state
@@ -33,8 +35,8 @@ CONF_THRESH = 0.35
 
 @pytest.fixture(scope='module')
 def plus_tiny(tmp_path_factory):
-    """(model, cfg, full export) of yolact_plus_tiny with random weights, saved and loaded as the
-    export CLI does."""
+    """(model, cfg, checkpoint, full export, raw export) of yolact_plus_tiny with random weights,
+    saved and loaded as the export CLI does."""
     folder = tmp_path_factory.mktemp('plus_tiny')
     cfg = get_config('yolact_plus_tiny')
     model = Yolact(cfg).eval()
@@ -42,7 +44,9 @@ def plus_tiny(tmp_path_factory):
     checkpoint = save_checkpoint(folder / 'plus_tiny.pth', model, cfg)
     model, cfg = load_model(checkpoint)
     cfg = dataclasses.replace(cfg, conf_thresh=CONF_THRESH)
-    return model, cfg, export_onnx(model, cfg, folder / 'plus_tiny.onnx')
+    full = export_onnx(model, cfg, folder / 'plus_tiny.onnx')
+    raw = export_onnx(model, cfg, folder / 'plus_tiny.raw.onnx', postprocess=False)
+    return model, cfg, checkpoint, full, raw
 
 
 @pytest.fixture(scope='module')
@@ -58,7 +62,7 @@ def run(path, feeds: dict) -> dict:
 
 
 def test_rescored_detections_are_sorted_and_equal_torch(plus_tiny, images):
-    model, cfg, full = plus_tiny
+    model, cfg, _, full, _ = plus_tiny
     got = run(full, {INPUT_NAME: images})
     with torch.no_grad():
         out = model(Normalize(cfg)(torch.from_numpy(images)))
@@ -158,3 +162,29 @@ def test_ties_keep_fast_nms_order_and_padding_stays_last(tmp_path):
     np.testing.assert_allclose(ref.boxes[0, :n].numpy(), boxes[0, expected], rtol=0, atol=1e-6)
     np.testing.assert_allclose(ref.scores[0, :n].numpy(), [0.4, 0.4, 0.36, 0.27, 0.225, 0.15, 0], rtol=1e-6)
     assert not ref.scores[0, n:].any()
+
+
+def test_the_bench_post_model_is_the_export_after_the_network(plus_tiny, images, tmp_path, capsys):
+    """python -m export.bench_artifacts postprocess, given the checkpoint, writes the nodes the full
+    export appends, re-scoring and sort included: fed the raw export's decoded head it equals the
+    full export. Without the checkpoint, or with one of another config, it refuses in one line."""
+    model, cfg, checkpoint, full, raw = plus_tiny
+    output = tmp_path / 'post.onnx'
+    assert bench_artifacts_main(['postprocess', '--raw', str(raw), '--output', str(output)]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'maskiou_net' in err and '--checkpoint' in err and not output.exists()
+    assert bench_artifacts_main(['postprocess', '--raw', str(raw), '--checkpoint', str(DEMO_MODEL),
+                                 '--output', str(output)]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'is a yolact_tiny checkpoint but' in err and not output.exists()
+
+    assert bench_artifacts_main(['postprocess', '--raw', str(raw), '--checkpoint', str(checkpoint),
+                                 '--output', str(output)]) == 0
+    head = run(raw, {INPUT_NAME: images})
+    boxes = decode(torch.from_numpy(head['loc']), torch.from_numpy(head['priors']), cfg.variances).numpy()
+    got = run(output, dict(zip(DECODED_HEAD_NAMES, (boxes, head['conf'][..., 1:], head['coef'], head['proto']))))
+    want = run(full, {INPUT_NAME: images})
+    np.testing.assert_array_equal(got['num_dets'], want['num_dets'])
+    np.testing.assert_array_equal(got['classes'], want['classes'])
+    for name in ('boxes', 'scores', 'masks'):
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-5, err_msg=name)
