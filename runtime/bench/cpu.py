@@ -96,12 +96,24 @@ def timed_network(run: Callable[[], object], iterations: int, warmup: int,
 
 
 def network_gmac(raw_onnx: str | Path) -> float:
-    """Multiply-accumulates of one image's forward pass (every Conv), in GMAC, from the model's
-    shapes (batch set to 1, then ONNX shape inference)."""
+    """Multiply-accumulates of one image's forward pass (every Conv, and every yolact::DeformConv2d
+    as the convolution it deforms: the same output shape and MACs, its bilinear sampling not
+    counted), in GMAC, from the model's shapes (batch set to 1, then ONNX shape inference)."""
     import onnx
+
+    from plugins import DEFORM_CONV_OP, DOMAIN
 
     model = onnx.load(str(raw_onnx))
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    # Shape inference does not see through the DeformConv2d function bodies (their Reshapes are
+    # computed), so each call stands in as its Conv (inputs x, offset, mask, weight, bias).
+    for node in model.graph.node:
+        if node.domain == DOMAIN and node.op_type == DEFORM_CONV_OP:
+            a = {attribute.name: onnx.helper.get_attribute_value(attribute) for attribute in node.attribute}
+            node.CopyFrom(onnx.helper.make_node(
+                'Conv', [node.input[0], node.input[3], node.input[4]], list(node.output), name=node.name,
+                strides=[a['stride_h'], a['stride_w']], pads=[a['pad_h'], a['pad_w'], a['pad_h'], a['pad_w']],
+                dilations=[a['dilation_h'], a['dilation_w']]))
     # data_prop: the Resize sizes are computed from Shape; with the batch fixed they become known.
     model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]

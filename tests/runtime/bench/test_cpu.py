@@ -16,7 +16,9 @@ from export.postprocess_nodes import postprocess_model
 from export.bench_artifacts import main as bench_artifacts_main
 from yolact_torch.checkpoint import load_model
 from yolact_torch.config import yolact_tiny
-from plugins.onnx_model import DECODED_HEAD_NAMES
+from plugins import DOMAIN
+from plugins.deform_conv import onnx_function as deform_conv_function
+from plugins.onnx_model import DECODED_HEAD_NAMES, DOMAIN_VERSION
 from runtime.backends.ort_backend import create_session
 from runtime.backends.torch_backend import TorchBackend
 from runtime.bench import cpu as bench
@@ -38,6 +40,28 @@ def test_network_gmac_counts_every_conv(tmp_path):
     path = tmp_path / 'convs.onnx'
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid('', 19)]), path)
     assert network_gmac(path) * 1e9 == 16 * 16 * 8 * 27 + 16 * 16 * 8 * 4
+
+
+def test_network_gmac_counts_a_deformable_conv_as_the_conv_it_deforms(tmp_path):
+    """[1, 4, 8, 8] -> yolact::DeformConv2d 3x3 (6 out, stride 2, pad 1) -> [6, 4, 4]: 4*4*6 * 4*3*3
+    MACs, as a plain conv; -> conv 1x1 (2 out), whose input shape only the stand-in conv makes
+    inferable -> [2, 4, 4]: 4*4*2 * 6 MACs."""
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.random(shape, np.float32), name)
+               for name, shape in (('w', (6, 4, 3, 3)), ('b', (6,)), ('w2', (2, 6, 1, 1)))]
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [deform_conv_function.make_node(['x', 'offset', 'mask', 'w', 'b'], ['y'], stride=2, padding=1),
+         helper.make_node('Conv', ['y', 'w2'], ['z'])],
+        'g', [value('x', TensorProto.FLOAT, ['batch', 4, 8, 8]), value('offset', TensorProto.FLOAT, ['batch', 18, 4, 4]),
+              value('mask', TensorProto.FLOAT, ['batch', 9, 4, 4])],
+        [value('z', TensorProto.FLOAT, None)], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 19),
+                                                    helper.make_opsetid(DOMAIN, DOMAIN_VERSION)])
+    model.functions.append(deform_conv_function.make_function(19))
+    path = tmp_path / 'dcn.onnx'
+    onnx.save(model, path)
+    assert network_gmac(path) * 1e9 == 4 * 4 * 6 * 4 * 9 + 4 * 4 * 2 * 6
 
 
 def test_warm_up_lasts_its_calls_and_its_seconds():
