@@ -14,6 +14,7 @@ two ways, by the config's parameters:
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import sys
@@ -42,12 +43,28 @@ def as_array(tensor) -> np.ndarray:
     return np.from_dlpack(tensor)
 
 
+# The stub renames a DLPack capsule it consumed "used_dlpack" (python_backend's pb_tensor.cc,
+# FromDLPackCapsule), where the DLPack protocol says "used_dltensor". numpy's capsule destructor
+# knows only the protocol's names: on the stub's it failed to read the capsule and wrote
+# "ValueError: PyCapsule_GetPointer called with incorrect name" with a traceback into the server's
+# log, once per output tensor. It freed nothing (the stub owns the tensor from then on and calls its
+# deleter once the response is sent), so nothing leaked; output_tensor gives the consumed capsule the
+# protocol's name, and numpy's destructor sees a consumed capsule and leaves it alone.
+_set_capsule_name = ctypes.pythonapi.PyCapsule_SetName
+_set_capsule_name.argtypes = [ctypes.py_object, ctypes.c_char_p]  # pythonapi raises what it sets
+# A capsule keeps a pointer to its name, not a copy: a module constant outlives every capsule.
+CONSUMED_CAPSULE_NAME = b'used_dltensor'
+
+
 def output_tensor(name: str, array: np.ndarray):
     """A pb_utils.Tensor of a C-contiguous numpy array, through DLPack, except an empty array: numpy
     gives it strides that the stub's contiguity check refuses, and its size is 0 either way."""
     if array.size == 0:
         return pb_utils.Tensor(name, array)
-    return pb_utils.Tensor.from_dlpack(name, array)
+    capsule = array.__dlpack__()
+    tensor = pb_utils.Tensor.from_dlpack(name, capsule)
+    _set_capsule_name(capsule, CONSUMED_CAPSULE_NAME)
+    return tensor
 
 
 class TritonPythonModel:

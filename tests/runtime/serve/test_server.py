@@ -95,6 +95,13 @@ def tritonserver_of(process):
     raise AssertionError(f'runtime.serve {process.pid} has no tritonserver child')
 
 
+def tritonserver_log(process):
+    """The log of the tritonserver that a runtime.serve process started: beside its repository."""
+    arguments = Path(f'/proc/{tritonserver_of(process)}/cmdline').read_text().split('\0')
+    repository = next(a.split('=', 1)[1] for a in arguments if a.startswith('--model-repository='))
+    return Path(repository).parent / 'tritonserver.log'
+
+
 @pytest.fixture(scope='module')
 def server(demo_onnx, tmp_path_factory):
     """python -m runtime.serve on free ports: (process, http_port, grpc_port, log file)."""
@@ -172,6 +179,17 @@ def test_bad_requests_are_refused_and_the_server_stays_up(server, images, what, 
     good = cv2.imread(str(images / '0.png'))[None]
     status, _ = post(http_port, *image_request(good))
     assert status == 200
+
+
+def test_the_servers_log_stays_clean(server, images):
+    """No traceback in the server's log after answering requests (the stub used to log one per
+    output tensor: numpy's DLPack capsule destructor failing on the stub's non-standard name)."""
+    process, http_port, _, _ = server
+    log = tritonserver_log(process)
+    with runtime.load(f'http://127.0.0.1:{http_port}/{MODEL_NAME}') as served:
+        assert all(len(dets) for dets in served(sorted(images.rglob('*.png')), score_threshold=0))
+    text = log.read_text(errors='replace')
+    assert 'Traceback' not in text and 'PyCapsule' not in text, text[-3000:]
 
 
 def test_official_repositorys_step_loads_in_the_bundled_server(demo_onnx, tmp_path):
