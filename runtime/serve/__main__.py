@@ -62,7 +62,8 @@ def serve(args: argparse.Namespace, options: ServingOptions) -> int:
         with server:
             print(f'serving {args.model} as {MODEL_NAME!r}: http://{args.address}:{args.http_port}/{MODEL_NAME} '
                   f'(HTTP), grpc://{args.address}:{args.grpc_port}/{MODEL_NAME} (gRPC), metrics on '
-                  f'http://{args.address}:{args.metrics_port}/metrics; Ctrl-C stops', file=sys.stderr, flush=True)
+                  f'http://{args.address}:{args.metrics_port}/metrics; its log: {server.log_path}; Ctrl-C stops',
+                  file=sys.stderr, flush=True)
             while not stop and server.process.poll() is None:
                 time.sleep(0.2)
             if not stop:
