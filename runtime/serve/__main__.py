@@ -14,7 +14,7 @@ from pathlib import Path
 from runtime.errors import ToolkitError
 from runtime.serve.protocol import MODEL_NAME
 from runtime.serve.repository import (NETWORK_NAME, ServingOptions, local_repository, model_metadata,
-                                     official_repository)
+                                     official_repository, servable_metadata)
 from runtime.serve.server import TritonServer
 
 DEFAULT_OPTIONS = ServingOptions()
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def serve(args: argparse.Namespace, options: ServingOptions) -> int:
-    metadata = model_metadata(args.model)  # a model that does not load is refused before the server starts
+    metadata = servable_metadata(args.model)  # a model that does not run here is refused before the server starts
     stop = []
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda number, frame: stop.append(number))

@@ -21,7 +21,7 @@ from runtime.assets import SAMPLE_IMAGE
 from runtime.images import load_image
 from runtime.serve.client import ServedModel
 from runtime.serve.protocol import DEFAULT_SCORE_THRESHOLD, MODEL_NAME, encode_detections
-from runtime.serve.repository import ServingOptions, local_repository, model_metadata
+from runtime.serve.repository import ServingOptions, local_repository, servable_metadata
 from runtime.serve.server import TritonServer
 
 DEFAULT_IMAGE = SAMPLE_IMAGE
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         image = load_image(args.image)
         options = ServingOptions(max_batch=args.max_batch, instances=args.instances)
         with tempfile.TemporaryDirectory(prefix='yolact-bench-serve-') as workspace:
-            repository = local_repository(args.model, model_metadata(args.model), Path(workspace) / 'repository',
+            repository = local_repository(args.model, servable_metadata(args.model), Path(workspace) / 'repository',
                                           options)
             http_port, grpc_port = free_port(), free_port()
             with TritonServer(repository, Path(workspace), http_port=http_port, grpc_port=grpc_port,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from runtime.backends import backend_for_path, open_backend
 from runtime.contract import INPUT_NAME
+from runtime.errors import ToolkitError
 from runtime.files import atomic_output, write_atomic
 from runtime.metadata import ModelMetadata
 from runtime.serve.protocol import (IMAGE_INPUT, MAX_IMAGE_PIXELS, MAX_PIXELS_PARAMETER, METADATA_PARAMETER, MODEL_NAME,
@@ -50,13 +51,31 @@ class ServingOptions:
 
 
 def model_metadata(model_file: Path) -> ModelMetadata:
-    """The metadata of a model file: an engine's from its sidecar (no TensorRT needed, so a
-    repository for a GPU host can be written anywhere), any other file's from its backend, which
-    checks that it loads."""
+    """The metadata of a model file for a repository: an engine's from its sidecar (no TensorRT
+    needed, so a repository for a GPU host can be written anywhere), any other file's from its
+    backend (servable_metadata)."""
     if backend_for_path(model_file) == 'trt':
         return read_sidecar(model_file).metadata
-    with open_backend(model_file) as backend:
-        return backend.metadata
+    return servable_metadata(model_file)
+
+
+def servable_metadata(model_file: Path) -> ModelMetadata:
+    """The metadata of a model file that the bundled server is to serve, read by opening the file
+    with its backend on this host as the Python-backend step will: a model that cannot run here
+    (an engine on a host without TensorRT or a GPU, a file that does not load) is a ServeError of
+    one line before any server starts, not a failed start with the server's log."""
+    try:
+        with open_backend(model_file) as backend:
+            return backend.metadata
+    except ToolkitError as e:
+        hint = ''
+        if backend_for_path(model_file) == 'trt':
+            from runtime.tensorrt.backend import TensorRTUnavailableError  # imported by open_backend already
+            if isinstance(e, TensorRTUnavailableError):
+                hint = (f'. To serve it here, serve the ONNX model it was built from (python -m runtime.serve '
+                        f'--model {read_sidecar(model_file).engine.onnx_file}); for a GPU host\'s container, '
+                        f'write a repository (--repository DIR)')
+        raise ServeError(f'{model_file} cannot be served on this host: {e}{hint}') from None
 
 
 def _pbtxt_string(text: str) -> str:
