@@ -245,6 +245,29 @@ def test_the_servers_log_stays_clean(server, images):
     assert 'Traceback' not in text and 'PyCapsule' not in text, text[-3000:]
 
 
+@pytest.mark.gpu
+def test_an_engine_served_on_a_gpu_host_answers_as_runtime_infer_does(demo_onnx, images, tmp_path):
+    """The bundled server's step runs the engine with runtime.backends (TensorRT, the yolact
+    plugins, GPU pasting) as runtime.infer does: over HTTP and gRPC, the same COCO JSON."""
+    from engines.build import build_engine
+
+    engine, _ = build_engine(demo_onnx, tmp_path / 'demo.engine', max_batch=ServingOptions().max_batch)
+    assert infer_main([str(images), '--model', str(engine), '--out', str(tmp_path / 'local'),
+                       '--json', str(tmp_path / 'local.json')]) == 0
+    local = json.loads((tmp_path / 'local.json').read_text())
+    assert len(local) >= 3  # the demo model finds the shapes
+    process, http_port, grpc_port = start_serve(engine, tmp_path / 'serve.log')
+    try:
+        for scheme, port in (('http', http_port), ('grpc', grpc_port)):
+            assert client_main([f'{scheme}://127.0.0.1:{port}/{MODEL_NAME}', str(images),
+                                '--out', str(tmp_path / scheme), '--json', str(tmp_path / f'{scheme}.json')]) == 0
+            assert json.loads((tmp_path / f'{scheme}.json').read_text()) == local, scheme
+        log = tritonserver_log(process).read_text(errors='replace')
+        assert 'Traceback' not in log, log[-3000:]
+    finally:
+        stop_serve(process)
+
+
 def test_official_repositorys_step_loads_in_the_bundled_server(demo_onnx, tmp_path):
     """The containers' repository, with the step alone: the bundled server has no onnxruntime
     backend for the network, but the step must load as it would beside it."""
