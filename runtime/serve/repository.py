@@ -12,6 +12,7 @@ Each config.pbtxt is Triton's ModelConfig in protobuf text format.
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,8 @@ from runtime.contract import INPUT_NAME
 from runtime.errors import ToolkitError
 from runtime.files import atomic_output, write_atomic
 from runtime.metadata import ModelMetadata
-from runtime.serve.protocol import (IMAGE_INPUT, MAX_IMAGE_PIXELS, MAX_PIXELS_PARAMETER, METADATA_PARAMETER, MODEL_NAME,
-                                    THRESHOLD_INPUT, ServeError)
+from runtime.serve.protocol import (IMAGE_INPUT, IMAGE_RANGE_PARAMETER, MAX_IMAGE_PIXELS, MAX_PIXELS_PARAMETER,
+                                    METADATA_PARAMETER, MODEL_NAME, THRESHOLD_INPUT, ServeError)
 from runtime.tensorrt.sidecar import read_sidecar
 
 NETWORK_NAME = 'yolact_net'
@@ -123,6 +124,15 @@ def network_config(metadata: ModelMetadata, platform: str, options: ServingOptio
     return _config(NETWORK_NAME, f'platform: "{platform}"', options, 'KIND_GPU', inputs, outputs, {})
 
 
+def engine_parameters(model_file: Path) -> dict[str, str]:
+    """The step's parameters for an engine's optimisation profile (protocol.IMAGE_RANGE_PARAMETER,
+    from the sidecar): none for other model files, which take any image size."""
+    if backend_for_path(model_file) != 'trt':
+        return {}
+    engine = read_sidecar(model_file).engine
+    return {IMAGE_RANGE_PARAMETER: json.dumps({'min': list(engine.min_image), 'max': list(engine.max_image)})}
+
+
 def _write_step(repository: Path, config: str) -> None:
     write_atomic(repository / MODEL_NAME / 'config.pbtxt', config.encode())
     write_atomic(repository / MODEL_NAME / '1' / 'model.py', STEP_SOURCE.read_bytes())
@@ -131,7 +141,8 @@ def _write_step(repository: Path, config: str) -> None:
 def local_repository(model_file: Path, metadata: ModelMetadata, repository: Path, options: ServingOptions) -> Path:
     """A repository for the bundled server: the step opens `model_file` (absolute path) itself, on
     CPU instances (the bundled server has no GPU backends; a .engine still runs on the GPU)."""
-    _write_step(repository, step_config(metadata, options, 'KIND_CPU', model_file=str(Path(model_file).resolve())))
+    _write_step(repository, step_config(metadata, options, 'KIND_CPU', model_file=str(Path(model_file).resolve()),
+                                        **engine_parameters(model_file)))
     return repository
 
 
@@ -144,8 +155,14 @@ def official_repository(model_file: Path, metadata: ModelMetadata, repository: P
         raise ServeError(f'{model_file}: the official containers serve .onnx or .engine files; export or build '
                          f'one first (python -m export, make engine)')
     platform, file_name = PLATFORMS[backend]
+    engine_batch = read_sidecar(model_file).engine.max_batch if backend == 'trt' else options.max_batch
+    if options.max_batch > engine_batch:  # Triton does not load a tensorrt_plan configured above its profile
+        raise ServeError(f'{model_file}: --max-batch {options.max_batch} is above the engine profile\'s maximum batch '
+                         f'{engine_batch}; pass --max-batch {engine_batch}, or rebuild the engine with '
+                         f'--max-batch {options.max_batch} (make engine MAX_BATCH={options.max_batch})')
     write_atomic(repository / NETWORK_NAME / 'config.pbtxt', network_config(metadata, platform, options).encode())
     with atomic_output(repository / NETWORK_NAME / '1' / file_name) as tmp:
         shutil.copyfile(model_file, tmp)
-    _write_step(repository, step_config(metadata, options, 'KIND_CPU', network=NETWORK_NAME))
+    _write_step(repository, step_config(metadata, options, 'KIND_CPU', network=NETWORK_NAME,
+                                        **engine_parameters(model_file)))
     return repository

@@ -13,9 +13,10 @@ from runtime.contract import INPUT_NAME, POSTPROCESS_OUTPUTS
 from runtime.errors import ToolkitError
 from runtime.metadata import ModelMetadata
 from runtime.serve.__main__ import main as serve_main
-from runtime.serve.protocol import IMAGE_INPUT, METADATA_PARAMETER, MODEL_NAME, OUTPUTS, THRESHOLD_INPUT
-from runtime.serve.repository import (NETWORK_NAME, QUEUE_DELAY_US, ServingOptions, model_metadata,
-                                      official_repository)
+from runtime.serve.protocol import (IMAGE_INPUT, IMAGE_RANGE_PARAMETER, METADATA_PARAMETER, MODEL_NAME, OUTPUTS,
+                                    THRESHOLD_INPUT)
+from runtime.serve.repository import (NETWORK_NAME, QUEUE_DELAY_US, ServingOptions, local_repository,
+                                      model_metadata, official_repository)
 from runtime.tensorrt.backend import trt_unavailable_reason
 from runtime.tensorrt.sidecar import EngineInfo, EngineSidecar, sidecar_path
 
@@ -72,8 +73,30 @@ def test_repository_for_the_official_containers(demo_onnx, request, tmp_path, ki
     assert step.input[0].allow_ragged_batch and step.input[1].optional
     assert [t.name for t in step.output] == list(OUTPUTS)
     assert step.parameters['network'].string_value == NETWORK_NAME and 'model_file' not in step.parameters
+    if kind == 'engine':  # its profile goes to the step, which refuses larger images and enlarges smaller ones
+        assert json.loads(step.parameters[IMAGE_RANGE_PARAMETER].string_value) == {'min': [32, 32],
+                                                                                   'max': [3840, 3840]}
+    else:
+        assert IMAGE_RANGE_PARAMETER not in step.parameters
     assert ModelMetadata.from_json(step.parameters[METADATA_PARAMETER].string_value) == meta
     assert (tmp_path / 'repo' / MODEL_NAME / '1' / 'model.py').is_file()
+
+
+def test_a_batch_above_the_engines_profile_is_refused_in_one_line(demo_engine, tmp_path, capsys):
+    """Triton would not load a tensorrt_plan configured for more than its profile's batch (8 here)."""
+    assert serve_main(['--model', str(demo_engine), '--repository', str(tmp_path / 'repo'), '--max-batch', '9']) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "--max-batch 9 is above the engine profile's maximum batch 8" in lines[0], lines
+    assert '--max-batch 8' in lines[0] and not (tmp_path / 'repo').exists()
+
+
+def test_the_bundled_servers_repository_for_an_engine(demo_engine, tmp_path):
+    """Written without TensorRT: the step opens the engine itself and knows its image range."""
+    local_repository(demo_engine, model_metadata(demo_engine), tmp_path / 'repo', ServingOptions())
+    step = parse(tmp_path / 'repo' / MODEL_NAME / 'config.pbtxt')
+    assert step.parameters['model_file'].string_value == str(demo_engine.resolve())
+    assert json.loads(step.parameters[IMAGE_RANGE_PARAMETER].string_value) == {'min': [32, 32], 'max': [3840, 3840]}
+    assert sorted(p.name for p in (tmp_path / 'repo').iterdir()) == [MODEL_NAME]
 
 
 def test_an_engine_is_refused_in_one_line_on_a_host_without_tensorrt(demo_engine, demo_onnx, capsys):
