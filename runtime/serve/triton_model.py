@@ -47,13 +47,14 @@ def as_array(tensor) -> np.ndarray:
 
 # The stub renames a DLPack capsule it consumed "used_dlpack" (python_backend's pb_tensor.cc,
 # FromDLPackCapsule), where the DLPack protocol says "used_dltensor". numpy's capsule destructor
-# knows only the protocol's names: on the stub's it failed to read the capsule and wrote
+# knows only the protocol's names: on the stub's name it fails to read the capsule and writes
 # "ValueError: PyCapsule_GetPointer called with incorrect name" with a traceback into the server's
-# log, once per output tensor. It freed nothing (the stub owns the tensor from then on and calls its
-# deleter once the response is sent), so nothing leaked; output_tensor gives the consumed capsule the
-# protocol's name, and numpy's destructor sees a consumed capsule and leaves it alone.
+# log, once per output tensor. It frees nothing then (the stub owns the tensor and calls its deleter
+# once the response is sent), so nothing leaks or is freed twice; output_tensor gives the consumed
+# capsule the protocol's name, and numpy's destructor leaves a consumed capsule alone.
 _set_capsule_name = ctypes.pythonapi.PyCapsule_SetName
-_set_capsule_name.argtypes = [ctypes.py_object, ctypes.c_char_p]  # pythonapi raises what it sets
+# ctypes.pythonapi raises the Python error a failed call sets, so the int it returns needs no check.
+_set_capsule_name.argtypes = [ctypes.py_object, ctypes.c_char_p]
 # A capsule keeps a pointer to its name, not a copy: a module constant outlives every capsule.
 CONSUMED_CAPSULE_NAME = b'used_dltensor'
 
