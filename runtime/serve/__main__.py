@@ -14,7 +14,7 @@ from pathlib import Path
 from runtime.errors import ToolkitError
 from runtime.serve.protocol import MODEL_NAME
 from runtime.serve.repository import (NETWORK_NAME, ServingOptions, local_repository, model_metadata,
-                                     official_repository)
+                                     official_repository, servable_metadata)
 from runtime.serve.server import TritonServer
 
 DEFAULT_OPTIONS = ServingOptions()
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def serve(args: argparse.Namespace, options: ServingOptions) -> int:
-    metadata = model_metadata(args.model)  # a model that does not load is refused before the server starts
+    metadata = servable_metadata(args.model)  # a model that does not run here is refused before the server starts
     stop = []
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda number, frame: stop.append(number))
@@ -62,7 +62,8 @@ def serve(args: argparse.Namespace, options: ServingOptions) -> int:
         with server:
             print(f'serving {args.model} as {MODEL_NAME!r}: http://{args.address}:{args.http_port}/{MODEL_NAME} '
                   f'(HTTP), grpc://{args.address}:{args.grpc_port}/{MODEL_NAME} (gRPC), metrics on '
-                  f'http://{args.address}:{args.metrics_port}/metrics; Ctrl-C stops', file=sys.stderr, flush=True)
+                  f'http://{args.address}:{args.metrics_port}/metrics; its log: {server.log_path}; Ctrl-C stops',
+                  file=sys.stderr, flush=True)
             while not stop and server.process.poll() is None:
                 time.sleep(0.2)
             if not stop:

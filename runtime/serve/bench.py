@@ -1,8 +1,8 @@
 """python -m runtime.serve.bench (`make bench-serve`): a load test of the served model. Starts the
 bundled server on a model file (127.0.0.1, free ports), then, for each concurrency, that many
 clients send one image in a loop for --duration seconds. Prints throughput, p50/p99 latency,
-errors, the server's memory (resident set of its processes) before and after each load, and
-the response size for the image."""
+errors, the server's memory (resident set of its processes) at the start and the end of each
+load, and the response size for the image."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from runtime.assets import SAMPLE_IMAGE
 from runtime.images import load_image
 from runtime.serve.client import ServedModel
 from runtime.serve.protocol import DEFAULT_SCORE_THRESHOLD, MODEL_NAME, encode_detections
-from runtime.serve.repository import ServingOptions, local_repository, model_metadata
+from runtime.serve.repository import ServingOptions, local_repository, servable_metadata
 from runtime.serve.server import TritonServer
 
 DEFAULT_IMAGE = SAMPLE_IMAGE
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         image = load_image(args.image)
         options = ServingOptions(max_batch=args.max_batch, instances=args.instances)
         with tempfile.TemporaryDirectory(prefix='yolact-bench-serve-') as workspace:
-            repository = local_repository(args.model, model_metadata(args.model), Path(workspace) / 'repository',
+            repository = local_repository(args.model, servable_metadata(args.model), Path(workspace) / 'repository',
                                           options)
             http_port, grpc_port = free_port(), free_port()
             with TritonServer(repository, Path(workspace), http_port=http_port, grpc_port=grpc_port,
@@ -112,14 +112,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f'{args.model} on the bundled tritonserver ({args.protocol}), image {args.image.name} '
                       f'{image.shape[1]}x{image.shape[0]}, {len(dets)} detection(s), response tensors {payload} bytes; '
                       f'max batch {options.max_batch}, {options.instances} instance(s), {args.duration:g} s each')
-                print(f'server memory before: {server_memory_mb(server.process.pid):.0f} MB')
+                print('server MB: resident memory of tritonserver and its Python-backend stub(s) at the start '
+                      'and at the end of each load')
                 print(f'{"concurrency":>11} {"images/s":>9} {"p50 ms":>8} {"p99 ms":>8} {"errors":>7} '
-                      f'{"server MB after":>16}')
+                      f'{"server MB start":>15} {"server MB end":>13}')
                 for concurrency in args.concurrency:
+                    start_mb = server_memory_mb(server.process.pid)
                     latencies, errors = load(url, image, concurrency, args.duration, args.score_thr)
                     p50, p99 = (np.percentile(latencies, [50, 99]) * 1e3) if latencies else (float('nan'),) * 2
                     print(f'{concurrency:>11} {len(latencies) / args.duration:>9.1f} {p50:>8.1f} {p99:>8.1f} '
-                          f'{errors:>7} {server_memory_mb(server.process.pid):>16.0f}', flush=True)
+                          f'{errors:>7} {start_mb:>15.0f} {server_memory_mb(server.process.pid):>13.0f}', flush=True)
     except ToolkitError as e:
         print(f'error: {e}', file=sys.stderr)
         return 1

@@ -23,7 +23,27 @@ SCHEMES = ('http', 'grpc')
 TIMEOUT_S = 60.0
 # gRPC statuses of a server that is gone rather than one that refused the request.
 UNREACHABLE = ('StatusCode.UNAVAILABLE', 'StatusCode.DEADLINE_EXCEEDED')
+# gRPC statuses of a fault on the server's side (HTTP: 5xx).
+SERVER_FAULTS = ('StatusCode.INTERNAL', 'StatusCode.UNKNOWN')
 START_HINT = 'is it running? (python -m runtime.serve --model FILE)'
+# The most of a server's message that goes into the one-line error (a proxy's error page can be long).
+MESSAGE_CHARS = 300
+
+
+def server_error(url: str, status: str | None, message: str) -> ServeError:
+    """The one-line ServeError for a server's error answer: HTTP status ('400', '500', ...) or gRPC
+    status ('StatusCode.INVALID_ARGUMENT', ...), and its message (any length, any lines)."""
+    message = ' '.join(message.split())
+    if len(message) > MESSAGE_CHARS:
+        message = message[:MESSAGE_CHARS] + '...'
+    if status in UNREACHABLE:  # gRPC reports a lost connection as a status
+        return ServeError(f'{url}: the server does not answer ({message}); {START_HINT}')
+    if status is not None and (status.startswith('5') or status in SERVER_FAULTS):
+        # Triton's HTTP frontend also answers 500 to a body it cannot parse (README, "Serving"), which
+        # this client does not send: here a 5xx is the server's (or a proxy's) own failure.
+        return ServeError(f'{url}: the server failed on the request (status {status}): {message}; the '
+                          f'server\'s log says why (python -m runtime.serve names it when it starts)')
+    return ServeError(f'{url}: the server refused the request{f" (status {status})" if status else ""}: {message}')
 
 
 def parse_url(url: str) -> tuple[str, str, str]:
@@ -63,10 +83,7 @@ class ServedModel:
         try:
             return function()
         except self._server_error as e:
-            if str(e.status()) in UNREACHABLE:  # gRPC reports a lost connection as a status
-                raise ServeError(f'{self.url}: the server does not answer ({e.message()}); {START_HINT}') from None
-            status = f' (status {e.status()})' if e.status() else ''
-            raise ServeError(f'{self.url}: the server refused the request{status}: {e.message()}') from None
+            raise server_error(self.url, str(e.status()) if e.status() else None, str(e.message())) from None
         except OSError as e:  # HTTP: refused, reset or timed-out connections
             raise ServeError(f'{self.url}: the server does not answer ({e.strerror or e}); {START_HINT}') from None
         except http.client.HTTPException as e:  # HTTP: the connection closed mid-answer (geventhttpclient's errors)

@@ -32,6 +32,9 @@ THRESHOLD_INPUT = 'score_threshold'
 OUTPUTS = ('boxes', 'scores', 'classes', 'mask_lengths', 'masks')
 METADATA_PARAMETER = 'metadata'
 MAX_PIXELS_PARAMETER = 'max_pixels'
+# A served engine's optimisation profile, JSON {"min": [H, W], "max": [H, W]} (the sidecar's
+# min_image and max_image): the image sides the network takes.
+IMAGE_RANGE_PARAMETER = 'image_range'
 # The largest image the server takes by default: 4096 x 4096 pixels (48 MiB of BGR, within Triton's
 # 64 MiB request limit); larger is a bad request.
 MAX_IMAGE_PIXELS = 4096 * 4096
@@ -41,10 +44,12 @@ class ServeError(ToolkitError, ValueError):
     """A request the server refuses, or a server the client cannot use; the message says what to fix."""
 
 
-def check_request(image: np.ndarray, threshold: np.ndarray | None, max_pixels: int) -> tuple[np.ndarray, float]:
+def check_request(image: np.ndarray, threshold: np.ndarray | None, max_pixels: int,
+                  max_image: tuple[int, int] | None = None) -> tuple[np.ndarray, float]:
     """The image (uint8 [H, W, 3]) and score threshold of one request, or ServeError naming the
     problem. Triton has already checked the dtypes, the rank and the channel count against the
-    config; what it cannot check is here."""
+    config; what it cannot check is here. max_image: the largest (H, W) a served engine's profile
+    takes (None: any)."""
     if image.shape[0] != 1:
         raise ServeError(f'{IMAGE_INPUT} holds {image.shape[0]} images: send one image per request, '
                          f'shape [1, H, W, 3] (the server batches requests itself)')
@@ -55,6 +60,9 @@ def check_request(image: np.ndarray, threshold: np.ndarray | None, max_pixels: i
     if height * width > max_pixels:
         raise ServeError(f'{IMAGE_INPUT} is too large ({height} x {width} pixels; this server takes at most '
                          f'{max_pixels}): downscale it before sending')
+    if max_image is not None and (height > max_image[0] or width > max_image[1]):
+        raise ServeError(f'{IMAGE_INPUT} is {height} x {width} pixels, larger than the served engine takes '
+                         f'({max_image[0]} x {max_image[1]}): downscale it to fit before sending')
     score_threshold = DEFAULT_SCORE_THRESHOLD
     if threshold is not None:
         if threshold.size != 1 or not 0 <= float(threshold.flat[0]) <= 1:

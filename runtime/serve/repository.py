@@ -12,16 +12,18 @@ Each config.pbtxt is Triton's ModelConfig in protobuf text format.
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.backends import backend_for_path, open_backend
 from runtime.contract import INPUT_NAME
+from runtime.errors import ToolkitError
 from runtime.files import atomic_output, write_atomic
 from runtime.metadata import ModelMetadata
-from runtime.serve.protocol import (IMAGE_INPUT, MAX_IMAGE_PIXELS, MAX_PIXELS_PARAMETER, METADATA_PARAMETER, MODEL_NAME,
-                                    THRESHOLD_INPUT, ServeError)
+from runtime.serve.protocol import (IMAGE_INPUT, IMAGE_RANGE_PARAMETER, MAX_IMAGE_PIXELS, MAX_PIXELS_PARAMETER,
+                                    METADATA_PARAMETER, MODEL_NAME, THRESHOLD_INPUT, ServeError)
 from runtime.tensorrt.sidecar import read_sidecar
 
 NETWORK_NAME = 'yolact_net'
@@ -50,13 +52,31 @@ class ServingOptions:
 
 
 def model_metadata(model_file: Path) -> ModelMetadata:
-    """The metadata of a model file: an engine's from its sidecar (no TensorRT needed, so a
-    repository for a GPU host can be written anywhere), any other file's from its backend, which
-    checks that it loads."""
+    """The metadata of a model file for a repository: an engine's from its sidecar (no TensorRT
+    needed, so a repository for a GPU host can be written anywhere), any other file's from its
+    backend (servable_metadata)."""
     if backend_for_path(model_file) == 'trt':
         return read_sidecar(model_file).metadata
-    with open_backend(model_file) as backend:
-        return backend.metadata
+    return servable_metadata(model_file)
+
+
+def servable_metadata(model_file: Path) -> ModelMetadata:
+    """The metadata of a model file that the bundled server is to serve, read by opening the file
+    with its backend on this host as the Python-backend step will: a model that cannot run here
+    (an engine on a host without TensorRT or a GPU, a file that does not load) is a ServeError of
+    one line before any server starts, not a failed start with the server's log."""
+    try:
+        with open_backend(model_file) as backend:
+            return backend.metadata
+    except ToolkitError as e:
+        hint = ''
+        if backend_for_path(model_file) == 'trt':
+            from runtime.tensorrt.backend import TensorRTUnavailableError  # imported by open_backend already
+            if isinstance(e, TensorRTUnavailableError):
+                hint = (f'. To serve it here, serve the ONNX model it was built from (python -m runtime.serve '
+                        f'--model {read_sidecar(model_file).engine.onnx_file}); for a GPU host\'s container, '
+                        f'write a repository (--repository DIR)')
+        raise ServeError(f'{model_file} cannot be served on this host: {e}{hint}') from None
 
 
 def _pbtxt_string(text: str) -> str:
@@ -104,6 +124,15 @@ def network_config(metadata: ModelMetadata, platform: str, options: ServingOptio
     return _config(NETWORK_NAME, f'platform: "{platform}"', options, 'KIND_GPU', inputs, outputs, {})
 
 
+def engine_parameters(model_file: Path) -> dict[str, str]:
+    """The step's parameters for an engine's optimisation profile (protocol.IMAGE_RANGE_PARAMETER,
+    from the sidecar): none for other model files, which take any image size."""
+    if backend_for_path(model_file) != 'trt':
+        return {}
+    engine = read_sidecar(model_file).engine
+    return {IMAGE_RANGE_PARAMETER: json.dumps({'min': list(engine.min_image), 'max': list(engine.max_image)})}
+
+
 def _write_step(repository: Path, config: str) -> None:
     write_atomic(repository / MODEL_NAME / 'config.pbtxt', config.encode())
     write_atomic(repository / MODEL_NAME / '1' / 'model.py', STEP_SOURCE.read_bytes())
@@ -112,7 +141,8 @@ def _write_step(repository: Path, config: str) -> None:
 def local_repository(model_file: Path, metadata: ModelMetadata, repository: Path, options: ServingOptions) -> Path:
     """A repository for the bundled server: the step opens `model_file` (absolute path) itself, on
     CPU instances (the bundled server has no GPU backends; a .engine still runs on the GPU)."""
-    _write_step(repository, step_config(metadata, options, 'KIND_CPU', model_file=str(Path(model_file).resolve())))
+    _write_step(repository, step_config(metadata, options, 'KIND_CPU', model_file=str(Path(model_file).resolve()),
+                                        **engine_parameters(model_file)))
     return repository
 
 
@@ -125,8 +155,14 @@ def official_repository(model_file: Path, metadata: ModelMetadata, repository: P
         raise ServeError(f'{model_file}: the official containers serve .onnx or .engine files; export or build '
                          f'one first (python -m export, make engine)')
     platform, file_name = PLATFORMS[backend]
+    engine_batch = read_sidecar(model_file).engine.max_batch if backend == 'trt' else options.max_batch
+    if options.max_batch > engine_batch:  # Triton does not load a tensorrt_plan configured above its profile
+        raise ServeError(f'{model_file}: --max-batch {options.max_batch} is above the engine profile\'s maximum batch '
+                         f'{engine_batch}; pass --max-batch {engine_batch}, or rebuild the engine with '
+                         f'--max-batch {options.max_batch} (make engine MAX_BATCH={options.max_batch})')
     write_atomic(repository / NETWORK_NAME / 'config.pbtxt', network_config(metadata, platform, options).encode())
     with atomic_output(repository / NETWORK_NAME / '1' / file_name) as tmp:
         shutil.copyfile(model_file, tmp)
-    _write_step(repository, step_config(metadata, options, 'KIND_CPU', network=NETWORK_NAME))
+    _write_step(repository, step_config(metadata, options, 'KIND_CPU', network=NETWORK_NAME,
+                                        **engine_parameters(model_file)))
     return repository

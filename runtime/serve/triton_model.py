@@ -14,6 +14,7 @@ two ways, by the config's parameters:
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import sys
@@ -28,9 +29,11 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from runtime.backends import open_backend  # noqa: E402
 from runtime.contract import INPUT_NAME, POSTPROCESS_OUTPUTS  # noqa: E402
+from runtime.images import enlarge_to  # noqa: E402
 from runtime.metadata import ModelMetadata  # noqa: E402
 from runtime.pipeline import predict, same_size_groups, to_detections  # noqa: E402
-from runtime.serve.protocol import IMAGE_INPUT, MAX_PIXELS_PARAMETER, METADATA_PARAMETER, THRESHOLD_INPUT  # noqa: E402
+from runtime.serve.protocol import (IMAGE_INPUT, IMAGE_RANGE_PARAMETER, MAX_PIXELS_PARAMETER,  # noqa: E402
+                                    METADATA_PARAMETER, THRESHOLD_INPUT)
 from runtime.serve.protocol import ServeError, check_request, encode_detections  # noqa: E402
 
 
@@ -42,12 +45,29 @@ def as_array(tensor) -> np.ndarray:
     return np.from_dlpack(tensor)
 
 
+# The stub renames a DLPack capsule it consumed "used_dlpack" (python_backend's pb_tensor.cc,
+# FromDLPackCapsule), where the DLPack protocol says "used_dltensor". numpy's capsule destructor
+# knows only the protocol's names: on the stub's name it fails to read the capsule and writes
+# "ValueError: PyCapsule_GetPointer called with incorrect name" with a traceback into the server's
+# log, once per output tensor. It frees nothing then (the stub owns the tensor and calls its deleter
+# once the response is sent), so nothing leaks or is freed twice; output_tensor gives the consumed
+# capsule the protocol's name, and numpy's destructor leaves a consumed capsule alone.
+_set_capsule_name = ctypes.pythonapi.PyCapsule_SetName
+# ctypes.pythonapi raises the Python error a failed call sets, so the int it returns needs no check.
+_set_capsule_name.argtypes = [ctypes.py_object, ctypes.c_char_p]
+# A capsule keeps a pointer to its name, not a copy: a module constant outlives every capsule.
+CONSUMED_CAPSULE_NAME = b'used_dltensor'
+
+
 def output_tensor(name: str, array: np.ndarray):
     """A pb_utils.Tensor of a C-contiguous numpy array, through DLPack, except an empty array: numpy
     gives it strides that the stub's contiguity check refuses, and its size is 0 either way."""
     if array.size == 0:
         return pb_utils.Tensor(name, array)
-    return pb_utils.Tensor.from_dlpack(name, array)
+    capsule = array.__dlpack__()
+    tensor = pb_utils.Tensor.from_dlpack(name, capsule)
+    _set_capsule_name(capsule, CONSUMED_CAPSULE_NAME)
+    return tensor
 
 
 class TritonPythonModel:
@@ -56,6 +76,11 @@ class TritonPythonModel:
         parameters = {key: value['string_value'] for key, value in config.get('parameters', {}).items()}
         self.metadata = ModelMetadata.from_json(parameters[METADATA_PARAMETER], f'{args["model_name"]} config')
         self.max_pixels = int(parameters[MAX_PIXELS_PARAMETER])
+        # An engine's profile: larger images are refused per request (a 400, not a failed batch); smaller
+        # ones the TensorRT backend enlarges itself, and the BLS path here before calling the network.
+        image_range = json.loads(parameters.get(IMAGE_RANGE_PARAMETER, 'null'))
+        self.min_image, self.max_image = (None, None) if image_range is None else \
+            (tuple(image_range['min']), tuple(image_range['max']))
         self.backend = None
         self.network = parameters.get('network')
         if 'model_file' in parameters:
@@ -69,7 +94,7 @@ class TritonPythonModel:
             try:
                 image, score_threshold = check_request(
                     as_array(pb_utils.get_input_tensor_by_name(request, IMAGE_INPUT)),
-                    None if threshold is None else as_array(threshold), self.max_pixels)
+                    None if threshold is None else as_array(threshold), self.max_pixels, self.max_image)
             except ServeError as e:
                 responses[index] = pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
@@ -85,10 +110,12 @@ class TritonPythonModel:
         """Detections of each image (uint8 [H, W, 3] BGR, any size) as one batch."""
         if self.backend is not None:
             return predict(self.backend, images, score_threshold=score_threshold)
-        # The network resizes inside (any H, W), but a batch holds images of one size.
+        # The network resizes inside (any H, W; an engine from its profile's minimum up), but a batch holds
+        # images of one size.
         detections: list = [None] * len(images)
         for group in same_size_groups(images):
-            batch = np.stack([images[i] for i in group])
+            batch = np.stack([images[i] if self.min_image is None else enlarge_to(images[i], self.min_image)
+                              for i in group])
             response = pb_utils.InferenceRequest(model_name=self.network,
                                                  requested_output_names=list(POSTPROCESS_OUTPUTS),
                                                  inputs=[output_tensor(INPUT_NAME, batch)]).exec()

@@ -59,3 +59,12 @@ def test_check_request_refuses(shape, threshold, message):
     with pytest.raises(ServeError, match=message):
         check_request(np.zeros(shape, np.uint8), None if threshold is None else np.array([[threshold]], np.float32),
                       max_pixels=24)
+
+
+def test_check_request_refuses_an_image_beyond_a_served_engines_profile():
+    """An engine takes image sides up to its profile's maximum: a side above is the request's
+    fault (400), found before the batch runs, not an engine error failing every request batched with it."""
+    assert check_request(np.zeros((1, 8, 6, 3), np.uint8), None, max_pixels=100, max_image=(8, 6))[0].shape == (8, 6, 3)
+    for shape in [(1, 9, 6, 3), (1, 4, 7, 3)]:
+        with pytest.raises(ServeError, match=r'larger than the served engine takes \(8 x 6\): downscale'):
+            check_request(np.zeros(shape, np.uint8), None, max_pixels=100, max_image=(8, 6))

@@ -13,9 +13,11 @@ from runtime.contract import INPUT_NAME, POSTPROCESS_OUTPUTS
 from runtime.errors import ToolkitError
 from runtime.metadata import ModelMetadata
 from runtime.serve.__main__ import main as serve_main
-from runtime.serve.protocol import IMAGE_INPUT, METADATA_PARAMETER, MODEL_NAME, OUTPUTS, THRESHOLD_INPUT
-from runtime.serve.repository import (NETWORK_NAME, QUEUE_DELAY_US, ServingOptions, model_metadata,
-                                      official_repository)
+from runtime.serve.protocol import (IMAGE_INPUT, IMAGE_RANGE_PARAMETER, METADATA_PARAMETER, MODEL_NAME, OUTPUTS,
+                                    THRESHOLD_INPUT)
+from runtime.serve.repository import (NETWORK_NAME, QUEUE_DELAY_US, ServingOptions, local_repository,
+                                      model_metadata, official_repository)
+from runtime.tensorrt.backend import trt_unavailable_reason
 from runtime.tensorrt.sidecar import EngineInfo, EngineSidecar, sidecar_path
 
 DT = model_config_pb2.DataType
@@ -31,18 +33,38 @@ def check_serving_options(config, options, kind):
     assert [(g.count, g.kind) for g in config.instance_group] == [(options.instances, kind)]
 
 
-def test_onnx_repository_for_the_official_containers(demo_onnx, tmp_path):
-    assert serve_main(['--model', str(demo_onnx), '--repository', str(tmp_path / 'repo'), '--max-batch', '4',
+@pytest.fixture
+def demo_engine(demo_onnx, tmp_path):
+    """A stand-in for the demo model's engine: its sidecar as the engine builder writes it (built
+    from demo_onnx with TensorRT on an H100) beside bytes that are no plan."""
+    engine = tmp_path / 'demo.engine'
+    engine.write_bytes(b'a serialized plan')
+    info = EngineInfo('tensorrt', '10.13', 'NVIDIA H100', ('9.0',), 8, (), (32, 32), (1080, 1920), (3840, 3840),
+                      str(demo_onnx), '0' * 64, '0' * 64, 'now')
+    sidecar = EngineSidecar(model_metadata(demo_onnx), info)
+    sidecar_path(engine).write_text(json.dumps({**sidecar.to_dict(), 'engine': asdict(info)}))
+    return engine
+
+
+@pytest.mark.parametrize('kind, platform, network_file', [('onnx', 'onnxruntime_onnx', 'model.onnx'),
+                                                          ('engine', 'tensorrt_plan', 'model.plan')])
+def test_repository_for_the_official_containers(demo_onnx, request, tmp_path, kind, platform, network_file):
+    """The engine's repository is written without TensorRT (its metadata comes from the sidecar):
+    the same two models, the network as tensorrt_plan with the plan file as built (the AOT plugins'
+    PTX travels inside it)."""
+    model = demo_onnx if kind == 'onnx' else request.getfixturevalue('demo_engine')
+    assert serve_main(['--model', str(model), '--repository', str(tmp_path / 'repo'), '--max-batch', '4',
                        '--instances', '2']) == 0
     options, meta = ServingOptions(max_batch=4, instances=2), model_metadata(demo_onnx)
     network = parse(tmp_path / 'repo' / NETWORK_NAME / 'config.pbtxt')
-    assert network.name == NETWORK_NAME and network.platform == 'onnxruntime_onnx'
+    assert network.name == NETWORK_NAME and network.platform == platform
     check_serving_options(network, options, model_config_pb2.ModelInstanceGroup.KIND_GPU)
     assert [(t.name, t.data_type, list(t.dims)) for t in network.input] == [
         (INPUT_NAME, DT.TYPE_UINT8, [-1, -1, 3])]  # any image size: the network resizes
     assert [t.name for t in network.output] == list(POSTPROCESS_OUTPUTS)
     assert list(network.output[1].dims) == [meta.max_dets, 4]
-    assert (tmp_path / 'repo' / NETWORK_NAME / '1' / 'model.onnx').read_bytes() == demo_onnx.read_bytes()
+    assert sorted(p.name for p in (tmp_path / 'repo' / NETWORK_NAME / '1').iterdir()) == [network_file]
+    assert (tmp_path / 'repo' / NETWORK_NAME / '1' / network_file).read_bytes() == model.read_bytes()
 
     step = parse(tmp_path / 'repo' / MODEL_NAME / 'config.pbtxt')
     assert step.backend == 'python'
@@ -50,22 +72,44 @@ def test_onnx_repository_for_the_official_containers(demo_onnx, tmp_path):
     assert [t.name for t in step.input] == [IMAGE_INPUT, THRESHOLD_INPUT]
     assert step.input[0].allow_ragged_batch and step.input[1].optional
     assert [t.name for t in step.output] == list(OUTPUTS)
-    assert step.parameters['network'].string_value == NETWORK_NAME
+    assert step.parameters['network'].string_value == NETWORK_NAME and 'model_file' not in step.parameters
+    if kind == 'engine':  # its profile goes to the step, which refuses larger images and enlarges smaller ones
+        assert json.loads(step.parameters[IMAGE_RANGE_PARAMETER].string_value) == {'min': [32, 32],
+                                                                                   'max': [3840, 3840]}
+    else:
+        assert IMAGE_RANGE_PARAMETER not in step.parameters
     assert ModelMetadata.from_json(step.parameters[METADATA_PARAMETER].string_value) == meta
     assert (tmp_path / 'repo' / MODEL_NAME / '1' / 'model.py').is_file()
 
 
-def test_engine_repository_reads_the_sidecar_without_tensorrt(demo_onnx, tmp_path):
-    engine = tmp_path / 'demo.engine'
-    engine.write_bytes(b'a serialized plan')
-    info = EngineInfo('tensorrt', '10.13', 'NVIDIA H100', ('9.0',), 8, (), (32, 32), (1080, 1920), (3840, 3840),
-                      str(demo_onnx), '0' * 64, '0' * 64, 'now')
-    sidecar = EngineSidecar(model_metadata(demo_onnx), info)
-    sidecar_path(engine).write_text(json.dumps({**sidecar.to_dict(), 'engine': asdict(info)}))
-    official_repository(engine, model_metadata(engine), tmp_path / 'repo', ServingOptions())
-    network = parse(tmp_path / 'repo' / NETWORK_NAME / 'config.pbtxt')
-    assert network.platform == 'tensorrt_plan'
-    assert (tmp_path / 'repo' / NETWORK_NAME / '1' / 'model.plan').read_bytes() == b'a serialized plan'
+def test_a_batch_above_the_engines_profile_is_refused_in_one_line(demo_engine, tmp_path, capsys):
+    """Triton would not load a tensorrt_plan configured for more than its profile's batch (8 here)."""
+    assert serve_main(['--model', str(demo_engine), '--repository', str(tmp_path / 'repo'), '--max-batch', '9']) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "--max-batch 9 is above the engine profile's maximum batch 8" in lines[0], lines
+    assert '--max-batch 8' in lines[0] and not (tmp_path / 'repo').exists()
+
+
+def test_the_bundled_servers_repository_for_an_engine(demo_engine, tmp_path):
+    """Written without TensorRT: the step opens the engine itself and knows its image range."""
+    local_repository(demo_engine, model_metadata(demo_engine), tmp_path / 'repo', ServingOptions())
+    step = parse(tmp_path / 'repo' / MODEL_NAME / 'config.pbtxt')
+    assert step.parameters['model_file'].string_value == str(demo_engine.resolve())
+    assert json.loads(step.parameters[IMAGE_RANGE_PARAMETER].string_value) == {'min': [32, 32], 'max': [3840, 3840]}
+    assert sorted(p.name for p in (tmp_path / 'repo').iterdir()) == [MODEL_NAME]
+
+
+def test_an_engine_is_refused_in_one_line_on_a_host_without_tensorrt(demo_engine, demo_onnx, capsys):
+    """The bundled server runs the engine in its Python-backend step with runtime.backends, which
+    needs TensorRT and a GPU: without them runtime.serve says so before starting a server, and
+    names what serves here instead."""
+    reason = trt_unavailable_reason()
+    if reason is None:
+        pytest.skip('this host runs engines (tests/runtime/serve/test_server.py serves one)')
+    assert serve_main(['--model', str(demo_engine), '--http-port', '1', '--grpc-port', '1']) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f'error: {demo_engine} cannot be served on this host: '), lines
+    assert 'NVIDIA GPU' in lines[0] and f'--model {demo_onnx}' in lines[0] and '--repository DIR' in lines[0]
 
 
 def test_a_checkpoint_is_refused_with_the_fix(tmp_path, capsys):

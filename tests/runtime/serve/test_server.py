@@ -21,9 +21,10 @@ import pytest
 
 from yolact_torch.data.shapes import generate_image
 import runtime
+from runtime.assets import SAMPLE_IMAGE
 from runtime.client import main as client_main
 from runtime.infer import main as infer_main
-from runtime.serve.protocol import MODEL_NAME
+from runtime.serve.protocol import MODEL_NAME, OUTPUTS
 from runtime.serve.repository import ServingOptions, model_metadata, official_repository
 from runtime.serve.server import TritonServer, ready
 
@@ -95,6 +96,13 @@ def tritonserver_of(process):
     raise AssertionError(f'runtime.serve {process.pid} has no tritonserver child')
 
 
+def tritonserver_log(process):
+    """The log of the tritonserver that a runtime.serve process started: beside its repository."""
+    arguments = Path(f'/proc/{tritonserver_of(process)}/cmdline').read_text().split('\0')
+    repository = next(a.split('=', 1)[1] for a in arguments if a.startswith('--model-repository='))
+    return Path(repository).parent / 'tritonserver.log'
+
+
 @pytest.fixture(scope='module')
 def server(demo_onnx, tmp_path_factory):
     """python -m runtime.serve on free ports: (process, http_port, grpc_port, log file)."""
@@ -146,32 +154,118 @@ def post(port, body, header_length=None):
         return e.code, e.read()
 
 
-def image_request(array, datatype='UINT8'):
-    """A binary-tensor infer request carrying `array` as the image input."""
-    header = json.dumps({'inputs': [{'name': 'image', 'shape': list(array.shape), 'datatype': datatype,
-                                     'parameters': {'binary_data_size': array.nbytes}}]}).encode()
+def image_request(array, datatype='UINT8', threshold=None):
+    """A binary-tensor infer request carrying `array` as the image input (and the score threshold
+    as JSON data): (body, header length)."""
+    inputs = [{'name': 'image', 'shape': list(array.shape), 'datatype': datatype,
+               'parameters': {'binary_data_size': array.nbytes}}]
+    if threshold is not None:
+        inputs.append({'name': 'score_threshold', 'shape': [1, 1], 'datatype': 'FP32', 'data': [threshold]})
+    header = json.dumps({'inputs': inputs}).encode()
     return header + array.tobytes(), len(header)
 
 
-@pytest.mark.parametrize('what, body, message', [
-    ('wrong dtype', image_request(np.zeros((1, 8, 8, 3), np.float32), 'FP32'), 'data-type'),
-    ('wrong rank', image_request(np.zeros((1, 8, 3), np.uint8)), 'shape'),
-    ('empty image', image_request(np.zeros((1, 0, 0, 3), np.uint8)), 'empty'),
-    ('too large', image_request(np.zeros((1, 1000, MAX_PIXELS // 1000 + 1, 3), np.uint8)), 'too large'),
-    ('image bytes cut short', (image_request(np.zeros((1, 8, 8, 3), np.uint8))[0][:-10],
-                               image_request(np.zeros((1, 8, 8, 3), np.uint8))[1]), 'unexpected'),
-    # Triton 2.51's HTTP frontend answers a body that is not JSON with 500, not 400 (its code, not ours).
-    ('garbage bytes', (np.random.default_rng(0).bytes(300), None), 'failed to parse the request JSON'),
+SMALL = np.zeros((1, 8, 8, 3), np.uint8)
+# Grey, not black: after a JSON header that Triton reads too far, a zero byte ends the JSON text for
+# its parser (the request then fails on the binary data's size, 400), any other byte fails the parse (500).
+BODY, HEADER_LENGTH = image_request(np.full((1, 8, 8, 3), 128, np.uint8))
+BLACK_BODY, BLACK_HEADER_LENGTH = image_request(SMALL)
+
+
+@pytest.mark.parametrize('what, request_, status, message', [
+    # Triton 2.51's HTTP frontend answers these itself, before the model sees them, with 500 (its
+    # parse errors are TRITONSERVER_ERROR_INTERNAL; no server option changes that).
+    ('body not JSON', (np.random.default_rng(0).bytes(300), None), 500, 'failed to parse the request JSON buffer'),
+    ('JSON, not an inference request', (b'{"images": [1, 2]}', None), 500, "Unable to parse 'inputs'"),
+    ('header length past the JSON', (BODY, HEADER_LENGTH + 20), 500, 'failed to parse the request JSON buffer'),
+    ('header length short of the JSON', (BODY, HEADER_LENGTH - 5), 500, 'failed to parse the request JSON buffer'),
+    ('binary data, no header length', (BODY, None), 500, 'failed to parse the request JSON buffer'),
+    # Triton's own checks, 400.
+    ('header length past the JSON, then zeros', (BLACK_BODY, BLACK_HEADER_LENGTH + 20), 400, 'unexpected size'),
+    ('header length past the body', (BODY, len(BODY) + 100), 400, 'inference header size should be in range'),
+    ('image bytes cut short', (BODY[:-10], HEADER_LENGTH), 400, 'unexpected size'),
+    ('image bytes too many', (BODY + b'\0' * 10, HEADER_LENGTH), 400, 'unexpected additional input data'),
+    ('wrong dtype', image_request(SMALL.astype(np.float32), 'FP32'), 400, "data-type is 'FP32'"),
+    ('wrong rank', image_request(np.zeros((1, 8, 3), np.uint8)), 400, 'unexpected shape'),
+    ('no batch axis', image_request(np.zeros((64, 80, 3), np.uint8)), 400, 'batch-size must be <='),
+    ('one channel', image_request(np.zeros((1, 8, 8, 1), np.uint8)), 400, 'unexpected shape'),
+    ('JPEG file bytes', image_request(np.fromfile(SAMPLE_IMAGE, np.uint8)[None]), 400, 'unexpected shape'),
+    # The model's own checks (protocol.check_request), 400 with the fix.
+    ('empty image', image_request(np.zeros((1, 0, 0, 3), np.uint8)), 400, 'is empty (0 x 0 pixels): send a decoded'),
+    ('too large', image_request(np.zeros((1, 1000, MAX_PIXELS // 1000 + 1, 3), np.uint8)), 400,
+     'too large (1000 x 501 pixels; this server takes at most 500000): downscale'),
+    ('two images', image_request(np.zeros((2, 8, 8, 3), np.uint8)), 400, 'send one image per request'),
+    ('threshold out of range', image_request(SMALL, threshold=1.5), 400, 'must be one number in 0..1, got [1.5]'),
+    # Random pixels of a valid shape are a valid image: answered.
+    ('random pixels', image_request(np.random.default_rng(1).integers(0, 256, (1, 64, 80, 3), np.uint8)), 200, None),
 ])
-def test_bad_requests_are_refused_and_the_server_stays_up(server, images, what, body, message):
+def test_bad_requests_are_refused_and_the_server_stays_up(server, images, what, request_, status, message):
     _, http_port, _, _ = server
-    status, answer = post(http_port, *body)
-    assert status == (500 if what == 'garbage bytes' else 400), (what, answer)
-    assert message in json.loads(answer)['error']
+    answered, answer = post(http_port, *request_)
+    assert answered == status, (what, answer)
+    answer = json.loads(answer)
+    if message is None:
+        assert [output['name'] for output in answer['outputs']] == list(OUTPUTS)
+    else:
+        assert message in answer['error']
     assert ready(http_port)
     good = cv2.imread(str(images / '0.png'))[None]
-    status, _ = post(http_port, *image_request(good))
-    assert status == 200
+    assert post(http_port, *image_request(good))[0] == 200
+
+
+@pytest.mark.parametrize('what, image, message', [
+    ('wrong dtype', SMALL.astype(np.float32), "data-type is 'FP32'"),
+    ('wrong rank', np.zeros((1, 8, 3), np.uint8), 'unexpected shape'),
+    ('empty image', np.zeros((1, 0, 0, 3), np.uint8), 'is empty'),
+    ('too large', np.zeros((1, 1000, MAX_PIXELS // 1000 + 1, 3), np.uint8), 'too large'),
+])
+def test_bad_grpc_requests_are_invalid_arguments_and_the_server_stays_up(server, images, what, image, message):
+    import tritonclient.grpc as grpc_client
+    from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+    _, _, grpc_port, _ = server
+    with grpc_client.InferenceServerClient(f'127.0.0.1:{grpc_port}') as client:
+        request = grpc_client.InferInput('image', list(image.shape), np_to_triton_dtype(image.dtype))
+        request.set_data_from_numpy(image)
+        with pytest.raises(InferenceServerException) as error:
+            client.infer(MODEL_NAME, [request])
+    assert error.value.status() == 'StatusCode.INVALID_ARGUMENT' and message in error.value.message(), what
+    with runtime.load(f'grpc://127.0.0.1:{grpc_port}/{MODEL_NAME}') as served:
+        assert len(served([images / '0.png'])[0])
+
+
+def test_the_servers_log_stays_clean(server, images):
+    """No traceback in the server's log after answering requests (the stub used to log one per
+    output tensor: numpy's DLPack capsule destructor failing on the stub's non-standard name)."""
+    process, http_port, _, _ = server
+    log = tritonserver_log(process)
+    with runtime.load(f'http://127.0.0.1:{http_port}/{MODEL_NAME}') as served:
+        assert all(len(dets) for dets in served(sorted(images.rglob('*.png')), score_threshold=0))
+    text = log.read_text(errors='replace')
+    assert 'Traceback' not in text and 'PyCapsule' not in text, text[-3000:]
+
+
+@pytest.mark.gpu
+def test_an_engine_served_on_a_gpu_host_answers_as_runtime_infer_does(demo_onnx, images, tmp_path):
+    """The bundled server's step runs the engine with runtime.backends (TensorRT, the yolact
+    plugins, GPU pasting) as runtime.infer does: over HTTP and gRPC, the same COCO JSON."""
+    from engines.build import build_engine
+
+    engine, _ = build_engine(demo_onnx, tmp_path / 'demo.engine', max_batch=ServingOptions().max_batch)
+    assert infer_main([str(images), '--model', str(engine), '--out', str(tmp_path / 'local'),
+                       '--json', str(tmp_path / 'local.json')]) == 0
+    local = json.loads((tmp_path / 'local.json').read_text())
+    assert len(local) >= 3  # the demo model finds the shapes
+    process, http_port, grpc_port = start_serve(engine, tmp_path / 'serve.log')
+    try:
+        for scheme, port in (('http', http_port), ('grpc', grpc_port)):
+            assert client_main([f'{scheme}://127.0.0.1:{port}/{MODEL_NAME}', str(images),
+                                '--out', str(tmp_path / scheme), '--json', str(tmp_path / f'{scheme}.json')]) == 0
+            assert json.loads((tmp_path / f'{scheme}.json').read_text()) == local, scheme
+        log = tritonserver_log(process).read_text(errors='replace')
+        assert 'Traceback' not in log, log[-3000:]
+    finally:
+        stop_serve(process)
 
 
 def test_official_repositorys_step_loads_in_the_bundled_server(demo_onnx, tmp_path):
