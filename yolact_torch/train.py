@@ -46,7 +46,7 @@ from runtime.errors import ToolkitError
 from runtime.files import check_writable
 from runtime.host_memory import available_memory, check_fits, largest_fitting
 
-LOSS_NAMES = ('box', 'conf', 'mask', 'semantic')
+LOSS_NAMES = ('box', 'conf', 'mask', 'semantic', 'maskiou')
 # Config fields the flags set that a resumed run must keep (the schedule's may be extended).
 RESUMED_CONFIG_FIELDS = ('name', 'backbone', 'max_size', 'mask_dim', 'conf_thresh', 'nms_thresh', 'nms_top_k',
                          'max_num_detections')
@@ -85,8 +85,8 @@ def train_step(model: torch.nn.Module, normalize: Normalize, optimizer: torch.op
         group['lr'] = learning_rate(iteration, cfg)
     x = normalize(images).contiguous(memory_format=torch.channels_last)
     out = model(x)
-    priors = getattr(model, 'module', model).priors
-    losses = yolact_loss(out, priors, targets, cfg, step_generator(seed, iteration, rank))
+    net = getattr(model, 'module', model)
+    losses = yolact_loss(out, net.priors, targets, cfg, step_generator(seed, iteration, rank), net.maskiou_net)
     total = losses.total
     optimizer.zero_grad(set_to_none=True)
     if not torch.isfinite(total):
@@ -342,7 +342,8 @@ def run(args: argparse.Namespace) -> Path:
         if losses is None:
             skipped += 1
         else:
-            progress.set_postfix({n: f'{v.item():.3f}' for n, v in zip(LOSS_NAMES, losses)}
+            shown = LOSS_NAMES if cfg.maskiou_net else LOSS_NAMES[:-1]
+            progress.set_postfix({n: f'{v.item():.3f}' for n, v in zip(shown, losses)}
                                  | {'lr': f'{learning_rate(iteration - 1, cfg):.1e}'}, refresh=False)
         progress.update()
         if is_main and iteration % args.save_every == 0 and iteration < total:
