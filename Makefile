@@ -169,7 +169,7 @@ train-demo: setup $(SHAPES_DIR)/val.json
 # make train-demo-plus: the shipped YOLACT++ demo (yolact_plus_tiny on the shapes set), fine-tuned
 # from the YOLACT demo: --init-plain starts each DCN equal to the demo's plain 3x3 conv (offsets
 # zero) and the offset convs and maskiou_net fresh; then 1500 iterations of 8 images at lr 4e-3
-# (steps at 60% and 85%), sized to about 45 minutes on 2 shared CPU cores (~1.9 s an iteration).
+# (steps at 60% and 85%): 41 minutes as run with one thread on 2 CPU cores shared with other jobs.
 # Writes runtime/assets/yolact_plus_tiny_shapes.pth (weights only) and its COCO metrics on the val split.
 DEMO_PLUS_RUN ?= build/train-demo-plus
 .PHONY: train-demo-plus
