@@ -137,6 +137,24 @@ def test_init_plain_starts_yolact_plus_equal_to_the_yolact_it_comes_from(tmp_pat
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
+
+def test_yolact_plus_trains_from_a_yolact_checkpoint_on_the_command_line(shapes, tmp_path, capsys):
+    torch.manual_seed(0)
+    source = Yolact(CFG)
+    source.init_weights()
+    save_checkpoint(tmp_path / 'plain.pth', source, CFG)
+    out = tmp_path / 'run'
+    args = [*FAST[2:], '--config', 'yolact_plus_tiny', '--data', str(shapes), '--iters', '1', '--lr', '1e-3',
+            '--out', str(out), '--init-plain', str(tmp_path / 'plain.pth')]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert ('--init-plain' in printed and 'took over' in printed
+            and '4 DCN weights as the plain conv2 weight doubled' in printed)
+    trained = _weights(out / 'yolact_plus_tiny_final.pth')
+    # One SGD step moved the offset convs and the maskiou_net away from their zero / fresh start.
+    assert trained['backbone.layers.2.0.conv2.conv_offset_mask.weight'].abs().sum() > 0
+    assert any(k.startswith('maskiou_net.') for k in trained)
+
 def test_init_plain_refuses_what_is_not_the_plain_counterpart(tmp_path):
     wide = dataclasses.replace(CFG, backbone=dataclasses.replace(CFG.backbone, width=8))
     save_checkpoint(tmp_path / 'narrow.pth', Yolact(wide), wide)
