@@ -8,7 +8,8 @@ gloo on CPU, nccl on GPU).
 The class set is the data's (names and category ids, any ids, kept in every checkpoint;
 --class-names renames them): a config's architecture is used with the data's categories
 (`--init` from a checkpoint with another class count re-initialises the class-dependent layers
-and lists them). Checkpoints are written atomically every --save-every iterations with the
+and lists them; `--init-plain` starts a YOLACT++ config from a YOLACT checkpoint of its
+backbone). Checkpoints are written atomically every --save-every iterations with the
 optimizer state; `--resume` continues exactly (same batches, same augmentation, same schedule).
 The final weights are written without optimizer state (<out>/<config>_final.pth).
 --input-size and --config-file change the config trained (max_size, prior layout, thresholds); the
@@ -167,8 +168,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.add_argument(f'--no-{stage}', dest=stage, action='store_false',
                             help=f'turn off the {stage} augmentation (on in the original)')
     parser.add_argument('--freeze-bn', choices=('auto', 'on', 'off'), default='auto',
-                        help='keep batch norms fixed; auto: on with --init when each process has fewer '
-                             'than 6 images (the original\'s rule), off when training from scratch (default: auto)')
+                        help='keep batch norms fixed; auto: on with --init or --init-plain when each process has '
+                             'fewer than 6 images (the original\'s rule), off when training from scratch '
+                             '(default: auto)')
     start = parser.add_mutually_exclusive_group()
     start.add_argument('--init', type=Path, help='start from these weights (official or own checkpoint)')
     start.add_argument('--init-plain', type=Path,

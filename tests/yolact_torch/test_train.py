@@ -129,7 +129,8 @@ def test_init_plain_starts_yolact_plus_equal_to_the_yolact_it_comes_from(tmp_pat
     dcns = ['backbone.layers.1.0.conv2', 'backbone.layers.2.0.conv2', 'backbone.layers.2.1.conv2',
             'backbone.layers.3.0.conv2']
     assert name == 'yolact_tiny' and doubled == [f'{d}.weight' for d in dcns]
-    assert fresh == sorted([f'{d}.{k}' for d in dcns for k in ('bias', 'conv_offset_mask.bias', 'conv_offset_mask.weight')]
+    dcn_parts = ('bias', 'conv_offset_mask.bias', 'conv_offset_mask.weight')
+    assert fresh == sorted([f'{d}.{k}' for d in dcns for k in dcn_parts]
                            + [k for k in plus.state_dict() if k.startswith('maskiou_net.')])
     x = torch.randn(1, 3, CFG.max_size, CFG.max_size)
     with torch.no_grad():
