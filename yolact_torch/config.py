@@ -140,6 +140,12 @@ class YolactConfig:
     mask_alpha: float = 6.125
     semantic_segmentation_alpha: float = 1.0
     masks_to_train: int = 100
+    # YOLACT++'s maskiou_net loss (configs with maskiou_net): smooth L1 between its predicted IoU
+    # and the IoU of the binarised predicted mask with its ground truth, times maskiou_alpha; masks
+    # whose ground truth covers no more than discard_mask_area prototype pixels do not train it
+    # (-1: all train). The original's defaults; its YOLACT++ configs set 25 and 5 * 5.
+    maskiou_alpha: float = 1.0
+    discard_mask_area: float = -1
     # Ground-truth boxes narrower or shorter than this (relative) are discarded in training.
     discard_box_width: float = 4 / 550
     discard_box_height: float = 4 / 550
@@ -218,7 +224,7 @@ _PLUS_SCALES = tuple(tuple(i * 2 ** (j / 3.0) for j in range(3)) for i in (24, 4
 _MASKIOU_NET = ((8, 3, 2), (16, 3, 2), (32, 3, 2), (64, 3, 2), (128, 3, 2))
 
 yolact_plus_base = dataclasses.replace(
-    yolact_base, name='yolact_plus_base', maskiou_net=_MASKIOU_NET,
+    yolact_base, name='yolact_plus_base', maskiou_net=_MASKIOU_NET, maskiou_alpha=25.0, discard_mask_area=5 * 5,
     backbone=dataclasses.replace(
         _RESNET101, name='ResNet101_DCN_Interval3', pred_scales=_PLUS_SCALES, use_square_anchors=False,
         dcn_layers=(0, 4, 23, 3), dcn_interval=3))
@@ -233,7 +239,7 @@ yolact_plus_resnet50 = dataclasses.replace(
 # 2-4, and maskiou_net with re-scoring); tiny's priors, so that it starts from the demo's trained
 # weights (make train-demo-plus). Small enough for the tests and for CPU calibration.
 yolact_plus_tiny = dataclasses.replace(
-    yolact_tiny, name='yolact_plus_tiny', maskiou_net=_MASKIOU_NET,
+    yolact_tiny, name='yolact_plus_tiny', maskiou_net=_MASKIOU_NET, maskiou_alpha=25.0, discard_mask_area=5 * 5,
     backbone=dataclasses.replace(yolact_tiny.backbone, name='ResNetTiny_DCN', dcn_layers=(0, 1, 2, 1)))
 
 CONFIGS: dict[str, YolactConfig] = {

@@ -16,19 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-@torch.library.custom_op('yolact::deform_conv2d', mutates_args=())
-def deform_conv2d(x: Tensor, offset: Tensor, mask: Tensor, weight: Tensor, bias: Tensor, stride: list[int],
-                  padding: list[int], dilation: list[int], deformable_groups: int) -> Tensor:
-    """DCNv2's modulated deformable convolution.
-
-    x float [B, C, H, W]; offset [B, 2*G*kh*kw, Ho, Wo] ((dy, dx) per deformable group and kernel
-    position, input pixels); mask [B, G*kh*kw, Ho, Wo] in 0..1; weight [Cout, C, kh, kw]; bias
-    [Cout]; stride, padding, dilation: [h, w]. Returns [B, Cout, Ho, Wo] in x's dtype.
-
-    Bilinear sampling is grid_sample with zeros padding and align_corners=False, which is DCNv2's
-    boundary rule (a corner outside the image counts 0); pixel coordinate p along an axis of n
-    pixels goes in as (2p + 1) / n - 1, which grid_sample maps back to p.
-    """
+def _modulated_deform_conv(x: Tensor, offset: Tensor, mask: Tensor, weight: Tensor, bias: Tensor,
+                           stride: list[int], padding: list[int], dilation: list[int],
+                           deformable_groups: int) -> Tensor:
+    """The body of `deform_conv2d` in differentiable torch, run by its forward and, under autograd,
+    again by its backward (the op is opaque to autograd, so the backward recomputes the graph)."""
     batch, channels, height, width = x.shape
     out_channels, _, kh, kw = weight.shape
     out_h, out_w = offset.shape[2:]
@@ -52,9 +44,47 @@ def deform_conv2d(x: Tensor, offset: Tensor, mask: Tensor, weight: Tensor, bias:
     return out.reshape(batch, out_channels, out_h, out_w)
 
 
+@torch.library.custom_op('yolact::deform_conv2d', mutates_args=())
+def deform_conv2d(x: Tensor, offset: Tensor, mask: Tensor, weight: Tensor, bias: Tensor, stride: list[int],
+                  padding: list[int], dilation: list[int], deformable_groups: int) -> Tensor:
+    """DCNv2's modulated deformable convolution.
+
+    x float [B, C, H, W]; offset [B, 2*G*kh*kw, Ho, Wo] ((dy, dx) per deformable group and kernel
+    position, input pixels); mask [B, G*kh*kw, Ho, Wo] in 0..1; weight [Cout, C, kh, kw]; bias
+    [Cout]; stride, padding, dilation: [h, w]. Returns [B, Cout, Ho, Wo] in x's dtype.
+
+    Bilinear sampling is grid_sample with zeros padding and align_corners=False, which is DCNv2's
+    boundary rule (a corner outside the image counts 0); pixel coordinate p along an axis of n
+    pixels goes in as (2p + 1) / n - 1, which grid_sample maps back to p. Differentiable in x,
+    offset, mask, weight and bias (bilinear sampling is not differentiable in the offset where a
+    sampling position is an integer).
+    """
+    return _modulated_deform_conv(x, offset, mask, weight, bias, stride, padding, dilation, deformable_groups)
+
+
 @deform_conv2d.register_fake
 def _(x, offset, mask, weight, bias, stride, padding, dilation, deformable_groups):
     return x.new_empty((x.shape[0], weight.shape[0], offset.shape[2], offset.shape[3]))
+
+
+def _setup_context(ctx, inputs, output):
+    x, offset, mask, weight, bias, stride, padding, dilation, deformable_groups = inputs
+    ctx.save_for_backward(x, offset, mask, weight, bias)
+    ctx.geometry = (stride, padding, dilation, deformable_groups)
+
+
+def _backward(ctx, grad_out):
+    """Gradients of x, offset, mask, weight and bias (None where not needed): the body recomputed
+    with autograd on and differentiated, so forward and backward share one definition."""
+    needs = ctx.needs_input_grad[:5]
+    inputs = [t.detach().requires_grad_(need) for t, need in zip(ctx.saved_tensors, needs)]
+    with torch.enable_grad():
+        out = _modulated_deform_conv(*inputs, *ctx.geometry)
+    grads = iter(torch.autograd.grad(out, [t for t in inputs if t.requires_grad], grad_out))
+    return (*(next(grads) if need else None for need in needs), None, None, None, None)
+
+
+deform_conv2d.register_autograd(_backward, setup_context=_setup_context)
 
 
 class DCN(nn.Module):

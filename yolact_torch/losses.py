@@ -1,7 +1,8 @@
 """The original's training losses (dbolya/yolact, layers/modules/multibox_loss.py), for the
 configuration every official YOLACT model was trained with: softmax class confidence with online
 hard negative mining, smooth L1 on the SSD box coding, linear-combination mask BCE cropped to the
-ground-truth box and normalised by its area, and the auxiliary semantic segmentation BCE.
+ground-truth box and normalised by its area, and the auxiliary semantic segmentation BCE; for
+YOLACT++ (configs with maskiou_net) also the maskiou_net loss on the same masks.
 
 Boxes are xyxy relative to the model input (0..1); ground-truth masks are at the model input size.
 Crowd annotations are not used (the data loader skips them), so the original's crowd exemption of
@@ -14,7 +15,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from yolact_torch.box_coding import box_iou, center_size, encode, point_form
 from yolact_torch.config import YolactConfig
@@ -46,16 +47,18 @@ class Match(NamedTuple):
 
 class LossTerms(NamedTuple):
     """Scalar losses, already weighted by the config's alphas and normalised as the original:
-    box, conf and mask by the number of positive priors in the batch, semantic by the batch size."""
+    box, conf, mask and maskiou by the number of positive priors in the batch, semantic by the
+    batch size. maskiou is 0 for configs without a maskiou_net (YOLACT)."""
 
     box: Tensor
     conf: Tensor
     mask: Tensor
     semantic: Tensor
+    maskiou: Tensor
 
     @property
     def total(self) -> Tensor:
-        return self.box + self.conf + self.mask + self.semantic
+        return self.box + self.conf + self.mask + self.semantic + self.maskiou
 
 
 def match(truths: Tensor, labels: Tensor, priors: Tensor, cfg: YolactConfig) -> Match:
@@ -119,19 +122,29 @@ def downsample_masks(masks: Tensor, size_hw: tuple[int, int]) -> Tensor:
     return (resized > 0.5).float()
 
 
-def mask_loss(coef: Tensor, proto: Tensor, matches: list[Match], targets: list[Target], cfg: YolactConfig,
-              generator: torch.Generator | None = None) -> Tensor:
-    """Mask BCE of the positive priors, times cfg.mask_alpha (the original's lincomb loss).
+class MaskSample(NamedTuple):
+    """The positive priors' masks that one image trains (D of them), on the prototype grid.
 
-    coef: float [B, P, M]; proto: float [B, Hp, Wp, M]. For each positive prior (at most
-    cfg.masks_to_train per image, chosen at random with `generator`), the mask
-    sigmoid(proto . coef) cropped to its matched ground-truth box (cfg.crop_padding) is compared
-    with the ground truth downsampled to the prototype grid; each mask's summed BCE is divided by
-    its box's area in prototype pixels (the original's ROI-pooling emulation; its extra factor
-    Hp * Wp and division by Hp * Wp cancel, so neither appears here). Returns the sum.
+    pred: float [D, Hp, Wp] sigmoid(proto . coef) cropped to the matched ground-truth box grown by
+    cfg.crop_padding (differentiable); truth: float [D, Hp, Wp] 0/1, the matched ground truth
+    downsampled; boxes: float [D, 4] the matched ground-truth boxes, xyxy relative; labels: int64
+    [D] their classes, 0-based (background excluded).
     """
+
+    pred: Tensor
+    truth: Tensor
+    boxes: Tensor
+    labels: Tensor
+
+
+def mask_samples(coef: Tensor, proto: Tensor, matches: list[Match], targets: list[Target], cfg: YolactConfig,
+                 generator: torch.Generator | None = None) -> list[MaskSample]:
+    """The masks each image trains, for `mask_loss` and `maskiou_loss` alike (the original's
+    lincomb_mask_loss): every positive prior, at most cfg.masks_to_train per image (chosen at
+    random with `generator`). coef: float [B, P, M]; proto: float [B, Hp, Wp, M]. Images
+    without positives are left out."""
     proto_h, proto_w = proto.shape[1:3]
-    total = proto.new_zeros(())
+    samples = []
     for b, (m, target) in enumerate(zip(matches, targets)):
         positive = torch.nonzero(m.conf > 0).flatten()
         if len(positive) == 0:
@@ -140,12 +153,57 @@ def mask_loss(coef: Tensor, proto: Tensor, matches: list[Match], targets: list[T
             positive = positive[torch.randperm(len(positive), generator=generator)[:cfg.masks_to_train]]
         truth = m.truth_index[positive]
         gt_boxes = target.boxes[truth]
-        gt_masks = downsample_masks(target.masks, (proto_h, proto_w))[truth]        # [D, Hp, Wp]
-        pred = assemble_masks(proto[b], coef[b, positive], gt_boxes, cfg.crop_padding)
-        bce = F.binary_cross_entropy(pred.clamp(0, 1), gt_masks, reduction='none').sum(dim=(1, 2))
-        box_wh = center_size(gt_boxes)[:, 2:] * gt_boxes.new_tensor([proto_w, proto_h])
+        samples.append(MaskSample(
+            pred=assemble_masks(proto[b], coef[b, positive], gt_boxes, cfg.crop_padding),
+            truth=downsample_masks(target.masks, (proto_h, proto_w))[truth], boxes=gt_boxes,
+            labels=target.labels[truth]))
+    return samples
+
+
+def mask_loss(samples: list[MaskSample], cfg: YolactConfig) -> Tensor:
+    """Mask BCE of the sampled masks (`mask_samples`), times cfg.mask_alpha (the original's lincomb loss).
+
+    Each mask's summed BCE against its ground truth is divided by its box's area in prototype
+    pixels (the original's ROI-pooling emulation; its extra factor Hp * Wp and division by
+    Hp * Wp cancel, so neither appears here). Returns the sum over all masks (a scalar).
+    """
+    total = torch.zeros(())
+    for sample in samples:
+        proto_h, proto_w = sample.pred.shape[1:]
+        bce = F.binary_cross_entropy(sample.pred.clamp(0, 1), sample.truth, reduction='none').sum(dim=(1, 2))
+        box_wh = center_size(sample.boxes)[:, 2:] * sample.boxes.new_tensor([proto_w, proto_h])
         total = total + (bce / box_wh[:, 0] / box_wh[:, 1]).sum()
     return total * cfg.mask_alpha
+
+
+def mask_iou(masks: Tensor, truths: Tensor) -> Tensor:
+    """IoU of each 0/1 mask with its ground truth: float [D, H, W] x2 -> float [D]."""
+    intersection = (masks * truths).sum(dim=(1, 2))
+    union = masks.sum(dim=(1, 2)) + truths.sum(dim=(1, 2)) - intersection
+    return intersection / union
+
+
+def maskiou_loss(samples: list[MaskSample], maskiou_net: nn.Module, cfg: YolactConfig) -> Tensor:
+    """YOLACT++'s maskiou_net loss (the original's _mask_iou_loss), times cfg.maskiou_alpha.
+
+    For each sampled mask whose ground truth covers more than cfg.discard_mask_area prototype
+    pixels, maskiou_net sees the predicted mask (float, cropped, as at inference) and its output
+    for the ground truth's class is pulled (smooth L1, summed) towards the IoU of the mask
+    binarised at 0.5 with the ground truth. As in the original, the input is not detached, so the
+    loss also reaches the prototypes and coefficients; the target carries no gradient.
+    Returns a scalar (0 when no mask is large enough).
+    """
+    if not samples:
+        return torch.zeros(())
+    pred, truth, labels = (torch.cat(parts) for parts in zip(*((s.pred, s.truth, s.labels) for s in samples)))
+    keep = truth.sum(dim=(1, 2)) > cfg.discard_mask_area
+    if not keep.any():
+        return torch.zeros(())
+    pred, truth, labels = pred[keep], truth[keep], labels[keep]
+    with torch.no_grad():
+        target = mask_iou((pred > 0.5).float(), truth)
+    predicted = maskiou_net(pred[:, None]).gather(1, labels[:, None])[:, 0]
+    return F.smooth_l1_loss(predicted, target, reduction='sum') * cfg.maskiou_alpha
 
 
 def semantic_loss(segm: Tensor, targets: list[Target], cfg: YolactConfig) -> Tensor:
@@ -167,11 +225,12 @@ def semantic_loss(segm: Tensor, targets: list[Target], cfg: YolactConfig) -> Ten
 
 
 def yolact_loss(out: YolactOutput, priors: Tensor, targets: list[Target], cfg: YolactConfig,
-                generator: torch.Generator | None = None) -> LossTerms:
-    """All four losses of a batch. out: the model's training-mode outputs (segm not None);
+                generator: torch.Generator | None = None, maskiou_net: nn.Module | None = None) -> LossTerms:
+    """All losses of a batch. out: the model's training-mode outputs (segm not None);
     priors: float [P, 4] cxcywh relative; targets: one per image. `generator` draws the masks
     trained when an image has more than cfg.masks_to_train positives (pass a seeded one for
-    reproducible steps)."""
+    reproducible steps). maskiou_net: the model's (YOLACT++), trained on the same masks; None
+    gives a maskiou term of 0."""
     matches = [match(t.boxes, t.labels, priors, cfg) for t in targets]
     loc_t = torch.stack([m.loc for m in matches])
     conf_t = torch.stack([m.conf for m in matches])
@@ -182,8 +241,10 @@ def yolact_loss(out: YolactOutput, priors: Tensor, targets: list[Target], cfg: Y
     batch = len(targets)
     semantic = (semantic_loss(out.segm, targets, cfg) if out.segm is not None
                 else out.loc.new_zeros(()))
+    samples = mask_samples(out.coef, out.proto, matches, targets, cfg, generator)
     return LossTerms(
         box=box_loss(out.loc, loc_t, positive, cfg) / num_pos,
         conf=ohem_conf_loss(out.conf, conf_t, cfg) / num_pos,
-        mask=mask_loss(out.coef, out.proto, matches, targets, cfg, generator) / num_pos,
-        semantic=semantic / batch)
+        mask=mask_loss(samples, cfg) / num_pos,
+        semantic=semantic / batch,
+        maskiou=(maskiou_loss(samples, maskiou_net, cfg) if maskiou_net is not None else torch.zeros(())) / num_pos)

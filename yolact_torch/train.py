@@ -8,7 +8,8 @@ gloo on CPU, nccl on GPU).
 The class set is the data's (names and category ids, any ids, kept in every checkpoint;
 --class-names renames them): a config's architecture is used with the data's categories
 (`--init` from a checkpoint with another class count re-initialises the class-dependent layers
-and lists them). Checkpoints are written atomically every --save-every iterations with the
+and lists them; `--init-plain` starts a YOLACT++ config from a YOLACT checkpoint of its
+backbone). Checkpoints are written atomically every --save-every iterations with the
 optimizer state; `--resume` continues exactly (same batches, same augmentation, same schedule).
 The final weights are written without optimizer state (<out>/<config>_final.pth).
 --input-size and --config-file change the config trained (max_size, prior layout, thresholds); the
@@ -34,19 +35,21 @@ from tqdm import tqdm
 
 from yolact_torch.checkpoint import CONFIG_FIELDS, load_model, read_checkpoint, save_checkpoint
 from yolact_torch.config import YolactConfig, get_config
+from yolact_torch.deform_conv import DCN
 from yolact_torch.user_options import configure
 from yolact_torch.data.augment import TrainAugmentation
 from yolact_torch.data.coco import CocoDataset
 from yolact_torch.data.training import IterationBatches, TrainingStream, collate
 from yolact_torch.losses import LossTerms, yolact_loss
 from yolact_torch.preprocess import Normalize
+from yolact_torch.weights_layout import differences, layout_of_config
 from yolact_torch.yolact import Yolact
 from runtime.checkpoint_flags import add_checkpoint_flags, checkpoint_flags
 from runtime.errors import ToolkitError
 from runtime.files import check_writable
 from runtime.host_memory import available_memory, check_fits, largest_fitting
 
-LOSS_NAMES = ('box', 'conf', 'mask', 'semantic')
+LOSS_NAMES = ('box', 'conf', 'mask', 'semantic', 'maskiou')
 # Config fields the flags set that a resumed run must keep (the schedule's may be extended).
 RESUMED_CONFIG_FIELDS = ('name', 'backbone', 'max_size', 'mask_dim', 'conf_thresh', 'nms_thresh', 'nms_top_k',
                          'max_num_detections')
@@ -85,8 +88,8 @@ def train_step(model: torch.nn.Module, normalize: Normalize, optimizer: torch.op
         group['lr'] = learning_rate(iteration, cfg)
     x = normalize(images).contiguous(memory_format=torch.channels_last)
     out = model(x)
-    priors = getattr(model, 'module', model).priors
-    losses = yolact_loss(out, priors, targets, cfg, step_generator(seed, iteration, rank))
+    net = getattr(model, 'module', model)
+    losses = yolact_loss(out, net.priors, targets, cfg, step_generator(seed, iteration, rank), net.maskiou_net)
     total = losses.total
     optimizer.zero_grad(set_to_none=True)
     if not torch.isfinite(total):
@@ -96,16 +99,51 @@ def train_step(model: torch.nn.Module, normalize: Normalize, optimizer: torch.op
     return LossTerms(*(t.detach() for t in losses))
 
 
+def _take_over(model: Yolact, source_state: dict[str, torch.Tensor]) -> list[str]:
+    """Copy `source_state` into `model` wherever names and shapes agree; returns the names of the
+    model's tensors left at their fresh initialisation."""
+    target_state = model.state_dict()
+    kept = {k: v for k, v in source_state.items() if k in target_state and v.shape == target_state[k].shape}
+    model.load_state_dict(kept, strict=False)
+    return sorted(k for k in target_state if k not in kept)
+
+
 def initialise_from(model: Yolact, path: Path, base_config: str) -> list[str]:
     """Copy a checkpoint's weights into `model` wherever names and shapes agree (fine-tuning from
     an official or own checkpoint, possibly with another class count). Returns the names of the
     parameters left at their fresh initialisation."""
     source, _ = load_model(path, config=base_config)
-    source_state = source.state_dict()
-    target_state = model.state_dict()
-    kept = {k: v for k, v in source_state.items() if k in target_state and v.shape == target_state[k].shape}
-    model.load_state_dict(kept, strict=False)
-    return sorted(k for k in target_state if k not in kept)
+    return _take_over(model, source.state_dict())
+
+
+def initialise_from_plain(model: Yolact, path: Path) -> tuple[str, list[str], list[str]]:
+    """Start a YOLACT++ `model` from a YOLACT checkpoint of the same architecture otherwise (loaded
+    with its own config; another class count is allowed, as for --init).
+
+    Each DCN takes the plain 3x3 conv's weight doubled (the keys agree: conv2.weight): with its
+    offset/mask conv at zero, a DCN samples the plain conv's taps with mask sigmoid(0) = 0.5, so it
+    starts equal to the conv it replaces (its bias is zero too). The DCNs' offset/mask convs and
+    biases and the maskiou_net keep the fresh initialisation `model` has. Returns (the source's
+    config name, the doubled weights' names, the names left fresh); TrainingError when the
+    checkpoint is not such a YOLACT.
+    """
+    if not any(isinstance(module, DCN) for module in model.modules()):
+        raise TrainingError(f'--init-plain: config {model.cfg.name} has no DCNs to start from a plain conv; use --init')
+    source, source_cfg = load_model(path)
+    found, expected = layout_of_config(source_cfg), layout_of_config(model.cfg)
+    if found.deformable or found.maskiou:
+        raise TrainingError(f'{path} is already a YOLACT++ ({source_cfg.name}): start from it with --init')
+    other = differences(dataclasses.replace(found, deformable=expected.deformable, maskiou=expected.maskiou),
+                        expected)
+    if other:
+        raise TrainingError(f'{path} ({source_cfg.name}) differs from {model.cfg.name} in more than the DCNs and '
+                            f'maskiou_net: {"; ".join(other)}. Use a YOLACT checkpoint of {model.cfg.name}\'s '
+                            'backbone, or --init')
+    state = source.state_dict()
+    doubled = [f'{name}.weight' for name, module in model.named_modules() if isinstance(module, DCN)]
+    for key in doubled:
+        state[key] = 2 * state[key]
+    return source_cfg.name, doubled, _take_over(model, state)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -130,9 +168,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.add_argument(f'--no-{stage}', dest=stage, action='store_false',
                             help=f'turn off the {stage} augmentation (on in the original)')
     parser.add_argument('--freeze-bn', choices=('auto', 'on', 'off'), default='auto',
-                        help='keep batch norms fixed; auto: on with --init when each process has fewer '
-                             'than 6 images (the original\'s rule), off when training from scratch (default: auto)')
-    parser.add_argument('--init', type=Path, help='start from these weights (official or own checkpoint)')
+                        help='keep batch norms fixed; auto: on with --init or --init-plain when each process has '
+                             'fewer than 6 images (the original\'s rule), off when training from scratch '
+                             '(default: auto)')
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument('--init', type=Path, help='start from these weights (official or own checkpoint)')
+    start.add_argument('--init-plain', type=Path,
+                       help='YOLACT++ configs: start from a YOLACT checkpoint of the same backbone (e.g. '
+                            'yolact_plus_tiny from yolact_tiny); each DCN starts equal to the plain 3x3 conv '
+                            'it replaces, the offset convs and maskiou_net fresh')
     parser.add_argument('--resume', type=Path,
                         help='continue a run from one of its checkpoints with its settings; --iters/--epochs '
                              'and --lr-steps may extend it')
@@ -295,11 +339,17 @@ def run(args: argparse.Namespace) -> Path:
         if fresh:
             say(f'--init {args.init}: re-initialised {len(fresh)} tensors that do not fit '
                 f'{len(cfg.class_names)} classes: {", ".join(fresh)}')
+    if args.init_plain and resumed is None:
+        source_name, doubled, fresh = initialise_from_plain(model, args.init_plain)
+        say(f'--init-plain {args.init_plain} ({source_name}): took over {len(model.state_dict()) - len(fresh)} '
+            f'tensors, {len(doubled)} DCN weights as the plain conv2 weight doubled; fresh: {len(fresh)} '
+            f'({", ".join(fresh)})')
     if resumed is not None:
         model.load_state_dict(resumed['model'])
     if settings['freeze_bn'] == 'auto':
         small_batches = settings['batch_size'] // world_size < 6
-        settings['freeze_bn'] = 'on' if args.init is not None and small_batches else 'off'
+        initialised = args.init is not None or args.init_plain is not None
+        settings['freeze_bn'] = 'on' if initialised and small_batches else 'off'
     freeze = settings['freeze_bn'] == 'on'
     model.freeze_bn(freeze)
     model = model.to(device, memory_format=torch.channels_last).train()
@@ -342,7 +392,8 @@ def run(args: argparse.Namespace) -> Path:
         if losses is None:
             skipped += 1
         else:
-            progress.set_postfix({n: f'{v.item():.3f}' for n, v in zip(LOSS_NAMES, losses)}
+            shown = LOSS_NAMES if cfg.maskiou_net else LOSS_NAMES[:-1]
+            progress.set_postfix({n: f'{v.item():.3f}' for n, v in zip(shown, losses)}
                                  | {'lr': f'{learning_rate(iteration - 1, cfg):.1e}'}, refresh=False)
         progress.update()
         if is_main and iteration % args.save_every == 0 and iteration < total:

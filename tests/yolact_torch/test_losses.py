@@ -7,8 +7,8 @@ import torch
 
 from yolact_torch.box_coding import point_form
 from yolact_torch.config import get_config
-from yolact_torch.losses import (Match, Target, box_loss, match, mask_loss, ohem_conf_loss, semantic_loss,
-                                 yolact_loss)
+from yolact_torch.losses import (Match, MaskSample, Target, box_loss, mask_iou, mask_loss, mask_samples, maskiou_loss,
+                                 match, ohem_conf_loss, semantic_loss, yolact_loss)
 from yolact_torch.priors import feature_sizes, make_priors
 from yolact_torch.yolact import Yolact
 
@@ -115,7 +115,7 @@ def _mask_case(rect, coef_value):
     conf = torch.zeros(3, dtype=torch.long)
     conf[1] = 1
     matches = [Match(torch.zeros(3, 4), conf, torch.zeros(3, dtype=torch.long))]
-    return mask_loss(coef, proto, matches, [Target(box, torch.tensor([0]), gt_mask[None])], CFG)
+    return mask_loss(mask_samples(coef, proto, matches, [Target(box, torch.tensor([0]), gt_mask[None])], CFG), CFG)
 
 
 def test_mask_loss_perfect_vs_wrong():
@@ -141,7 +141,8 @@ def test_mask_loss_trains_at_most_masks_to_train_per_image():
     n = CFG.masks_to_train + 50
     matches = [Match(torch.zeros(n, 4), torch.ones(n, dtype=torch.long), torch.zeros(n, dtype=torch.long))]
     # sigmoid(0) = 0.5 against an all-ones mask: log(2) per pixel, times the box area, divided by it.
-    loss = mask_loss(torch.zeros(1, n, 1), proto, matches, [Target(box, torch.tensor([0]), rect[None])], CFG)
+    samples = mask_samples(torch.zeros(1, n, 1), proto, matches, [Target(box, torch.tensor([0]), rect[None])], CFG)
+    loss = mask_loss(samples, CFG)
     torch.testing.assert_close(loss, torch.tensor(CFG.masks_to_train * math.log(2) * CFG.mask_alpha), rtol=1e-4, atol=0)
 
 
@@ -165,6 +166,72 @@ def test_yolact_loss_on_model_output_is_finite_and_differentiable(with_empty_ima
     full = Target(torch.tensor([[0.1, 0.1, 0.5, 0.6]]), torch.tensor([2]), _rect_mask(32, 32, 160, 192)[None])
     empty = Target(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0, SIZE, SIZE, dtype=torch.uint8))
     losses = yolact_loss(out, model.priors, [full, empty if with_empty_image else full], CFG)
-    assert all(torch.isfinite(t) and t > 0 for t in losses)
+    assert all(torch.isfinite(t) and t > 0 for t in losses[:4])
+    assert losses.maskiou == 0  # YOLACT: no maskiou_net
     losses.total.backward()
     assert model.prediction_layers[0].conf_layer.weight.grad.abs().sum() > 0
+
+
+PLUS = get_config('yolact_plus_tiny')
+
+
+class _Recorder(torch.nn.Module):
+    """A stand-in maskiou_net: records its input and predicts `value` for every class."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = torch.nn.Parameter(torch.tensor(float(value)))
+        self.seen = None
+
+    def forward(self, masks):
+        self.seen = masks
+        return self.value.expand(masks.shape[0], PLUS.num_classes - 1)
+
+
+def _square(side, x1, y1, x2, y2, inside, outside=0.0):
+    mask = torch.full((side, side), outside)
+    mask[y1:y2, x1:x2] = inside
+    return mask
+
+
+def test_mask_iou_of_binary_masks():
+    a, b = _square(10, 0, 0, 4, 4, 1.0), _square(10, 2, 0, 6, 4, 1.0)  # 16 px each, 8 shared
+    torch.testing.assert_close(mask_iou(torch.stack([a, a]), torch.stack([b, a])), torch.tensor([8 / 24, 1.0]))
+
+
+def test_maskiou_loss_targets_the_iou_of_the_binarised_mask_and_skips_small_truths():
+    """Mask 0: predicted 0.9 on 6x6 pixels (0.3 elsewhere: below 0.5, so not in the binarised mask)
+    against a 6x8 truth holding them: IoU 36/48. Mask 1: truth of 5x5 = 25 pixels, not more than
+    discard_mask_area (25): left out. A net predicting 0 costs alpha * 0.5 * 0.75 ** 2 (smooth L1
+    below 1), and it sees mask 0 as predicted (float, not binarised)."""
+    assert PLUS.discard_mask_area == 25 and PLUS.maskiou_alpha == 25
+    pred = torch.stack([_square(20, 2, 2, 8, 8, 0.9, 0.3), _square(20, 0, 0, 5, 5, 0.9)])
+    truth = torch.stack([_square(20, 2, 2, 10, 8, 1.0), _square(20, 0, 0, 5, 5, 1.0)])
+    sample = MaskSample(pred, truth, torch.zeros(2, 4), torch.tensor([3, 1]))
+    net = _Recorder(0.0)
+    loss = maskiou_loss([sample], net, PLUS)
+    torch.testing.assert_close(loss, torch.tensor(PLUS.maskiou_alpha * 0.5 * 0.75 ** 2))
+    torch.testing.assert_close(net.seen, pred[:1, None].detach())
+    assert maskiou_loss([sample], _Recorder(0.75), PLUS) < 1e-10  # a perfect prediction costs nothing
+    loss.backward()
+    assert net.value.grad < 0  # predicting more lowers it
+
+
+def test_maskiou_loss_is_zero_when_every_truth_is_small():
+    pred = _square(20, 0, 0, 5, 5, 0.9)[None]
+    assert maskiou_loss([MaskSample(pred, (pred > 0.5).float(), torch.zeros(1, 4), torch.tensor([0]))],
+                        _Recorder(0.0), PLUS) == 0
+
+
+def test_yolact_plus_loss_trains_maskiou_net():
+    torch.manual_seed(0)
+    model = Yolact(PLUS).train()
+    model.init_weights()
+    out = model(torch.randn(1, 3, SIZE, SIZE))
+    target = Target(torch.tensor([[0.1, 0.1, 0.6, 0.7]]), torch.tensor([2]), _rect_mask(32, 32, 192, 224)[None])
+    losses = yolact_loss(out, model.priors, [target], PLUS, maskiou_net=model.maskiou_net)
+    assert all(torch.isfinite(t) and t > 0 for t in losses)
+    losses.maskiou.backward()
+    assert model.maskiou_net.maskiou_net[0].weight.grad.abs().sum() > 0
+    # The masks it sees are not detached (as the original's): the loss also reaches the mask coefficients.
+    assert model.prediction_layers[0].mask_layer.weight.grad.abs().sum() > 0

@@ -20,7 +20,8 @@ from yolact_torch.data.shapes import ShapesSpec, write_split
 from yolact_torch.data.training import IterationBatches, TrainingStream, collate
 from yolact_torch.preprocess import Normalize
 import yolact_torch.train
-from yolact_torch.train import learning_rate, main, make_optimizer, train_step, training_memory
+from yolact_torch.train import (TrainingError, initialise_from_plain, learning_rate, main, make_optimizer, train_step,
+                                training_memory)
 from yolact_torch.yolact import Yolact
 from tests.faults import disk_full_after
 
@@ -110,6 +111,62 @@ def test_init_from_another_class_count_reinitialises_class_layers(shapes, tmp_pa
     for key in ('backbone.conv1.weight', 'fpn.lat_layers.0.weight', 'prediction_layers.0.mask_layer.weight'):
         assert torch.equal(trained[key], source.state_dict()[key]), key
 
+
+
+def test_init_plain_starts_yolact_plus_equal_to_the_yolact_it_comes_from(tmp_path):
+    """A yolact_plus_tiny initialised from a yolact_tiny checkpoint computes what the checkpoint
+    does (each DCN: zero offsets, mask sigmoid(0) = 0.5, the plain weight doubled); only the DCNs'
+    bias and offset/mask conv and the maskiou_net stay fresh."""
+    torch.manual_seed(0)
+    source = Yolact(CFG)
+    source.init_weights()
+    with torch.no_grad():  # a non-trivial plain conv2 (the fresh init is a scaled Kaiming normal anyway)
+        source.backbone.layers[2][1].conv2.weight.normal_()
+    save_checkpoint(tmp_path / 'plain.pth', source, CFG)
+    plus = Yolact(get_config('yolact_plus_tiny'))
+    plus.init_weights()
+    name, doubled, fresh = initialise_from_plain(plus, tmp_path / 'plain.pth')
+    dcns = ['backbone.layers.1.0.conv2', 'backbone.layers.2.0.conv2', 'backbone.layers.2.1.conv2',
+            'backbone.layers.3.0.conv2']
+    assert name == 'yolact_tiny' and doubled == [f'{d}.weight' for d in dcns]
+    dcn_parts = ('bias', 'conv_offset_mask.bias', 'conv_offset_mask.weight')
+    assert fresh == sorted([f'{d}.{k}' for d in dcns for k in dcn_parts]
+                           + [k for k in plus.state_dict() if k.startswith('maskiou_net.')])
+    x = torch.randn(1, 3, CFG.max_size, CFG.max_size)
+    with torch.no_grad():
+        for got, expected in zip(plus.eval()(x)[:4], source.eval()(x)[:4]):
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+
+def test_yolact_plus_trains_from_a_yolact_checkpoint_on_the_command_line(shapes, tmp_path, capsys):
+    torch.manual_seed(0)
+    source = Yolact(CFG)
+    source.init_weights()
+    save_checkpoint(tmp_path / 'plain.pth', source, CFG)
+    out = tmp_path / 'run'
+    args = [*FAST[2:], '--config', 'yolact_plus_tiny', '--data', str(shapes), '--iters', '1', '--lr', '1e-3',
+            '--out', str(out), '--init-plain', str(tmp_path / 'plain.pth')]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert ('--init-plain' in printed and 'took over' in printed
+            and '4 DCN weights as the plain conv2 weight doubled' in printed)
+    trained = _weights(out / 'yolact_plus_tiny_final.pth')
+    # One SGD step moved the offset convs and the maskiou_net away from their zero / fresh start.
+    assert trained['backbone.layers.2.0.conv2.conv_offset_mask.weight'].abs().sum() > 0
+    assert any(k.startswith('maskiou_net.') for k in trained)
+
+def test_init_plain_refuses_what_is_not_the_plain_counterpart(tmp_path):
+    wide = dataclasses.replace(CFG, backbone=dataclasses.replace(CFG.backbone, width=8))
+    save_checkpoint(tmp_path / 'narrow.pth', Yolact(wide), wide)
+    plus_cfg = get_config('yolact_plus_tiny')
+    save_checkpoint(tmp_path / 'plus.pth', Yolact(plus_cfg), plus_cfg)
+    with pytest.raises(TrainingError, match='more than the DCNs and maskiou_net: width 8 .config 16.'):
+        initialise_from_plain(Yolact(plus_cfg), tmp_path / 'narrow.pth')
+    with pytest.raises(TrainingError, match='already a YOLACT\\+\\+ .yolact_plus_tiny.: start from it with --init'):
+        initialise_from_plain(Yolact(plus_cfg), tmp_path / 'plus.pth')
+    with pytest.raises(TrainingError, match='config yolact_tiny has no DCNs'):
+        initialise_from_plain(Yolact(CFG), tmp_path / 'narrow.pth')
 
 @pytest.mark.slow
 def test_two_processes_with_torchrun(shapes, tmp_path):

@@ -83,6 +83,42 @@ def test_fresh_dcn_is_half_the_plain_conv_plus_bias():
         np.testing.assert_allclose(dcn(x).numpy(), (0.5 * plain + dcn.bias[:, None, None]).numpy(), rtol=0, atol=1e-6)
 
 
+
+@pytest.mark.parametrize('stride', [1, 2])
+def test_deform_conv2d_gradients_match_finite_differences(stride):
+    """The op's registered backward against numerical derivatives, in float64, for every input.
+    Offsets are integers plus 0.3..0.7, away from the integer positions where bilinear sampling
+    has a kink; some sampling positions fall outside the 5x6 image (zeros there). fast_mode compares
+    random projections of the Jacobian, which a wrong gradient of any input fails too."""
+    from yolact_torch.deform_conv import deform_conv2d
+
+    g = torch.Generator().manual_seed(stride)
+    groups, out_h, out_w = 2, (5 - 1) // stride + 1, (6 - 1) // stride + 1
+    x = torch.randn(1, 4, 5, 6, dtype=torch.float64, generator=g)
+    offset = (torch.randint(-2, 3, (1, 2 * groups * 9, out_h, out_w), generator=g).double()
+              + 0.3 + 0.4 * torch.rand(1, 2 * groups * 9, out_h, out_w, generator=g, dtype=torch.float64))
+    mask = torch.rand(1, groups * 9, out_h, out_w, generator=g, dtype=torch.float64)
+    weight = torch.randn(3, 4, 3, 3, dtype=torch.float64, generator=g)
+    bias = torch.randn(3, dtype=torch.float64, generator=g)
+    inputs = tuple(t.requires_grad_() for t in (x, offset, mask, weight, bias))
+    assert torch.autograd.gradcheck(
+        lambda *t: deform_conv2d(*t, [stride] * 2, [1, 1], [1, 1], groups), inputs, fast_mode=True)
+
+
+def test_dcn_trains():
+    """A DCN inside a network gets gradients in its weight, bias and offset/mask conv (the op has
+    a backward), and one SGD step lowers a loss."""
+    torch.manual_seed(0)
+    dcn = DCN(3, 2, kernel_size=3, padding=1)
+    x, target = torch.randn(2, 3, 6, 6), torch.randn(2, 2, 6, 6)
+    loss = torch.nn.functional.mse_loss(dcn(x), target)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in dcn.parameters())
+    with torch.no_grad():
+        for p in dcn.parameters():
+            p -= 0.1 * p.grad
+        assert torch.nn.functional.mse_loss(dcn(x), target) < loss
+
 def test_priors_three_scales_and_non_square():
     cfg = small(yolact_plus_resnet50)
     priors = Yolact(cfg).priors
