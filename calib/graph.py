@@ -29,9 +29,6 @@ from runtime.metadata import MetadataError, ModelMetadata
 # coef [B,P,M]), or, for a model exported without post-processing, these raw outputs.
 MASK_ASSEMBLY_OP = 'MaskAssembly'
 RAW_MASK_OUTPUTS = ('proto', 'coef')
-# Whether YOLACT++'s offset/mask convolutions stay FP32 unless told otherwise (kept_convolutions);
-# chosen from the errors measured on yolact_plus_tiny (README, "Precision and engines").
-KEEP_OFFSETS = True
 
 
 class CalibrationError(ToolkitError, ValueError):
