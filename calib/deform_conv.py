@@ -44,22 +44,19 @@ class InlinedCall:
 
 
 def inline_deform_convs(network: onnx.ModelProto, function: onnx.FunctionProto | None) -> tuple[InlinedCall, ...]:
-    """Replace each `yolact::DeformConv2d` call in `network` (in place) by `function`'s body.
-
-    Every call node must have a unique name (calib.graph names them). Returns the calls, in graph order.
-    """
-    if not any(is_deform_conv(n) for n in network.graph.node):
-        return ()
+    """Replace each `yolact::DeformConv2d` call in `network` (in place) by `function`'s body (None
+    only where there is no call). Every call node must have a unique name (calib.graph names them).
+    Returns the calls, in graph order."""
     inlined, nodes = [], []
     for node in network.graph.node:
         if not is_deform_conv(node):
             nodes.append(node)
             continue
-        call = InlinedCall(_copy(node))
+        call = InlinedCall(copy_proto(node))
         actual = {**dict(zip(function.input, node.input)), **dict(zip(function.output, node.output))}
         attributes = {a.name: a for a in node.attribute}
         for i, body_node in enumerate(function.node):
-            copy = _copy(body_node)
+            copy = copy_proto(body_node)
             copy.name = f'{call.prefix}{i}'
             copy.input[:] = [actual.get(name, call.prefix + name) if name else name for name in copy.input]
             copy.output[:] = [actual.get(name, call.prefix + name) for name in copy.output]
@@ -115,30 +112,35 @@ def collapse_deform_convs(network: onnx.ModelProto, calls: tuple[InlinedCall, ..
     FP32 in front; where the body's output had become FP16 (its CastLike followed such an input),
     a Cast back follows, so the network downstream reads the type it was converted for.
     """
-    model = _copy(network)
+    model = copy_proto(network)
     if not calls:
         return model
     graph = model.graph
     types = _elem_types(model)
     producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[str]] = {o.name: [''] for o in graph.output}  # tensor -> names of the nodes reading it
+    for n in graph.node:
+        for name in n.input:
+            readers.setdefault(name, []).append(n.name)
     prefixes = tuple(c.prefix for c in calls)
     replacement: dict[str, list[onnx.NodeProto]] = {}  # the last body node's name -> nodes in its place
     for call in calls:
         body = [n for n in graph.node if n.name.startswith(call.prefix)]
         produced = {o for n in body for o in n.output}
         crossing = dict.fromkeys(i for n in body for i in n.input if i and i not in produced)
+        # What anything but this body reads (another call's body too, or the graph's outputs).
+        outputs = [o for n in body for o in n.output
+                   if any(not reader.startswith(call.prefix) for reader in readers.get(o, ()))]
         origin = {name: position for position, name in enumerate(call.node.input)}
         inputs: dict[int, list[str]] = {}
         for tensor in crossing:
             source = _source(tensor, producer, origin)
             if source is not None:
                 inputs.setdefault(origin[source], []).append(tensor)
-        outputs = [o for o in produced if any(o in n.input for n in graph.node if not n.name.startswith(call.prefix))
-                   or o in {v.name for v in graph.output}]
         if sorted(inputs) != list(range(len(call.node.input))) or len(outputs) != 1:
             raise CollapseError(f'the conversion changed the inlined {call.node.name} beyond recognition (inputs '
                                 f'{inputs}, outputs {outputs})')
-        node = _copy(call.node)
+        node = copy_proto(call.node)
         new_nodes = []
         for formal, candidates in sorted(inputs.items()):
             # The FP32 one where autocast gave the body a cast and also left it the original.
@@ -195,7 +197,8 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def _copy(proto):
+def copy_proto(proto):
+    """A deep copy of an onnx message (model, node, function)."""
     out = type(proto)()
     out.CopyFrom(proto)
     return out

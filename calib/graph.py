@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import onnx
 from onnx import helper
 
-from calib.deform_conv import InlinedCall, collapse_deform_convs, inline_deform_convs, offset_inputs
+from calib.deform_conv import (InlinedCall, collapse_deform_convs, copy_proto, inline_deform_convs, is_deform_conv,
+                               offset_inputs)
 from export.onnx_export import attach_metadata, read_metadata
 from plugins import DEFORM_CONV_OP, DOMAIN
 from plugins.deform_conv.onnx_function import make_function as make_deform_conv_function
@@ -65,7 +66,11 @@ def split_postprocess(model: onnx.ModelProto) -> SplitModel:
     A model exported without post-processing has no post-processing calls: its network is all of
     it. YOLACT++'s yolact::DeformConv2d calls belong to the network, which gets them inlined.
     """
-    model = _copy(model)
+    deform_conv = next((f for f in model.functions if (f.domain, f.name) == (DOMAIN, DEFORM_CONV_OP)), None)
+    if deform_conv is None and any(is_deform_conv(n) for n in model.graph.node):
+        raise CalibrationError(f'the model calls {DOMAIN}::{DEFORM_CONV_OP} but has no function body for it: '
+                               're-export it with python -m export')
+    model = copy_proto(model)
     for i, node in enumerate(model.graph.node):
         # Nodes are named in the result (modelopt names them otherwise; ours must match its names).
         node.name = node.name or f'{node.op_type}_{i}'
@@ -103,7 +108,6 @@ def split_postprocess(model: onnx.ModelProto) -> SplitModel:
     network = helper.make_model(
         graph, opset_imports=[o for o in model.opset_import if o.domain in ('', 'ai.onnx')])
     network.ir_version = model.ir_version
-    deform_conv = next((f for f in model.functions if (f.domain, f.name) == (DOMAIN, DEFORM_CONV_OP)), None)
     calls = inline_deform_convs(network, deform_conv)
     return SplitModel(network, tuple(post_nodes), mask_inputs, model, calls)
 
@@ -142,7 +146,7 @@ def join_postprocess(network: onnx.ModelProto, split: SplitModel, precision: str
         if (f.domain, f.name) == (DOMAIN, DEFORM_CONV_OP):
             functions.append(make_deform_conv_function(default_opset))
             continue
-        f = _copy(f)
+        f = copy_proto(f)
         for o in f.opset_import:
             if o.domain in ('', 'ai.onnx'):
                 o.version = default_opset
@@ -153,12 +157,6 @@ def join_postprocess(network: onnx.ModelProto, split: SplitModel, precision: str
     meta = dataclasses.replace(model_metadata(original), precision=precision)
     attach_metadata(model, meta)
     return model
-
-
-def _copy(proto):
-    out = type(proto)()
-    out.CopyFrom(proto)
-    return out
 
 
 def _walk_back(model: onnx.ModelProto, tensors) -> tuple[list[str], list[str]]:

@@ -108,3 +108,10 @@ def test_join_makes_the_deform_conv_body_for_the_converted_opset(calibration_pix
     expected, actual = run(plus, calibration_pixels), run(joined, calibration_pixels)
     for name in expected:
         np.testing.assert_allclose(actual[name], expected[name], atol=1e-6)
+
+
+def test_a_deformable_conv_call_without_its_function_body_is_refused():
+    model = build_standin(deformable=True)
+    model.functions.pop()  # DeformConv2d's, the last
+    with pytest.raises(CalibrationError, match='no function body .* re-export'):
+        split_postprocess(model)
