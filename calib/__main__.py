@@ -11,6 +11,7 @@ import logging
 import sys
 
 from calib.convert import CACHE_FOLDER, DEFAULT_COUNT, TARGET_PRECISIONS, convert_model, quiet_modelopt
+from calib.graph import KEEP_OFFSETS
 from calib.quantize import CALIBRATION_METHODS, LAYOUTS
 from runtime.errors import ToolkitError
 
@@ -33,10 +34,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--keep-sensitive', action='store_true',
                         help='keep the prototype and mask-coefficient convolutions in FP32 '
                              '(`python -m calib.report` shows what that buys in mask AP)')
-    parser.add_argument('--keep-offsets', action='store_true',
+    parser.add_argument('--keep-offsets', action=argparse.BooleanOptionalAction, default=KEEP_OFFSETS,
                         help='YOLACT++: keep the offset/mask convolutions in front of each deformable convolution '
-                             '(...conv2.conv_offset_mask) in FP32; on random weights this changed no error '
-                             '(README, "Precision and engines"); no effect on YOLACT')
+                             '(...conv2.conv_offset_mask) in FP32 (default: %(default)s; README, "Precision and '
+                             'engines", has the errors either way); no effect on YOLACT')
     parser.add_argument('--layout', choices=LAYOUTS, default=None,
                         help='int8 only: where the Q/DQ go. tensorrt (default): for `make engine`, placed by '
                              'modelopt for TensorRT; onnxruntime: for onnxruntime on a CPU (uint8 activations; its '

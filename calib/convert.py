@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 
 from calib.fp16 import convert_fp16
-from calib.graph import CalibrationError, model_metadata
+from calib.graph import KEEP_OFFSETS, CalibrationError, model_metadata
 from calib.images import image_paths, load_calibration_images
 from calib.quantize import MODELOPT_LOGGER, check_int8_options, quantize_int8
 from export.onnx_export import ExportError, check_model, save_model
@@ -67,7 +67,7 @@ def load_fp32_model(model_path: Path) -> onnx.ModelProto:
 
 def convert_model(model_path: str | os.PathLike, precision: str, images: str | os.PathLike, *,
                   count: int | None = None, method: str = 'entropy', keep_sensitive: bool = False,
-                  keep_offsets: bool = False,
+                  keep_offsets: bool = KEEP_OFFSETS,
                   output: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
                   layout: str | None = None) -> ConvertResult:
     """Write the `precision` version of the FP32 model at `model_path`.

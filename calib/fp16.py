@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from calib.deform_conv import body_nodes
-from calib.graph import join_postprocess, kept_convolutions, preprocessing_nodes, split_postprocess
+from calib.graph import KEEP_OFFSETS, join_postprocess, kept_convolutions, preprocessing_nodes, split_postprocess
 from runtime.contract import INPUT_NAME
 from runtime.files import scratch_folder
 from runtime.pipeline import same_size_groups
@@ -26,7 +26,7 @@ from runtime.pipeline import same_size_groups
 
 
 def convert_fp16(model: onnx.ModelProto, images: Sequence[np.ndarray], *,
-                 keep_sensitive: bool = False, keep_offsets: bool = False) -> onnx.ModelProto:
+                 keep_sensitive: bool = False, keep_offsets: bool = KEEP_OFFSETS) -> onnx.ModelProto:
     """The FP16 version of `model`, an exported YOLACT ONNX model.
 
     images: uint8 [H, W, 3] BGR each, at their own size as the runtime feeds them: AutoCast's

@@ -30,6 +30,12 @@ from runtime.metadata import MetadataError, ModelMetadata
 # coef [B,P,M]), or, for a model exported without post-processing, these raw outputs.
 MASK_ASSEMBLY_OP = 'MaskAssembly'
 RAW_MASK_OUTPUTS = ('proto', 'coef')
+# YOLACT++'s offset/mask convolutions stay FP32 unless told otherwise (kept_convolutions). Measured on
+# yolact_plus_tiny (README, "Precision and engines"): quantised, they changed no raw output beyond
+# noise, but in the onnxruntime INT8 layout, which rounds convolution outputs to uint8, the clipped
+# range moved the largest offsets by up to 7 pixels (1.5 kept FP32); FP32 costs little beside the
+# deformable convolution, which is FP32 anyway.
+KEEP_OFFSETS = True
 
 
 class CalibrationError(ToolkitError, ValueError):

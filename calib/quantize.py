@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from calib.cache import cache_file, cache_problem, calibration_key, read_amax, write_cache
 from calib.deform_conv import body_nodes, internal_nodes, offset_inputs
-from calib.graph import (CalibrationError, after_last_convolutions, convolution_inputs,
+from calib.graph import (KEEP_OFFSETS, CalibrationError, after_last_convolutions, convolution_inputs,
                          join_postprocess, kept_convolutions, module_names, preprocessing_nodes, producing_convs,
                          split_postprocess)
 from runtime.contract import INPUT_NAME
@@ -154,7 +154,7 @@ def check_int8_options(method: str, layout: str) -> None:
 
 
 def quantize_int8(model: onnx.ModelProto, images: Sequence[np.ndarray], *, method: str = 'entropy',
-                  keep_sensitive: bool = False, keep_offsets: bool = False, cache_dir: str | os.PathLike,
+                  keep_sensitive: bool = False, keep_offsets: bool = KEEP_OFFSETS, cache_dir: str | os.PathLike,
                   model_name: str, layout: str = 'tensorrt') -> Int8Result:
     """The INT8 (Q/DQ) version of `model`, an exported YOLACT ONNX model.
 
