@@ -172,3 +172,30 @@ def test_calibration_skips_the_body_but_ranges_its_inputs_and_output(plus, conve
     call = calls(plus)[0]
     assert len([name for name in amax if BODY_MARK in name]) == 1
     assert {call.input[0], call.output[0]} <= amax.keys()
+
+
+def test_a_body_reading_fp16_gets_the_call_an_fp32_input_and_its_fp16_output_back(plus, calibration_pixels):
+    """A converter that leaves the body's own leading Cast to read an FP16 input (autocast puts a
+    Cast of its own there today): the body's CastLike then made y FP16, which the network reads."""
+    split = split_postprocess(plus)
+    (x, *_), (y,) = calls(plus)[0].input, calls(plus)[0].output
+    nodes = []
+    for node in split.network.graph.node:
+        inside = node.name.startswith(DCN + BODY_MARK)
+        if inside and not nodes[-1].name.startswith(DCN + BODY_MARK):
+            nodes.append(onnx.helper.make_node('Cast', [x], [f'{x}_fp16'], name='to_fp16', to=TensorProto.FLOAT16))
+        node.input[:] = [{x: f'{x}_fp16'}.get(i, i) if inside else {y: f'{y}_fp32'}.get(i, i) for i in node.input]
+        nodes.append(node)
+        if inside and y in node.output:  # the network after the call stays FP32 in this test
+            nodes.append(onnx.helper.make_node('Cast', [y], [f'{y}_fp32'], name='from_fp16', to=TensorProto.FLOAT))
+    del split.network.graph.node[:]
+    split.network.graph.node.extend(nodes)
+    joined = join_postprocess(split.network, split, 'fp16')
+    onnx.checker.check_model(joined, full_check=True)
+    (call,) = calls(joined)
+    made_by, types = producers(joined), elem_types(joined)
+    assert made_by[call.input[0]].op_type == 'Cast' and made_by[call.input[0]].input[0] == f'{x}_fp16'
+    assert types[call.output[0]] == TensorProto.FLOAT and types[y] == TensorProto.FLOAT16
+    assert made_by[y].op_type == 'Cast' and made_by[y].input[0] == call.output[0]
+    expected, actual = run(plus, calibration_pixels), run(joined, calibration_pixels)
+    np.testing.assert_allclose(actual['masks'], expected['masks'], atol=0.01)
