@@ -58,7 +58,8 @@ def main(argv=None) -> int:
     try:
         result = convert_model(
             args.model, args.precision, args.images, count=args.count, method=args.method,
-            keep_sensitive=args.keep_sensitive, keep_offsets=args.keep_offsets, output=args.output, cache_dir=args.cache_dir, layout=args.layout)
+            keep_sensitive=args.keep_sensitive, keep_offsets=args.keep_offsets, output=args.output,
+            cache_dir=args.cache_dir, layout=args.layout)
     except ToolkitError as e:  # CalibrationError, DatasetError, MetadataError
         print(f'error: {e}', file=sys.stderr)
         return 1

@@ -199,8 +199,8 @@ def kept_convolutions(split: SplitModel, *, keep_sensitive: bool, keep_offsets: 
 
     keep_sensitive: the ones producing the mask inputs (producing_convs).
     keep_offsets: YOLACT++'s offset/mask convolutions (`...conv2.conv_offset_mask`), the ones feeding
-        each deformable convolution's offset and mask inputs: an offset error moves the sample, and
-        where the image changes fast that changes the sampled value by more than its own size.
+        each deformable convolution's offset and mask inputs: an error in an offset moves where the
+        convolution samples, which changes the sample by the error times the feature's local slope.
     """
     kept = producing_convs(split.network, split.mask_inputs) if keep_sensitive else []
     if keep_offsets:

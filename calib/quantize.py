@@ -41,7 +41,7 @@ from onnxruntime.quantization.registry import QDQRegistry
 from tqdm import tqdm
 
 from calib.cache import cache_file, cache_problem, calibration_key, read_amax, write_cache
-from calib.deform_conv import body_nodes, internal_nodes, offset_inputs
+from calib.deform_conv import body_nodes, internal_nodes
 from calib.graph import (KEEP_OFFSETS, CalibrationError, after_last_convolutions, convolution_inputs,
                          join_postprocess, kept_convolutions, module_names, preprocessing_nodes, producing_convs,
                          split_postprocess)

@@ -104,7 +104,8 @@ def test_join_makes_the_deform_conv_body_for_the_converted_opset(calibration_pix
     onnx.checker.check_model(joined, full_check=True)
     body = next(f for f in joined.functions if f.name == 'DeformConv2d')
     assert body.opset_import[0].version == OPSET + 1
-    assert [n.node.name for n in split.deform_convs] == [n.name for n in joined.graph.node if n.op_type == 'DeformConv2d']
+    assert [c.node.name for c in split.deform_convs] == [n.name for n in joined.graph.node
+                                                         if n.op_type == 'DeformConv2d']
     expected, actual = run(plus, calibration_pixels), run(joined, calibration_pixels)
     for name in expected:
         np.testing.assert_allclose(actual[name], expected[name], atol=1e-6)
