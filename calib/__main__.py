@@ -11,6 +11,7 @@ import logging
 import sys
 
 from calib.convert import CACHE_FOLDER, DEFAULT_COUNT, TARGET_PRECISIONS, convert_model, quiet_modelopt
+from calib.graph import KEEP_OFFSETS
 from calib.quantize import CALIBRATION_METHODS, LAYOUTS
 from runtime.errors import ToolkitError
 
@@ -33,6 +34,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--keep-sensitive', action='store_true',
                         help='keep the prototype and mask-coefficient convolutions in FP32 '
                              '(`python -m calib.report` shows what that buys in mask AP)')
+    parser.add_argument('--keep-offsets', action=argparse.BooleanOptionalAction, default=KEEP_OFFSETS,
+                        help='YOLACT++: keep the offset/mask convolutions in front of each deformable convolution '
+                             '(...conv2.conv_offset_mask) in FP32 (default: %(default)s; README, "Precision and '
+                             'engines", has the errors either way); no effect on YOLACT')
     parser.add_argument('--layout', choices=LAYOUTS, default=None,
                         help='int8 only: where the Q/DQ go. tensorrt (default): for `make engine`, placed by '
                              'modelopt for TensorRT; onnxruntime: for onnxruntime on a CPU (uint8 activations; its '
@@ -53,7 +58,8 @@ def main(argv=None) -> int:
     try:
         result = convert_model(
             args.model, args.precision, args.images, count=args.count, method=args.method,
-            keep_sensitive=args.keep_sensitive, output=args.output, cache_dir=args.cache_dir, layout=args.layout)
+            keep_sensitive=args.keep_sensitive, keep_offsets=args.keep_offsets, output=args.output,
+            cache_dir=args.cache_dir, layout=args.layout)
     except ToolkitError as e:  # CalibrationError, DatasetError, MetadataError
         print(f'error: {e}', file=sys.stderr)
         return 1

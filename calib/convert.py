@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 
 from calib.fp16 import convert_fp16
-from calib.graph import CalibrationError, model_metadata
+from calib.graph import KEEP_OFFSETS, CalibrationError, model_metadata
 from calib.images import image_paths, load_calibration_images
 from calib.quantize import MODELOPT_LOGGER, check_int8_options, quantize_int8
 from export.onnx_export import ExportError, check_model, save_model
@@ -67,13 +67,15 @@ def load_fp32_model(model_path: Path) -> onnx.ModelProto:
 
 def convert_model(model_path: str | os.PathLike, precision: str, images: str | os.PathLike, *,
                   count: int | None = None, method: str = 'entropy', keep_sensitive: bool = False,
+                  keep_offsets: bool = KEEP_OFFSETS,
                   output: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
                   layout: str | None = None) -> ConvertResult:
     """Write the `precision` version of the FP32 model at `model_path`.
 
     images: folder or COCO JSON of calibration images; count: how many (default DEFAULT_COUNT,
     or all if fewer); method: INT8 calibration method (calib.quantize.CALIBRATION_METHODS);
-    keep_sensitive: keep the prototype and mask-coefficient convolutions FP32; output: default
+    keep_sensitive: keep the prototype and mask-coefficient convolutions FP32; keep_offsets: keep
+    YOLACT++'s offset/mask convolutions FP32 (calib.graph.kept_convolutions); output: default
     `runtime.artifacts.precision_path`;
     cache_dir: INT8 calibration cache folder (default .calib_cache beside the output); layout:
     INT8 Q/DQ layout (calib.quantize.LAYOUTS; default tensorrt).
@@ -98,9 +100,9 @@ def convert_model(model_path: str | os.PathLike, precision: str, images: str | o
     log.info('%s: %d calibration images from %s', precision, len(pixels), images)
 
     if precision == 'fp16':
-        converted, result = convert_fp16(model, pixels, keep_sensitive=keep_sensitive), {}
+        converted, result = convert_fp16(model, pixels, keep_sensitive=keep_sensitive, keep_offsets=keep_offsets), {}
     else:
-        int8 = quantize_int8(model, pixels, method=method, keep_sensitive=keep_sensitive,
+        int8 = quantize_int8(model, pixels, method=method, keep_sensitive=keep_sensitive, keep_offsets=keep_offsets,
                              cache_dir=cache_dir if cache_dir is not None else output.parent / CACHE_FOLDER,
                              model_name=model_path.name.removesuffix('.onnx'), layout=layout)
         converted = int8.model

@@ -5,7 +5,8 @@ converts node by node and keeps in FP32 any node whose inputs or outputs exceed 
 on real data (it runs the calibration images through the model to see). The uint8 `images` input
 and every network output keep their types (`keep_io_types`), so the post-processing, re-attached
 afterwards (calib/graph.py), reads FP32 as before and runs in FP32. The pre-processing (cast, resize,
-normalisation) stays FP32 too (calib.graph.preprocessing_nodes).
+normalisation) stays FP32 too (calib.graph.preprocessing_nodes), and so do YOLACT++'s deformable
+convolutions (calib/deform_conv.py), with a Cast to FP32 in front of each.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 
-from calib.graph import join_postprocess, preprocessing_nodes, producing_convs, split_postprocess
+from calib.deform_conv import body_nodes
+from calib.graph import KEEP_OFFSETS, join_postprocess, kept_convolutions, preprocessing_nodes, split_postprocess
 from runtime.contract import INPUT_NAME
 from runtime.files import scratch_folder
 from runtime.pipeline import same_size_groups
@@ -24,19 +26,20 @@ from runtime.pipeline import same_size_groups
 
 
 def convert_fp16(model: onnx.ModelProto, images: Sequence[np.ndarray], *,
-                 keep_sensitive: bool = False) -> onnx.ModelProto:
+                 keep_sensitive: bool = False, keep_offsets: bool = KEEP_OFFSETS) -> onnx.ModelProto:
     """The FP16 version of `model`, an exported YOLACT ONNX model.
 
     images: uint8 [H, W, 3] BGR each, at their own size as the runtime feeds them: AutoCast's
         reference data (one batch per size).
     keep_sensitive: keep the convolutions producing the prototypes and the mask coefficients FP32.
+    keep_offsets: keep YOLACT++'s offset/mask convolutions FP32 (calib.graph.kept_convolutions).
     """
     from modelopt.onnx.autocast import convert_to_mixed_precision
 
     split = split_postprocess(model)
-    kept = preprocessing_nodes(split.network)
-    if keep_sensitive:
-        kept += producing_convs(split.network, split.mask_inputs)
+    # The deformable convolutions' bodies stay FP32, the precision of the TensorRT plugin.
+    kept = (preprocessing_nodes(split.network) + body_nodes(split.network, split.deform_convs)
+            + kept_convolutions(split, keep_sensitive=keep_sensitive, keep_offsets=keep_offsets))
     with scratch_folder('yolact-fp16-') as tmp:
         network_path = tmp / 'network.onnx'
         onnx.save(split.network, network_path)

@@ -4,7 +4,9 @@ Precision conversion touches only the network: the post-processing (the model-lo
 yolact::FastNMS and yolact::MaskAssembly, and anything computed from their outputs) stays FP32.
 modelopt's passes (opset conversion, ORT quantisation, autocast) drop model-local functions, so
 instead of asking them to leave the functions alone we hand them the network alone and re-attach
-the post-processing nodes, function bodies and metadata afterwards.
+the post-processing nodes, function bodies and metadata afterwards. YOLACT++'s deformable
+convolutions, function calls inside the network, are inlined into it instead and collapsed back
+when joining (calib/deform_conv.py).
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ from dataclasses import dataclass
 import onnx
 from onnx import helper
 
+from calib.deform_conv import (InlinedCall, collapse_deform_convs, copy_proto, inline_deform_convs, is_deform_conv,
+                               offset_inputs)
 from export.onnx_export import attach_metadata, read_metadata
 from plugins import DEFORM_CONV_OP, DOMAIN
+from plugins.deform_conv.onnx_function import make_function as make_deform_conv_function
 from runtime.errors import ToolkitError
 from runtime.metadata import MetadataError, ModelMetadata
 
@@ -25,6 +30,12 @@ from runtime.metadata import MetadataError, ModelMetadata
 # coef [B,P,M]), or, for a model exported without post-processing, these raw outputs.
 MASK_ASSEMBLY_OP = 'MaskAssembly'
 RAW_MASK_OUTPUTS = ('proto', 'coef')
+# YOLACT++'s offset/mask convolutions stay FP32 unless told otherwise (kept_convolutions). Measured on
+# yolact_plus_tiny (README, "Precision and engines"): quantised, they changed no raw output beyond
+# noise, but in the onnxruntime INT8 layout, which rounds convolution outputs to uint8, the clipped
+# range moved the largest offsets by up to 7 pixels (1.5 kept FP32); FP32 costs little beside the
+# deformable convolution, which is FP32 anyway.
+KEEP_OFFSETS = True
 
 
 class CalibrationError(ToolkitError, ValueError):
@@ -37,12 +48,14 @@ class SplitModel:
     post-processing reads plus the original outputs the network itself produces.
     postprocess_nodes: the original graph's function calls and every node downstream of them.
     mask_inputs: names of the network outputs holding the prototypes and the mask coefficients.
+    deform_convs: YOLACT++'s `yolact::DeformConv2d` calls, inlined into the network (empty for YOLACT).
     """
 
     network: onnx.ModelProto
     postprocess_nodes: tuple[onnx.NodeProto, ...]
     mask_inputs: tuple[str, ...]
     original: onnx.ModelProto
+    deform_convs: tuple[InlinedCall, ...] = ()
 
 
 def model_metadata(model: onnx.ModelProto) -> ModelMetadata:
@@ -56,19 +69,18 @@ def model_metadata(model: onnx.ModelProto) -> ModelMetadata:
 def split_postprocess(model: onnx.ModelProto) -> SplitModel:
     """Cut `model` before its model-local function calls (see the module docstring).
 
-    A model exported without post-processing has no function calls: its network is all of it.
-    YOLACT++ models (yolact::DeformConv2d calls inside the network) raise CalibrationError: cut
-    there, the network would end at the first deformable conv and the rest stay FP32 unnoticed.
+    A model exported without post-processing has no post-processing calls: its network is all of
+    it. YOLACT++'s yolact::DeformConv2d calls belong to the network, which gets them inlined.
     """
-    if any(n.domain == DOMAIN and n.op_type == DEFORM_CONV_OP for n in model.graph.node):
-        raise CalibrationError(
-            'this is a YOLACT++ model (yolact::DeformConv2d in the backbone): FP16 and INT8 conversion does not '
-            'handle its deformable convolutions yet; deploy the FP32 model')
-    model = _copy(model)
+    deform_conv = next((f for f in model.functions if (f.domain, f.name) == (DOMAIN, DEFORM_CONV_OP)), None)
+    if deform_conv is None and any(is_deform_conv(n) for n in model.graph.node):
+        raise CalibrationError(f'the model calls {DOMAIN}::{DEFORM_CONV_OP} but has no function body for it: '
+                               're-export it with python -m export')
+    model = copy_proto(model)
     for i, node in enumerate(model.graph.node):
         # Nodes are named in the result (modelopt names them otherwise; ours must match its names).
         node.name = node.name or f'{node.op_type}_{i}'
-    local = {(f.domain, f.name) for f in model.functions}
+    local = {(f.domain, f.name) for f in model.functions} - {(DOMAIN, DEFORM_CONV_OP)}
     post_outputs: set[str] = set()
     network_nodes, post_nodes = [], []
     for node in model.graph.node:
@@ -102,19 +114,23 @@ def split_postprocess(model: onnx.ModelProto) -> SplitModel:
     network = helper.make_model(
         graph, opset_imports=[o for o in model.opset_import if o.domain in ('', 'ai.onnx')])
     network.ir_version = model.ir_version
-    return SplitModel(network, tuple(post_nodes), mask_inputs, model)
+    calls = inline_deform_convs(network, deform_conv)
+    return SplitModel(network, tuple(post_nodes), mask_inputs, model, calls)
 
 
 def join_postprocess(network: onnx.ModelProto, split: SplitModel, precision: str) -> onnx.ModelProto:
     """The converted `network` with the original post-processing re-attached.
 
     Outputs, function bodies, other domains' opset imports and metadata come from the original
-    model; the metadata's precision becomes `precision`. The function bodies are restamped with
-    the network's default opset (modelopt raises it to 19+); the bodies use only ops whose
-    signatures are the same across opsets 18..22 (plugins/onnx_builder.py), and the ONNX checker
-    run on the result would name any op for which that is not so.
+    model; the metadata's precision becomes `precision`. The inlined deformable convolutions become
+    calls again (calib/deform_conv.py). The function bodies are restamped with the network's default
+    opset (modelopt raises it to 19+); the post-processing bodies use only ops whose signatures are
+    the same across opsets 18..22 (plugins/onnx_builder.py), and the ONNX checker run on the result
+    would name any op for which that is not so. DeformConv2d's body differs by opset (GridSample-20
+    renamed its mode), so it is made afresh for that opset.
     """
     original = split.original
+    network = collapse_deform_convs(network, split.deform_convs)
     graph = onnx.GraphProto()
     graph.CopyFrom(network.graph)
     graph.name = original.graph.name
@@ -133,7 +149,10 @@ def join_postprocess(network: onnx.ModelProto, split: SplitModel, precision: str
     default_opset = opsets.get('', opsets.get('ai.onnx'))
     functions = []
     for f in original.functions:
-        f = _copy(f)
+        if (f.domain, f.name) == (DOMAIN, DEFORM_CONV_OP):
+            functions.append(make_deform_conv_function(default_opset))
+            continue
+        f = copy_proto(f)
         for o in f.opset_import:
             if o.domain in ('', 'ai.onnx'):
                 o.version = default_opset
@@ -144,12 +163,6 @@ def join_postprocess(network: onnx.ModelProto, split: SplitModel, precision: str
     meta = dataclasses.replace(model_metadata(original), precision=precision)
     attach_metadata(model, meta)
     return model
-
-
-def _copy(proto):
-    out = type(proto)()
-    out.CopyFrom(proto)
-    return out
 
 
 def _walk_back(model: onnx.ModelProto, tensors) -> tuple[list[str], list[str]]:
@@ -179,6 +192,20 @@ def producing_convs(model: onnx.ModelProto, tensors) -> list[str]:
     `--keep-sensitive`.
     """
     return _walk_back(model, tensors)[1]
+
+
+def kept_convolutions(split: SplitModel, *, keep_sensitive: bool, keep_offsets: bool) -> list[str]:
+    """Names of the network's Conv nodes that stay FP32, in the order found.
+
+    keep_sensitive: the ones producing the mask inputs (producing_convs).
+    keep_offsets: YOLACT++'s offset/mask convolutions (`...conv2.conv_offset_mask`), the ones feeding
+        each deformable convolution's offset and mask inputs: an error in an offset moves where the
+        convolution samples, which changes the sample by the error times the feature's local slope.
+    """
+    kept = producing_convs(split.network, split.mask_inputs) if keep_sensitive else []
+    if keep_offsets:
+        kept += [c for c in producing_convs(split.network, offset_inputs(split.deform_convs)) if c not in kept]
+    return kept
 
 
 def preprocessing_nodes(model: onnx.ModelProto) -> list[str]:

@@ -4,7 +4,8 @@ TensorRT 10+ takes INT8 from Q/DQ nodes in the ONNX (no calibrator at build time
 precision is decided here. Steps:
 1. split off the post-processing (calib/graph.py): it stays FP32 and gets no Q/DQ, nor does
    anything after the last convolutions (head reshapes, softmax, box decoding) or before the
-   first (the pre-processing: cast, resize, normalisation);
+   first (the pre-processing: cast, resize, normalisation), nor YOLACT++'s deformable convolutions,
+   inlined into the network for the placement and collapsed back afterwards (calib/deform_conv.py);
 2. calibrate the network's activation ranges with onnxruntime's calibrator over the images, in
    chunks (a progress bar, and memory bounded by one chunk); the ranges go to the cache
    (calib/cache.py), and a later run with the same network, images and method reads them back;
@@ -28,7 +29,7 @@ import io
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +41,10 @@ from onnxruntime.quantization.registry import QDQRegistry
 from tqdm import tqdm
 
 from calib.cache import cache_file, cache_problem, calibration_key, read_amax, write_cache
-from calib.graph import (CalibrationError, after_last_convolutions, convolution_inputs, join_postprocess,
-                         module_names, preprocessing_nodes, producing_convs, split_postprocess)
+from calib.deform_conv import body_nodes, internal_nodes
+from calib.graph import (KEEP_OFFSETS, CalibrationError, after_last_convolutions, convolution_inputs,
+                         join_postprocess, kept_convolutions, module_names, preprocessing_nodes, producing_convs,
+                         split_postprocess)
 from runtime.contract import INPUT_NAME
 from runtime.files import check_writable, scratch_folder
 
@@ -111,8 +114,9 @@ def _library_bars_off():
 
 
 def calibrate_amax(network_path: Path, images: Sequence[np.ndarray], method: str,
-                   work_dir: Path) -> dict[str, float]:
-    """Largest absolute value to represent for each float tensor of the network.
+                   work_dir: Path, skipped: Collection[str] = ()) -> dict[str, float]:
+    """Largest absolute value to represent for each float tensor of the network but the outputs of
+    the nodes named in `skipped`.
 
     images: uint8 [H, W, 3] BGR each, at their own size (the graph resizes, as at inference); a
         sequence read CHUNK_SIZE images at a time (calib.images.CalibrationImages loads them when asked).
@@ -125,7 +129,8 @@ def calibrate_amax(network_path: Path, images: Sequence[np.ndarray], method: str
     patch_ort_modules()
     network = onnx.load(network_path)
     calibrator = calibrate.create_calibrator(
-        network_path, [n.name for n in network.graph.node], augmented_model_path=work_dir / 'augmented.onnx',
+        network_path, [n.name for n in network.graph.node if n.name not in skipped],
+        augmented_model_path=work_dir / 'augmented.onnx',
         calibrate_method=CALIBRATION_METHODS[method],
         extra_options={'symmetric': True, 'execution_providers': ['CPUExecutionProvider']})
     # The calibrator print()s its progress; the bar below says the same on stderr.
@@ -149,8 +154,8 @@ def check_int8_options(method: str, layout: str) -> None:
 
 
 def quantize_int8(model: onnx.ModelProto, images: Sequence[np.ndarray], *, method: str = 'entropy',
-                  keep_sensitive: bool = False, cache_dir: str | os.PathLike, model_name: str,
-                  layout: str = 'tensorrt') -> Int8Result:
+                  keep_sensitive: bool = False, keep_offsets: bool = KEEP_OFFSETS, cache_dir: str | os.PathLike,
+                  model_name: str, layout: str = 'tensorrt') -> Int8Result:
     """The INT8 (Q/DQ) version of `model`, an exported YOLACT ONNX model.
 
     images: uint8 [H, W, 3] BGR calibration images, each at its own size as the runtime feeds them, a
@@ -158,13 +163,15 @@ def quantize_int8(model: onnx.ModelProto, images: Sequence[np.ndarray], *, metho
     layout: 'tensorrt' or 'onnxruntime' (see the module's notes); both use the same cached ranges.
     keep_sensitive: leave the convolutions producing the prototypes and the mask coefficients
         unquantised (FP32). The result's kept_fp32 lists every convolution left in FP32.
+    keep_offsets: leave YOLACT++'s offset/mask convolutions (`...conv2.conv_offset_mask`, in front
+        of each deformable convolution) unquantised; no effect on YOLACT.
     cache_dir / model_name: where the calibration cache lives and the name it is filed under.
     """
     check_int8_options(method, layout)
     if len(images) == 0:
         raise CalibrationError('no calibration images: give at least one')
     split = split_postprocess(model)
-    kept = tuple(producing_convs(split.network, split.mask_inputs)) if keep_sensitive else ()
+    kept = tuple(kept_convolutions(split, keep_sensitive=keep_sensitive, keep_offsets=keep_offsets))
     if layout == 'onnxruntime':
         # This layout quantises each convolution's output too; the last ones (box offsets, class
         # logits, coefficients, prototypes) would be rounded to 8 bits, which TensorRT's layout
@@ -184,8 +191,11 @@ def quantize_int8(model: onnx.ModelProto, images: Sequence[np.ndarray], *, metho
         network_path = work / 'network.onnx'
         onnx.save(split.network, network_path)
         if not cache_hit:
-            write_cache(cache, calibrate_amax(network_path, images, method, work))
-        excluded = (*preprocessing_nodes(split.network), *kept, *after_last_convolutions(split.network))
+            write_cache(cache, calibrate_amax(network_path, images, method, work,
+                                              internal_nodes(split.network, split.deform_convs)))
+        # The deformable convolutions' bodies stay FP32, the precision of the TensorRT plugin.
+        excluded = (*preprocessing_nodes(split.network), *kept, *after_last_convolutions(split.network),
+                    *body_nodes(split.network, split.deform_convs))
         if layout == 'tensorrt':
             quantized = _place_qdq(network_path, images[0][None], cache, excluded, work)
         else:

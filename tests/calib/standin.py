@@ -20,6 +20,7 @@ from onnx import numpy_helper as nh
 
 from calib.graph import split_postprocess
 from export.onnx_export import attach_metadata
+from plugins.deform_conv import onnx_function as deform_conv_function
 from yolact_torch.config import metadata_from_config, yolact_tiny
 
 OPSET = 19
@@ -30,6 +31,7 @@ NUM_CLASSES = 3
 TOP = 5
 PROTO_CONV, COEF_CONV = 'proto_net.conv', 'head.coef_layer'
 DECODE_MUL = 'decode_mul'
+OFFSET_CONV, DCN = 'backbone.dcn.conv_offset_mask', 'backbone.dcn'
 
 
 def _fast_nms_function() -> onnx.FunctionProto:
@@ -61,9 +63,13 @@ def _mask_assembly_function() -> onnx.FunctionProto:
     ], [h.make_opsetid('', OPSET)])
 
 
-def build_standin(seed: int = 0, size: int = SIZE) -> onnx.ModelProto:
+def build_standin(seed: int = 0, size: int = SIZE, deformable: bool = False) -> onnx.ModelProto:
     """The stand-in model, resizing images of any size to size x size; outputs num_dets int32 [B]
-    and masks float32 [B, size*size, TOP]."""
+    and masks float32 [B, size*size, TOP].
+
+    deformable: a YOLACT++ stand-in: a deformable convolution block after the first convolution, as
+    the export writes YOLACT++'s (OFFSET_CONV, then DCN, a `yolact::DeformConv2d` call, and its function).
+    """
     rng = np.random.default_rng(seed)
     initializers = []
 
@@ -91,6 +97,9 @@ def build_standin(seed: int = 0, size: int = SIZE) -> onnx.ModelProto:
         nodes.append(h.make_node('Conv', [features, *params], [f'conv{i}'], pads=[1] * 4, name=f'backbone.conv{i}'))
         nodes.append(h.make_node('Relu', [f'conv{i}'], [f'relu{i}'], name=f'backbone.relu{i}'))
         features, channels = f'relu{i}', CHANNELS
+        if i == 0 and deformable:
+            nodes += _deformable_block(features, weight)
+            features = 'dcn_relu'
     nodes += [
         h.make_node('Conv', [features, weight('proto.weight', MASK_DIM, CHANNELS, 1, 1, scale=0.3),
                              weight('proto.bias', MASK_DIM, scale=0.05)], ['proto_nchw'], name=PROTO_CONV),
@@ -128,14 +137,34 @@ def build_standin(seed: int = 0, size: int = SIZE) -> onnx.ModelProto:
         nodes, 'standin', [h.make_tensor_value_info('images', T.UINT8, ['batch', 'height', 'width', 3])],
         [h.make_tensor_value_info('num_dets', T.INT32, ['batch']),
          h.make_tensor_value_info('masks', T.FLOAT, ['batch', size * size, TOP])], initializers)
+    functions = [_fast_nms_function(), _mask_assembly_function()]
     model = h.make_model(graph, opset_imports=[h.make_opsetid('', OPSET), h.make_opsetid('yolact', 1)],
-                         functions=[_fast_nms_function(), _mask_assembly_function()])
+                         functions=functions + ([deform_conv_function.make_function(OPSET)] if deformable else []))
     model.ir_version = 10
     cfg = dataclasses.replace(cfg.with_classes(cfg.class_names[:NUM_CLASSES - 1]), max_size=size)
     meta = metadata_from_config(cfg, max_dets=TOP)
     attach_metadata(model, meta)
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def _deformable_block(features: str, weight) -> list[onnx.NodeProto]:
+    """YOLACT++'s deformable 3x3 conv on `features` [B, CHANNELS, SIZE, SIZE], as exported: the offset/mask
+    convolution, split into (dy, dx) offsets and a sigmoid mask, the DCN call, then a Relu -> `dcn_relu`.
+    Offsets of about a pixel (fractional, some samples outside the image)."""
+    taps = 9
+    return [
+        h.make_node('Conv', [features, weight('dcn.conv_offset_mask.weight', 3 * taps, CHANNELS, 3, 3, scale=0.05),
+                             weight('dcn.conv_offset_mask.bias', 3 * taps, scale=1.0)], ['offset_mask'],
+                    pads=[1] * 4, name=OFFSET_CONV),
+        h.make_node('Split', ['offset_mask'], ['o1', 'o2', 'm'], axis=1, num_outputs=3, name='dcn_split'),
+        h.make_node('Concat', ['o1', 'o2'], ['offset'], axis=1, name='dcn_offset'),
+        h.make_node('Sigmoid', ['m'], ['mask'], name='dcn_mask'),
+        deform_conv_function.make_node(
+            [features, 'offset', 'mask', weight('dcn.weight', CHANNELS, CHANNELS, 3, 3, scale=0.1),
+             weight('dcn.bias', CHANNELS, scale=0.05)], ['dcn'], padding=1, name=DCN),
+        h.make_node('Relu', ['dcn'], ['dcn_relu'], name='backbone.dcn_relu'),
+    ]
 
 
 def smooth_images(count: int, size: int = SIZE, seed: int = 1) -> np.ndarray:

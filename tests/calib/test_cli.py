@@ -14,7 +14,7 @@ from calib.graph import CalibrationError, model_metadata
 from calib.images import load_calibration_images, select
 from runtime.artifacts import precision_path
 from runtime.pipeline import load_image
-from tests.calib.standin import SIZE, smooth_images
+from tests.calib.standin import DCN, SIZE, build_standin, smooth_images
 from tests.faults import disk_full_after
 
 
@@ -179,3 +179,18 @@ def test_a_converted_model_is_not_converted_again(standin_path, image_folder, tm
 def test_a_missing_model_is_a_clear_error(tmp_path, image_folder, capsys):
     assert main(['--model', str(tmp_path / 'nope.onnx'), '--precision', 'fp16', '--images', str(image_folder)]) == 1
     assert 'does not exist: export one first' in capsys.readouterr().err
+
+
+def test_cli_converts_a_yolact_plus_model_and_keeps_its_offset_convolutions(image_folder, tmp_path, capsys):
+    path = tmp_path / 'plus.onnx'
+    onnx.save(build_standin(deformable=True), path)
+    args = ['--model', str(path), '--precision', 'int8', '--images', str(image_folder), '--count', '4']
+    assert main(args) == 0
+    assert 'kept in FP32 (1 convolutions): dcn.conv_offset_mask' in capsys.readouterr().out
+    model = onnx.load(precision_path(path, 'int8'))
+    assert [n.name for n in model.graph.node if n.op_type == 'DeformConv2d'] == [DCN]
+    session = ort.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])
+    num_dets, masks = session.run(None, {'images': smooth_images(2)})
+    assert num_dets.dtype == np.int32 and masks.dtype == np.float32
+    assert main([*args, '--no-keep-offsets']) == 0
+    assert 'kept in FP32' not in capsys.readouterr().out

@@ -5,7 +5,7 @@ import pytest
 
 from calib.graph import (CalibrationError, after_last_convolutions, join_postprocess, model_metadata, module_names,
                          preprocessing_nodes, producing_convs, split_postprocess)
-from tests.calib.standin import COEF_CONV, DECODE_MUL, OPSET, PROTO_CONV, build_standin, raw_export_like
+from tests.calib.standin import COEF_CONV, DCN, DECODE_MUL, OPSET, PROTO_CONV, build_standin, raw_export_like
 
 
 def run(model: onnx.ModelProto, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -24,15 +24,13 @@ def test_split_cuts_before_the_function_calls(standin):
     onnx.checker.check_model(split.network, full_check=True)
 
 
-def test_yolact_plus_models_are_refused(standin):
-    """Their deformable convs are function calls inside the network; a split there would leave
-    most of it FP32 under an fp16/int8 label."""
-    model = onnx.ModelProto()
-    model.CopyFrom(standin)
-    model.graph.node.insert(0, onnx.helper.make_node('DeformConv2d', ['x', 'offset', 'mask', 'weight', 'bias'], ['y'],
-                                                     domain='yolact'))
-    with pytest.raises(CalibrationError, match='YOLACT\\+\\+ model .*deploy the FP32 model'):
-        split_postprocess(model)
+def test_a_deformable_conv_call_belongs_to_the_network():
+    """YOLACT++'s yolact::DeformConv2d calls sit inside the network: the cut is still before the
+    post-processing (a cut at the first call would leave the rest FP32 under an fp16/int8 label)."""
+    split = split_postprocess(build_standin(deformable=True))
+    assert [n.op_type for n in split.postprocess_nodes] == ['FastNMS', 'MaskAssembly']
+    assert [o.name for o in split.network.graph.output] == ['boxes', 'scores', 'proto', 'coef']
+    assert [c.node.name for c in split.deform_convs] == [DCN]
 
 
 def test_split_then_join_is_the_same_model(standin, calibration_pixels):
@@ -96,3 +94,25 @@ def test_the_preprocessing_is_everything_before_the_first_convolution(standin):
 def test_module_names_come_from_the_weights_and_a_shared_weight_counts_once(standin):
     network = split_postprocess(standin).network
     assert module_names(network, ['backbone.conv1', 'backbone.conv2', PROTO_CONV]) == ('conv1', 'proto')
+
+
+def test_join_makes_the_deform_conv_body_for_the_converted_opset(calibration_pixels):
+    """GridSample-20 renamed its 'bilinear' mode 'linear': a restamped opset-19 body would not run."""
+    plus = build_standin(deformable=True)
+    split = split_postprocess(plus)
+    joined = join_postprocess(onnx.version_converter.convert_version(split.network, OPSET + 1), split, 'fp32')
+    onnx.checker.check_model(joined, full_check=True)
+    body = next(f for f in joined.functions if f.name == 'DeformConv2d')
+    assert body.opset_import[0].version == OPSET + 1
+    assert [c.node.name for c in split.deform_convs] == [n.name for n in joined.graph.node
+                                                         if n.op_type == 'DeformConv2d']
+    expected, actual = run(plus, calibration_pixels), run(joined, calibration_pixels)
+    for name in expected:
+        np.testing.assert_allclose(actual[name], expected[name], atol=1e-6)
+
+
+def test_a_deformable_conv_call_without_its_function_body_is_refused():
+    model = build_standin(deformable=True)
+    model.functions.pop()  # DeformConv2d's, the last
+    with pytest.raises(CalibrationError, match='no function body .* re-export'):
+        split_postprocess(model)
