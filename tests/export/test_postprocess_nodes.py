@@ -26,6 +26,9 @@ from yolact_torch.preprocess import Normalize
 from yolact_torch.yolact import Yolact, YolactOutput
 from plugins.onnx_model import DECODED_HEAD_NAMES
 from runtime.assets import DEMO_MODEL
+from runtime.backends import open_backend
+from runtime.detections import BBOX_SCORE_KEY
+from runtime.pipeline import predict
 from runtime.contract import BOX_SCORES, INPUT_NAME, POSTPROCESS_OUTPUTS
 from tests.gpu.compare import assert_equal_detections
 from tests.yolact_torch.plus_checkpoints import random_plus_state
@@ -111,6 +114,33 @@ def test_box_scores_are_the_scores_before_rescoring_and_equal_torch(plus_tiny, i
         assert (iou > 0).all(), 'a zero predicted IoU leaves the score before it unknown: pick other weights'
         np.testing.assert_allclose(got[BOX_SCORES][b, :n], got['scores'][b, :n] / iou, rtol=1e-4)
         assert not got[BOX_SCORES][b, n:].any() and not ref.box_scores[b, n:].any()
+
+
+def test_runtime_detections_and_coco_json_score_boxes_with_box_scores(plus_tiny, images):
+    """Through the runtime (onnxruntime backend, runtime.pipeline.predict, Detections.to_coco_json):
+    each entry's bbox_score is its row's box_scores, its score (the mask's) the re-scored one. The
+    torch backend returns box_scores as detect does."""
+    model, cfg, checkpoint, full, _ = plus_tiny
+    got = run(full, {INPUT_NAME: images})
+    with open_backend(full, 'ort') as backend:
+        found = predict(backend, list(images), score_threshold=0.0)
+        names, ids = backend.metadata.class_names, backend.metadata.category_ids
+    for b, dets in enumerate(found):
+        n = int(got['num_dets'][b])
+        np.testing.assert_array_equal(dets.box_scores, got[BOX_SCORES][b, :n])
+        entries = dets.to_coco_json(b, f'{b}.png', names, ids)
+        assert [e[BBOX_SCORE_KEY] for e in entries] == got[BOX_SCORES][b, :n].tolist()
+        assert [e['score'] for e in entries] == got['scores'][b, :n].tolist()
+    assert sum(len(dets) for dets in found) > 0
+
+    with open_backend(checkpoint, 'torch') as backend:
+        raw = backend.infer(images)
+    checkpoint_cfg = load_model(checkpoint)[1]  # the checkpoint's own thresholds, as the backend's
+    with torch.no_grad():
+        ref = detect(model(Normalize(checkpoint_cfg)(torch.from_numpy(images))), model.priors, checkpoint_cfg,
+                     maskiou_net=model.maskiou_net)
+    np.testing.assert_array_equal(raw['num_dets'], ref.num_dets.numpy())
+    np.testing.assert_allclose(raw[BOX_SCORES], ref.box_scores.numpy(), rtol=1e-5, atol=1e-7)
 
 
 def hand_made_maskiou_net(cfg, class_iou: list[float]) -> MaskIoUNet:
