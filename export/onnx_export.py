@@ -147,7 +147,7 @@ def build_onnx(yolact: torch.nn.Module, cfg: YolactConfig, *, postprocess: bool 
     mode), checked.
 
     postprocess: append FastNMS + MaskAssembly, and YOLACT++'s mask re-scoring when the model has a
-        maskiou_net (outputs POSTPROCESS_OUTPUTS); False exports the raw head (RAW_OUTPUTS). cross_class: Fast NMS across classes instead of per class.
+        maskiou_net (outputs POSTPROCESS_OUTPUTS, and BOX_SCORES with a maskiou_net); False exports the raw head (RAW_OUTPUTS). cross_class: Fast NMS across classes instead of per class.
     max_dets: detections per image D (default cfg.max_num_detections).
     """
     max_dets = cfg.max_num_detections if max_dets is None else int(max_dets)

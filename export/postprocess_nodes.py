@@ -6,7 +6,8 @@ score (yolact_torch.postprocess.detect) as standard ops after them.
 The traced network's outputs (names DECODED_HEAD_NAMES, shapes as export.graph.DecodedHead) become
 the ops' inputs, and the graph's outputs become the model contract (README, "The model contract"):
 num_dets int32 [B], boxes float32 [B, D, 4], scores float32 [B, D], classes int32 [B, D],
-masks float32 [B, D, Hp, Wp].
+masks float32 [B, D, Hp, Wp], and for YOLACT++ box_scores float32 [B, D] (the class scores before
+the re-scoring, sorted with the rest).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from yolact_torch.config import YolactConfig
 from plugins.fast_nms import onnx_function as fast_nms_function
 from plugins.mask_assembly import onnx_function as mask_assembly_function
 from plugins.onnx_model import DECODED_HEAD_NAMES, add_functions
-from runtime.contract import POSTPROCESS_OUTPUTS
+from runtime.contract import BOX_SCORES, POSTPROCESS_OUTPUTS
 
 # The function's output det_indices feeds MaskAssembly only; it is not a graph output.
 _DET_INDICES = 'det_indices'
@@ -117,8 +118,9 @@ def append_postprocess(model: onnx.ModelProto, cfg: YolactConfig, *, cross_class
                        max_dets: int, maskiou_net: nn.Module | None = None) -> onnx.ModelProto:
     """`model` (outputs DECODED_HEAD_NAMES) with FastNMS and MaskAssembly appended, its outputs
     replaced by the contract's; thresholds and top-k from `cfg`. With a maskiou_net (YOLACT++'s
-    yolact_torch.maskiou.MaskIoUNet) the scores are re-scored by it and the detections stable-sorted
-    by the re-scored score (yolact_torch.postprocess.detect). Modifies and returns `model`."""
+    yolact_torch.maskiou.MaskIoUNet) the scores are re-scored by it, the detections stable-sorted
+    by the re-scored score, and the scores before the re-scoring become the extra output BOX_SCORES
+    (yolact_torch.postprocess.detect). Modifies and returns `model`."""
     boxes, scores, coef, proto = DECODED_HEAD_NAMES
     num_dets, det_boxes, det_scores, det_classes, masks = POSTPROCESS_OUTPUTS
     batch = _output_dims(model, boxes)[0]
@@ -140,8 +142,9 @@ def append_postprocess(model: onnx.ModelProto, cfg: YolactConfig, *, cross_class
         model.graph.node.extend(_rescoring_nodes(model, maskiou_net, scores=unsorted[det_scores],
                                                  classes=unsorted[det_classes], masks=unsorted[masks],
                                                  output=rescored, max_dets=max_dets, proto_hw=(proto_h, proto_w)))
+        # Fast NMS's scores, the class scores, go through the same permutation as BOX_SCORES.
         values = {unsorted[det_boxes]: det_boxes, rescored: det_scores, unsorted[det_classes]: det_classes,
-                  unsorted[masks]: masks}
+                  unsorted[masks]: masks, unsorted[det_scores]: BOX_SCORES}
         model.graph.node.extend(_sorting_nodes(model, key=rescored, num_dets=num_dets, values=values,
                                                max_dets=max_dets))
     add_functions(model)  # the function bodies at the model's opset, and the yolact domain's import
@@ -154,6 +157,8 @@ def append_postprocess(model: onnx.ModelProto, cfg: YolactConfig, *, cross_class
         helper.make_tensor_value_info(det_classes, TensorProto.INT32, [batch, max_dets]),
         helper.make_tensor_value_info(masks, TensorProto.FLOAT, [batch, max_dets, proto_h, proto_w]),
     ])
+    if maskiou_net is not None:
+        model.graph.output.append(helper.make_tensor_value_info(BOX_SCORES, TensorProto.FLOAT, [batch, max_dets]))
     return model
 
 

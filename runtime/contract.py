@@ -16,6 +16,11 @@ WIDTH_DIM = 'width'
 # With post-processing (the default): num_dets int32 [B], boxes float32 [B, D, 4] xyxy relative,
 # scores float32 [B, D], classes int32 [B, D] 0-based, masks float32 [B, D, Hp, Wp].
 POSTPROCESS_OUTPUTS = ('num_dets', 'boxes', 'scores', 'classes', 'masks')
+# YOLACT++ models only (those with a maskiou_net), after POSTPROCESS_OUTPUTS: box_scores float32
+# [B, D], each detection's class score before the mask re-scoring, rows in the order of `scores`
+# (which holds the re-scored one). The original's COCO evaluation scores boxes with it and masks with
+# `scores` (dbolya/yolact eval.py prep_metrics, rescore_bbox False).
+BOX_SCORES = 'box_scores'
 # --no-postprocess: loc [B, P, 4], conf (softmax) [B, P, num_classes], coef [B, P, M],
 # proto [B, Hp, Wp, M] (NHWC), priors [P, 4] (a constant).
 RAW_OUTPUTS = ('loc', 'conf', 'coef', 'proto', 'priors')

@@ -14,6 +14,11 @@ from pycocotools import mask as mask_utils
 from runtime.errors import ToolkitError
 
 
+# The key of a to_coco_json entry's box score where it differs from 'score' (YOLACT++); COCO
+# evaluation scores the entry's bbox with it (yolact_torch.eval.coco_metrics).
+BBOX_SCORE_KEY = 'bbox_score'
+
+
 class DetectionsError(ToolkitError, ValueError):
     """A Detections method that needs something these Detections do not carry; the message says what."""
 
@@ -29,6 +34,8 @@ class Detections:
     class_names / category_ids: the model's class names and dataset category ids, indexed by
     `classes`; image: the uint8 [H, W, 3] BGR image they were found in (for plot and save);
     file_name: the file it was read from ('' for an array).
+    box_scores: float32 [N], YOLACT++ only (None otherwise): each detection's class score before the
+    mask re-scoring that `scores` holds (runtime.contract.BOX_SCORES), the score of its box.
     Select with an index array, a boolean array or a slice: `dets[dets.scores > 0.5]`.
     """
 
@@ -41,6 +48,7 @@ class Detections:
     category_ids: tuple[int, ...] = ()
     image: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
     file_name: str = ''
+    box_scores: np.ndarray | None = None
 
     def __post_init__(self):
         n = len(self.scores)
@@ -52,6 +60,8 @@ class Detections:
                 f'[N, 4], [N], [N], [N, {height}, {width}]')
         if self.image is not None and self.image.shape != (height, width, 3):
             raise ValueError(f'Detections image is {self.image.shape}, not [{height}, {width}, 3]')
+        if self.box_scores is not None and self.box_scores.shape != (n,):
+            raise ValueError(f'Detections box_scores is {self.box_scores.shape}, not [{n}] as scores')
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -60,7 +70,8 @@ class Detections:
         if isinstance(selection, (int, np.integer)):
             selection = [selection]  # keep the leading N axis: one detection is Detections of length 1
         return dataclasses.replace(self, boxes=self.boxes[selection], scores=self.scores[selection],
-                                   classes=self.classes[selection], masks=self.masks[selection])
+                                   classes=self.classes[selection], masks=self.masks[selection],
+                                   box_scores=None if self.box_scores is None else self.box_scores[selection])
 
     @property
     def names(self) -> list[str]:
@@ -103,8 +114,11 @@ class Detections:
 
         Each: image_id, file_name, class_index (0-based, as predicted), category_id (the
         dataset's id of that class, category_ids[class_index]), category_name, bbox [x, y, w, h]
-        in pixels, score, segmentation (compressed RLE, 'counts' as str). Loads with
-        pycocotools' COCO.loadRes.
+        in pixels, score, segmentation (compressed RLE, 'counts' as str); with box_scores
+        (YOLACT++) also BBOX_SCORE_KEY, the box's score, as the original scores boxes and masks
+        apart. Loads with pycocotools' COCO.loadRes, which scores both geometries with 'score': a box
+        evaluation of YOLACT++ entries takes BBOX_SCORE_KEY as their score instead
+        (yolact_torch.eval.coco_metrics).
         """
         if len(self) == 0:
             return []
@@ -116,8 +130,8 @@ class Detections:
                                   'runtime.load(...), or pass the model\'s metadata.class_names and category_ids')
         results = []
         rles = self.mask_rles()
-        for box, score, class_index, rle in zip(self.boxes.tolist(), self.scores.tolist(),
-                                                self.classes.tolist(), rles):
+        for i, (box, score, class_index, rle) in enumerate(zip(self.boxes.tolist(), self.scores.tolist(),
+                                                                self.classes.tolist(), rles)):
             # Two decimals: a hundredth of a pixel is below any metric's resolution and keeps the file small.
             x1, y1, x2, y2 = box
             results.append({
@@ -130,4 +144,6 @@ class Detections:
                 'score': score,
                 'segmentation': {'size': [int(s) for s in rle['size']], 'counts': rle['counts'].decode('ascii')},
             })
+            if self.box_scores is not None:
+                results[-1][BBOX_SCORE_KEY] = float(self.box_scores[i])
         return results

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 
 from runtime.backends.base import Backend, RawDetections
+from runtime.contract import BOX_SCORES
 from runtime.detections import Detections
 from runtime.images import IMAGE_SUFFIXES, ImageLoadError, find_images, load_image  # noqa: F401 (the runtime's API too)
 from runtime.paste import paste_masks
@@ -41,21 +42,23 @@ def make_detections(raw: RawDetections, image: int, keep: np.ndarray, image_hw: 
                     masks: np.ndarray) -> Detections:
     """Detections of image `image` from its kept rows `keep` (kept_detections) and their pasted
     masks (bool [n, H, W]): boxes scaled to image pixels, ordered and clipped to the image (as the
-    original's sanitize_coordinates)."""
+    original's sanitize_coordinates); box_scores where the model has them (YOLACT++), else None."""
     height, width = image_hw
     scale = np.array([width, height, width, height], np.float32)
     pixels = raw['boxes'][image, keep].astype(np.float32) * scale
     pixels = np.concatenate([np.minimum(pixels[:, :2], pixels[:, 2:]), np.maximum(pixels[:, :2], pixels[:, 2:])], 1)
     pixels = np.clip(pixels, 0, scale)
+    box_scores = raw[BOX_SCORES][image, keep].astype(np.float32) if BOX_SCORES in raw else None
     return Detections(pixels, raw['scores'][image, keep].astype(np.float32),
-                      raw['classes'][image, keep].astype(np.int64), masks, (int(height), int(width)))
+                      raw['classes'][image, keep].astype(np.int64), masks, (int(height), int(width)),
+                      box_scores=box_scores)
 
 
 def to_detections(raw: RawDetections, image_sizes: Sequence[tuple[int, int]], *, score_threshold: float,
                   mask_threshold: float) -> list[Detections]:
     """The model's padded outputs for a batch -> one Detections per image.
 
-    raw: the POSTPROCESS_OUTPUTS arrays (runtime.contract) of B images; image_sizes: (H, W) of each original image.
+    raw: the RawDetections (runtime.backends.base) of B images; image_sizes: (H, W) of each original image.
     Keeps detections with score >= score_threshold (0 keeps all), scales boxes to image pixels
     (ordered, clipped to the image, as the original's sanitize_coordinates) and pastes each mask
     into its image on the host (value > mask_threshold, only inside its box).

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from yolact_torch.data.coco import CocoDataset
 from runtime.backends import BACKENDS, Backend, open_backend
 from runtime.checkpoint_flags import add_checkpoint_flags, checkpoint_flags
+from runtime.detections import BBOX_SCORE_KEY
 from runtime.errors import ToolkitError
 from runtime.files import check_writable, write_atomic
 from runtime.infer import DEFAULT_MODEL
@@ -78,7 +79,9 @@ def coco_metrics(ground_truth: dict, results: list[dict], image_ids: list[int] |
     """{'box': {'AP', 'AP50', 'AP75'}, 'mask': {...}} from COCOeval (values 0..1).
 
     ground_truth: a COCO instances dict; results: COCO results with both 'bbox' and
-    'segmentation' (RLE). No results give zeros. image_ids limits the evaluation (default: all).
+    'segmentation' (RLE). Boxes are scored with an entry's BBOX_SCORE_KEY where it has one
+    (YOLACT++: the class score before the mask re-scoring, as the original's box AP), masks with
+    its 'score'. No results give zeros. image_ids limits the evaluation (default: all).
     """
     gt = _quiet_coco(ground_truth)
     metrics = {}
@@ -86,7 +89,10 @@ def coco_metrics(ground_truth: dict, results: list[dict], image_ids: list[int] |
         # loadRes rewrites its entries in place and picks the box path whenever 'bbox' is present,
         # so each evaluation gets its own copy holding only the geometry it scores.
         drop = 'segmentation' if iou_type == 'bbox' else 'bbox'
-        own = [{k: v for k, v in copy.deepcopy(r).items() if k != drop} for r in results]
+        own = [{k: v for k, v in copy.deepcopy(r).items() if k not in (drop, BBOX_SCORE_KEY)} for r in results]
+        if iou_type == 'bbox':
+            for entry, result in zip(own, results):
+                entry['score'] = result.get(BBOX_SCORE_KEY, result['score'])
         if not own:
             metrics[name] = {k: 0.0 for k in METRIC_ROWS}
             continue

@@ -45,7 +45,9 @@ class PostprocessOutput(NamedTuple):
 
     num_dets int32 [B]; boxes float32 [B, D, 4] xyxy relative (not clipped); scores float32 [B, D];
     classes int32 [B, D] 0-based, background excluded; masks float32 [B, D, Hp, Wp] (sigmoid,
-    cropped to the box grown by cfg.crop_padding prototype pixels).
+    cropped to the box grown by cfg.crop_padding prototype pixels). box_scores float32 [B, D]:
+    YOLACT++ only (None without a maskiou_net), each row's class score before the re-scoring that
+    `scores` holds (runtime.contract.BOX_SCORES).
     """
 
     num_dets: Tensor
@@ -53,6 +55,7 @@ class PostprocessOutput(NamedTuple):
     scores: Tensor
     classes: Tensor
     masks: Tensor
+    box_scores: Tensor | None = None
 
 
 def _upper_triangular_iou_max(boxes: Tensor) -> Tensor:
@@ -153,8 +156,8 @@ def rescore(scores: Tensor, classes: Tensor, masks: Tensor, maskiou_net: nn.Modu
     scores float [D]; classes int [D] 0-based, background excluded; masks float [D, Hp, Wp]
     (assembled: sigmoid, cropped). Returns float [D]. The original (layers/output_utils.py
     postprocess, rescore_mask) keeps the class score for boxes and this one for masks in its COCO
-    evaluation; its display path, like this toolkit's single score, uses this one for both and
-    sorts the detections by it (`detect`).
+    evaluation, and so does `detect` (box_scores and scores); its display path sorts the
+    detections by this one, and so does `detect`.
     """
     predicted_iou = maskiou_net(masks[:, None])                                      # [D, K]
     return scores * predicted_iou.gather(1, classes[:, None].long())[:, 0]
@@ -164,7 +167,8 @@ def detect(out: 'YolactOutput', priors: Tensor, cfg: YolactConfig, *, cross_clas
            max_dets: int | None = None, maskiou_net: nn.Module | None = None) -> PostprocessOutput:
     """The whole post-processing of a batch: softmax, decode, Fast NMS, mask assembly, and with a
     maskiou_net (YOLACT++: the model's `maskiou_net`) the scores re-scored by `rescore` and the
-    detections stable-sorted by them, descending (ties keep Fast NMS's order).
+    detections stable-sorted by them, descending (ties keep Fast NMS's order); box_scores then
+    holds each detection's class score before the re-scoring, in the same order.
 
     out: the model's raw outputs (loc [B, P, 4], conf logits [B, P, C], coef [B, P, M],
     proto [B, Hp, Wp, M]); priors: float [P, 4] cxcywh relative. Thresholds come from cfg
@@ -182,7 +186,8 @@ def detect(out: 'YolactOutput', priors: Tensor, cfg: YolactConfig, *, cross_clas
         boxes=torch.zeros(batch, max_dets, 4),
         scores=torch.zeros(batch, max_dets),
         classes=torch.zeros(batch, max_dets, dtype=torch.int32),
-        masks=torch.zeros(batch, max_dets, proto_h, proto_w))
+        masks=torch.zeros(batch, max_dets, proto_h, proto_w),
+        box_scores=None if maskiou_net is None else torch.zeros(batch, max_dets))
     for b in range(batch):
         candidates = torch.nonzero(scores[b].max(dim=-1).values > cfg.conf_thresh).flatten()
         if len(candidates) == 0:
@@ -194,12 +199,14 @@ def detect(out: 'YolactOutput', priors: Tensor, cfg: YolactConfig, *, cross_clas
         masks = assemble_masks(proto[b], kept.coef, kept.boxes, cfg.crop_padding)
         det_scores, det_classes, det_boxes = kept.scores, kept.classes, kept.boxes
         if maskiou_net is not None:
+            class_scores = det_scores
             det_scores = rescore(det_scores, det_classes, masks, maskiou_net)
             # The original's display order (eval.py prep_display sorts by the re-scored score);
             # stable, so ties keep Fast NMS's order.
             order = torch.sort(det_scores, descending=True, stable=True).indices
             det_scores, det_classes, det_boxes, masks = (det_scores[order], det_classes[order], det_boxes[order],
                                                          masks[order])
+            result.box_scores[b, :n] = class_scores[order]
         result.num_dets[b] = n
         result.boxes[b, :n] = det_boxes
         result.scores[b, :n] = det_scores

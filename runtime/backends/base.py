@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from runtime.contract import POSTPROCESS_OUTPUTS
 from runtime.errors import ToolkitError
 from runtime.metadata import ModelMetadata
 
@@ -24,8 +23,8 @@ if TYPE_CHECKING:
 
 # The model's outputs with post-processing, by their names in the ONNX contract
 # (runtime.contract.POSTPROCESS_OUTPUTS): num_dets int32 [B]; boxes float32 [B, D, 4] xyxy relative;
-# scores float32 [B, D]; classes int32 [B, D] 0-based; masks float32 [B, D, Hp, Wp]. Rows past
-# num_dets are padding.
+# scores float32 [B, D]; classes int32 [B, D] 0-based; masks float32 [B, D, Hp, Wp]; for YOLACT++
+# also box_scores float32 [B, D] (runtime.contract.BOX_SCORES). Rows past num_dets are padding.
 RawDetections = dict[str, np.ndarray]
 
 
@@ -82,9 +81,9 @@ class Backend(abc.ABC):
         """Detect instances in a batch of images.
 
         images: uint8 [B, H, W, 3] BGR, any H, W >= 1 (the model resizes them to metadata.input_size).
-        Returns RawDetections: the arrays named in POSTPROCESS_OUTPUTS, in the ONNX contract's
-        shapes and dtypes, as numpy arrays the caller owns. Batches larger than max_batch run in
-        chunks of max_batch.
+        Returns RawDetections: the arrays named in runtime.contract.POSTPROCESS_OUTPUTS (and
+        BOX_SCORES where the model has it), in the ONNX contract's shapes and dtypes, as numpy arrays
+        the caller owns. Batches larger than max_batch run in chunks of max_batch.
         """
         images = self._checked_images(images)
         step = len(images) if self.max_batch is None else self.max_batch
@@ -92,7 +91,7 @@ class Backend(abc.ABC):
             return self._infer_impl(images)
         # Larger batches than the model takes run in chunks; the outputs are joined along B.
         chunks = [self._infer_impl(images[i:i + step]) for i in range(0, len(images), step)]
-        return {name: np.concatenate([c[name] for c in chunks]) for name in POSTPROCESS_OUTPUTS}
+        return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
 
     def detect(self, images: np.ndarray, image_sizes: Sequence[tuple[int, int]], *, score_threshold: float,
                mask_threshold: float) -> list[Detections]:
@@ -138,7 +137,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def _infer_impl(self, images: np.ndarray) -> RawDetections:
-        """Run a checked, contiguous batch of at most max_batch images; return the POSTPROCESS_OUTPUTS arrays."""
+        """Run a checked, contiguous batch of at most max_batch images; return the RawDetections arrays."""
 
     @abc.abstractmethod
     def _close_impl(self) -> None:

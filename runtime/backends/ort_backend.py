@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends.base import Backend, BackendError, RawDetections
-from runtime.contract import INPUT_NAME, POSTPROCESS_OUTPUTS, RAW_OUTPUTS, metadata_from_props
+from runtime.contract import BOX_SCORES, INPUT_NAME, POSTPROCESS_OUTPUTS, RAW_OUTPUTS, metadata_from_props
 from runtime.cuda.device import device_count
 from runtime.metadata import MetadataError, ModelMetadata
 
@@ -172,9 +172,10 @@ class OrtBackend(Backend):
         if outputs == list(RAW_OUTPUTS):
             raise BackendError(f'{self.path} was exported with --no-postprocess (raw head outputs); the runtime '
                                'needs the post-processing: export it again without --no-postprocess')
-        if sorted(outputs) != sorted(POSTPROCESS_OUTPUTS):
-            raise BackendError(f'{self.path} has outputs {outputs}, not {list(POSTPROCESS_OUTPUTS)}: '
-                               'export the model with python -m export')
+        # YOLACT++ models (a maskiou_net) also have BOX_SCORES; the rest have exactly POSTPROCESS_OUTPUTS.
+        if sorted(outputs) not in (sorted(POSTPROCESS_OUTPUTS), sorted([*POSTPROCESS_OUTPUTS, BOX_SCORES])):
+            raise BackendError(f'{self.path} has outputs {outputs}, not {list(POSTPROCESS_OUTPUTS)} (and '
+                               f'{BOX_SCORES} for YOLACT++): export the model with python -m export')
         # Height and width are symbolic: the graph resizes each image to metadata.input_size itself.
         if len(inputs) != 1 or inputs[0].name != INPUT_NAME or inputs[0].type != 'tensor(uint8)' \
                 or len(inputs[0].shape) != 4 or inputs[0].shape[3] != 3 \

@@ -70,7 +70,7 @@ class TorchBackend(Backend):
 
     def postprocess(self, head) -> RawDetections:
         """Fast NMS and mask assembly (yolact_torch.postprocess.detect) of a raw head as `network` returns it,
-        as the contract's numpy arrays."""
+        as the contract's numpy arrays (box_scores too for a YOLACT++ model)."""
         import torch
 
         from yolact_torch.postprocess import detect
@@ -78,7 +78,7 @@ class TorchBackend(Backend):
         with torch.inference_mode():
             out = detect(head, self._model.priors, self._cfg, cross_class=self.cross_class,
                          max_dets=self.metadata.max_dets, maskiou_net=self._model.maskiou_net)
-        return {name: tensor.cpu().numpy() for name, tensor in out._asdict().items()}
+        return {name: tensor.cpu().numpy() for name, tensor in out._asdict().items() if tensor is not None}
 
     def head_decoding_to(self, decoded: dict[str, np.ndarray]):
         """The raw head (as `network` returns it) whose decoding is `decoded`: 'boxes' float32 [B, P, 4]

@@ -13,6 +13,8 @@ Response (N detections, sorted by score descending):
   masks         uint8 [1, L] each mask at image size as COCO compressed RLE 'counts' (pycocotools),
                 concatenated. Not a BYTES tensor of N strings: the bundled Python-backend stub reads
                 numpy 2's dtype itemsize as 0 and fails such responses (see triton_model.py).
+  box_scores    float32 [1, N], YOLACT++ models only (BOX_SCORES_OUTPUT): each detection's class
+                score before the mask re-scoring that `scores` holds (Detections.box_scores).
 The model's metadata (runtime.metadata.ModelMetadata JSON: class names, category ids, ...) is the
 config parameter METADATA_PARAMETER, so a client reads it once from the model config.
 """
@@ -30,6 +32,8 @@ MODEL_NAME = 'yolact'
 IMAGE_INPUT = 'image'
 THRESHOLD_INPUT = 'score_threshold'
 OUTPUTS = ('boxes', 'scores', 'classes', 'mask_lengths', 'masks')
+# In a response only where the Detections have box_scores (YOLACT++).
+BOX_SCORES_OUTPUT = 'box_scores'
 METADATA_PARAMETER = 'metadata'
 MAX_PIXELS_PARAMETER = 'max_pixels'
 # A served engine's optimisation profile, JSON {"min": [H, W], "max": [H, W]} (the sidecar's
@@ -72,20 +76,25 @@ def check_request(image: np.ndarray, threshold: np.ndarray | None, max_pixels: i
 
 
 def encode_detections(dets: Detections) -> dict[str, np.ndarray]:
-    """One image's Detections -> the response arrays named in OUTPUTS (leading batch axis of 1)."""
+    """One image's Detections -> the response arrays named in OUTPUTS, and BOX_SCORES_OUTPUT where
+    the Detections have box_scores (leading batch axis of 1)."""
     counts = [rle['counts'] for rle in dets.mask_rles()]
-    return {
+    encoded = {
         'boxes': np.array(dets.boxes[None], np.float32),
         'scores': np.array(dets.scores[None], np.float32),
         'classes': np.array(dets.classes[None], np.int32),
         'mask_lengths': np.array([[len(c) for c in counts]], np.int32).reshape(1, len(dets)),
         'masks': np.frombuffer(b''.join(counts), np.uint8)[None].copy(),
     }
+    if dets.box_scores is not None:
+        encoded[BOX_SCORES_OUTPUT] = np.array(dets.box_scores[None], np.float32)
+    return encoded
 
 
 def decode_detections(outputs: dict[str, np.ndarray], image_size: tuple[int, int]) -> Detections:
     """The response arrays of one request (encode_detections' output) and the (H, W) of the image
-    sent -> Detections with masks bool [N, H, W] on the image grid."""
+    sent -> Detections with masks bool [N, H, W] on the image grid, and box_scores where the
+    response has BOX_SCORES_OUTPUT."""
     height, width = image_size
     stream = outputs['masks'].reshape(-1).tobytes()
     ends = np.cumsum(outputs['mask_lengths'].reshape(-1))
@@ -94,5 +103,7 @@ def decode_detections(outputs: dict[str, np.ndarray], image_size: tuple[int, int
         masks = mask_utils.decode(rles).transpose(2, 0, 1).astype(bool)
     else:
         masks = np.zeros((0, height, width), bool)
+    box_scores = outputs.get(BOX_SCORES_OUTPUT)
     return Detections(outputs['boxes'].reshape(-1, 4).astype(np.float32), outputs['scores'].reshape(-1),
-                      outputs['classes'].reshape(-1).astype(np.int64), masks, (int(height), int(width)))
+                      outputs['classes'].reshape(-1).astype(np.int64), masks, (int(height), int(width)),
+                      box_scores=None if box_scores is None else box_scores.reshape(-1))

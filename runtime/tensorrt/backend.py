@@ -3,7 +3,8 @@
 TensorRT 10/11 tensor-address API (`set_tensor_address`, `execute_async_v3`), device memory and
 streams from cuda-python (runtime/cuda/memory.py), pinned host buffers, uint8 upload (the engine does
 the normalisation), and a two-step download: `num_dets` first, then only the first num_dets rows of
-boxes/scores/classes/masks per image (the padding rows are never copied).
+boxes/scores/classes/masks (and box_scores in YOLACT++ engines) per image (the padding rows are never
+copied).
 
 Masks: `detect` (what runtime.pipeline.predict calls) pastes them into the original images on the
 GPU before download when triton is installed (runtime/tensorrt/gpu_paste.py; off with gpu_paste=False), so
@@ -37,9 +38,8 @@ from runtime.cuda.device import cuda_device
 from runtime.detections import Detections
 from runtime.paste import paste_masks
 from runtime.pipeline import kept_detections, make_detections
-from runtime.tensorrt.engine_io import (DETECTION_OUTPUTS, INPUT_NAME, REBUILD_HINT, EngineIO, EngineIOError, TensorSpec,
-                                       check_num_dets, download_segments, fit_to_profile, gather_detections,
-                                       validate_engine_io)
+from runtime.tensorrt.engine_io import (INPUT_NAME, REBUILD_HINT, EngineIO, EngineIOError, TensorSpec, check_num_dets,
+                                       download_segments, fit_to_profile, gather_detections, validate_engine_io)
 from runtime.tensorrt.gpu_paste import ImagePaste, PasteKernelUnavailable, PasteWorkspace, load_paste_kernel, paste_on_gpu
 from runtime.tensorrt.loader import TensorRTUnavailable, load_tensorrt, make_logger
 from runtime.tensorrt.scheduling import CAPTURE, EAGER, REPLAY, GraphPolicy, pipelined
@@ -220,8 +220,8 @@ class _Lane:
         """Wait for a submitted batch and return its RawDetections (fresh arrays)."""
         self.stream.synchronize()
         counts = check_num_dets(self._host_view('num_dets', batch), self.io.max_dets)
-        self._download(DETECTION_OUTPUTS, counts)
-        return gather_detections({name: self._host_view(name, batch) for name in DETECTION_OUTPUTS}, counts)
+        self._download(self.io.detection_outputs, counts)
+        return gather_detections({name: self._host_view(name, batch) for name in self.io.detection_outputs}, counts)
 
     def collect_detections(self, batch: int, image_sizes, *, score_threshold: float,
                            mask_threshold: float) -> list[Detections]:
@@ -232,9 +232,11 @@ class _Lane:
         other images' masks rows are downloaded and pasted on the host."""
         self.stream.synchronize()
         counts = check_num_dets(self._host_view('num_dets', batch), self.io.max_dets)
-        self._download(('boxes', 'scores', 'classes'), counts)
+        # Every per-detection output but the masks (box_scores too, in a YOLACT++ engine).
+        rows = tuple(name for name in self.io.detection_outputs if name != 'masks')
+        self._download(rows, counts)
         # Pinned views: valid rows are read (copied) before this lane's next batch overwrites them.
-        raw = {name: self._host_view(name, batch) for name in ('boxes', 'scores', 'classes')}
+        raw = {name: self._host_view(name, batch) for name in rows}
         raw['num_dets'] = counts
         keeps = [kept_detections(raw, b, score_threshold) for b in range(batch)]
         proto_hw = tuple(self.io['masks'].shape[2:])

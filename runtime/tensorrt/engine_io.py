@@ -4,8 +4,10 @@ which bytes to copy back: the pure (device-free) half of the TensorRT backend.
 Contract (README, "The model contract"): input `images` uint8 [B, H, W, 3] BGR at the image's own size (the engine
 resizes; H and W within its optimisation profile, `fit_to_profile`); outputs `num_dets`
 int32 [B], `boxes` float [B, D, 4] (xyxy, relative 0..1), `scores` float [B, D], `classes` int32
-[B, D] (0-based), `masks` float [B, D, Hp, Wp] (prototype resolution). Rows past num_dets are
-padding, so only the first num_dets rows of each image are downloaded from the device.
+[B, D] (0-based), `masks` float [B, D, Hp, Wp] (prototype resolution), and in YOLACT++ engines
+`box_scores` float [B, D] (the class scores before the mask re-scoring; bound and downloaded only
+where the engine has it). Rows past num_dets are padding, so only the first num_dets rows of each
+image are downloaded from the device.
 """
 
 from __future__ import annotations
@@ -15,15 +17,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.contract import INPUT_NAME, POSTPROCESS_OUTPUTS as OUTPUT_NAMES
+from runtime.contract import BOX_SCORES, INPUT_NAME, POSTPROCESS_OUTPUTS as OUTPUT_NAMES
 from runtime.errors import ToolkitError
 from runtime.images import enlarge_to
 from runtime.metadata import ModelMetadata
 from runtime.tensorrt.sidecar import rebuild_hint
 
-# Outputs downloaded row by row, only up to num_dets per image (num_dets itself comes first).
+# Outputs downloaded row by row, only up to num_dets per image (num_dets itself comes first); an
+# engine's own list (EngineIO.detection_outputs) adds BOX_SCORES where it has that output.
 DETECTION_OUTPUTS = tuple(name for name in OUTPUT_NAMES if name != 'num_dets')
-_FLOAT_OUTPUTS = ('boxes', 'scores', 'masks')
+_FLOAT_OUTPUTS = ('boxes', 'scores', 'masks', BOX_SCORES)
+# Rank of each output: [B], [B, D, 4], [B, D], [B, D], [B, D, Hp, Wp], [B, D].
+_RANKS = {'num_dets': 1, 'boxes': 3, 'scores': 2, 'classes': 2, 'masks': 4, BOX_SCORES: 2}
 # Engines built from an FP16 graph may return half-precision floats; the host widens them.
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 REBUILD_HINT = rebuild_hint()
@@ -79,6 +84,13 @@ class EngineIO:
     def max_dets(self) -> int:
         return int(self['scores'].shape[1])
 
+    @property
+    def detection_outputs(self) -> tuple[str, ...]:
+        """The per-detection outputs to download: DETECTION_OUTPUTS, and BOX_SCORES where the engine
+        has it (a YOLACT++ model)."""
+        has_box_scores = any(s.name == BOX_SCORES and not s.is_input for s in self.tensors)
+        return DETECTION_OUTPUTS + ((BOX_SCORES,) if has_box_scores else ())
+
     def check_batch(self, batch: int) -> None:
         if not self.min_batch <= batch <= self.max_batch:
             raise EngineIOError(f'batch {batch} is outside the engine profile\'s range '
@@ -94,24 +106,27 @@ def validate_engine_io(io: EngineIO, metadata: ModelMetadata, source: str) -> No
         raise EngineIOError(f'{source}: inputs are {[s.name for s in inputs]}, expected [{INPUT_NAME!r}]; '
                             f'export the model again and {REBUILD_HINT}')
     outputs = {s.name for s in io.tensors if not s.is_input}
-    if outputs != set(OUTPUT_NAMES):
-        missing = sorted(set(OUTPUT_NAMES) - outputs)
+    missing = sorted(set(OUTPUT_NAMES) - outputs)
+    if missing:
         hint = (' (an engine built with --no-postprocess cannot be served: it has no Fast NMS)'
                 if 'num_dets' in missing else '')
         raise EngineIOError(f'{source}: outputs {sorted(outputs)} lack {missing}{hint}; '
                             f'export with post-processing and {REBUILD_HINT}')
+    unknown = sorted(outputs - set(OUTPUT_NAMES) - {BOX_SCORES})
+    if unknown:
+        raise EngineIOError(f'{source}: outputs {unknown} are not in the model contract ({", ".join(OUTPUT_NAMES)}, '
+                            f'and {BOX_SCORES} for YOLACT++); export with python -m export and {REBUILD_HINT}')
     image = io[INPUT_NAME]
     if image.dtype != np.uint8 or len(image.shape) != 4 or image.shape[3] != 3:
         raise EngineIOError(f'{source}: input images is {image.dtype} {list(image.shape)}, the contract is '
                             f'uint8 [B, H, W, 3]; {REBUILD_HINT}')
     expected_dtypes = {'num_dets': (np.dtype(np.int32),), 'classes': (np.dtype(np.int32),)}
-    ranks = {'num_dets': 1, 'boxes': 3, 'scores': 2, 'classes': 2, 'masks': 4}
-    for name in OUTPUT_NAMES:
+    for name in ('num_dets', *io.detection_outputs):
         spec = io[name]
         allowed = expected_dtypes.get(name, _FLOAT_DTYPES)
-        if spec.dtype not in allowed or len(spec.shape) != ranks[name]:
+        if spec.dtype not in allowed or len(spec.shape) != _RANKS[name]:
             raise EngineIOError(f'{source}: output {name} is {spec.dtype} {list(spec.shape)}, expected '
-                                f'{" or ".join(str(d) for d in allowed)} of rank {ranks[name]}; {REBUILD_HINT}')
+                                f'{" or ".join(str(d) for d in allowed)} of rank {_RANKS[name]}; {REBUILD_HINT}')
         if name != 'num_dets' and spec.shape[1] != metadata.max_dets:
             raise EngineIOError(f'{source}: output {name} holds {spec.shape[1]} detections per image, '
                                 f'the metadata says max_dets={metadata.max_dets}; {REBUILD_HINT}')
@@ -177,13 +192,14 @@ def download_segments(num_dets: np.ndarray, max_dets: int, row_nbytes: int) -> l
 
 def gather_detections(host_outputs: dict[str, np.ndarray], num_dets: np.ndarray) -> dict[str, np.ndarray]:
     """RawDetections from host copies in which only each image's first num_dets rows are valid
-    (the rest is stale memory). host_outputs: name -> [B, D, ...] arrays (pinned views are fine:
-    the result owns fresh memory). Returns the contract's dict: num_dets int32 [B], boxes float32
-    [B, D, 4], scores float32 [B, D], classes int32 [B, D], masks float32 [B, D, Hp, Wp], with
-    rows past num_dets zero."""
+    (the rest is stale memory). host_outputs: name -> [B, D, ...] arrays of an engine's
+    detection_outputs (pinned views are fine: the result owns fresh memory). Returns the contract's
+    dict: num_dets int32 [B], boxes float32 [B, D, 4], scores float32 [B, D], classes int32 [B, D],
+    masks float32 [B, D, Hp, Wp], and box_scores float32 [B, D] where given, with rows past
+    num_dets zero."""
     counts = np.asarray(num_dets).reshape(-1)
     result = {'num_dets': counts.astype(np.int32)}
-    for name in DETECTION_OUTPUTS:
+    for name in host_outputs:
         source = host_outputs[name]
         dtype = np.float32 if name in _FLOAT_OUTPUTS else np.int32
         # np.zeros maps untouched zero pages, so padding rows cost no copying.

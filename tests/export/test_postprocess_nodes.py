@@ -2,7 +2,9 @@
 re-scoring, then the detections stable-sorted by the re-scored score (the original's display
 order), in onnxruntime against the torch reference (yolact_torch.postprocess.detect): on a
 yolact_plus_tiny export whose re-scoring reorders its detections, on a hand-made case with ties
-and a zero re-scored score, and as the benchmark's post-processing-only model."""
+and a zero re-scored score, and as the benchmark's post-processing-only model. The extra output
+box_scores (runtime.contract.BOX_SCORES) carries the class scores before the re-scoring, sorted
+with the rest."""
 
 import dataclasses
 
@@ -24,7 +26,10 @@ from yolact_torch.preprocess import Normalize
 from yolact_torch.yolact import Yolact, YolactOutput
 from plugins.onnx_model import DECODED_HEAD_NAMES
 from runtime.assets import DEMO_MODEL
-from runtime.contract import INPUT_NAME, POSTPROCESS_OUTPUTS
+from runtime.backends import open_backend
+from runtime.detections import BBOX_SCORE_KEY
+from runtime.pipeline import predict
+from runtime.contract import BOX_SCORES, INPUT_NAME, POSTPROCESS_OUTPUTS
 from tests.gpu.compare import assert_equal_detections
 from tests.yolact_torch.plus_checkpoints import random_plus_state
 
@@ -68,7 +73,7 @@ def test_rescored_detections_are_sorted_and_equal_torch(plus_tiny, images):
         out = model(Normalize(cfg)(torch.from_numpy(images)))
         ref = detect(out, model.priors, cfg, maskiou_net=model.maskiou_net)
         nms = detect(out, model.priors, cfg)  # Fast NMS's order, not re-scored
-    assert list(got) == list(POSTPROCESS_OUTPUTS)
+    assert list(got) == [*POSTPROCESS_OUTPUTS, BOX_SCORES]
     assert_equal_detections(got, {k: v.numpy() for k, v in ref._asdict().items()}, cfg.mask_threshold,
                             'yolact_plus_tiny onnxruntime against torch')
     num_dets = got['num_dets'].tolist()
@@ -86,8 +91,56 @@ def test_rescored_detections_are_sorted_and_equal_torch(plus_tiny, images):
         np.testing.assert_array_equal(got['classes'][b, :n], nms.classes[b, :n].numpy()[order])
         np.testing.assert_allclose(got['boxes'][b, :n], nms.boxes[b, :n].numpy()[order], rtol=1e-3, atol=1e-6)
         np.testing.assert_allclose(scores, rescored[order], rtol=1e-4, atol=1e-6)
+        # The box scores are Fast NMS's class scores, in the same permutation.
+        np.testing.assert_allclose(got[BOX_SCORES][b, :n], nms.scores[b, :n].numpy()[order], rtol=1e-4, atol=1e-6)
         assert not got['scores'][b, n:].any() and not got['masks'][b, n:].any()  # padding at the end
     assert moved > 10, 'the re-scoring should reorder the detections, or this test proves little'
+
+
+def test_box_scores_are_the_scores_before_rescoring_and_equal_torch(plus_tiny, images):
+    """box_scores: onnxruntime's equal torch's row for row, and each is its row's re-scored score
+    divided by the mask IoU maskiou_net predicts for the row's mask and class (the score before
+    the re-scoring); zero in the padding rows."""
+    model, cfg, _, full, _ = plus_tiny
+    got = run(full, {INPUT_NAME: images})
+    with torch.no_grad():
+        ref = detect(model(Normalize(cfg)(torch.from_numpy(images))), model.priors, cfg,
+                     maskiou_net=model.maskiou_net)
+    for b, n in enumerate(got['num_dets'].tolist()):
+        np.testing.assert_allclose(got[BOX_SCORES][b, :n], ref.box_scores[b, :n].numpy(), rtol=1e-5, atol=1e-7)
+        with torch.no_grad():
+            predicted = model.maskiou_net(torch.from_numpy(got['masks'][b, :n, None]))
+        iou = predicted.gather(1, torch.from_numpy(got['classes'][b, :n, None]).long())[:, 0].numpy()
+        assert (iou > 0).all(), 'a zero predicted IoU leaves the score before it unknown: pick other weights'
+        np.testing.assert_allclose(got[BOX_SCORES][b, :n], got['scores'][b, :n] / iou, rtol=1e-4)
+        assert not got[BOX_SCORES][b, n:].any() and not ref.box_scores[b, n:].any()
+
+
+def test_runtime_detections_and_coco_json_score_boxes_with_box_scores(plus_tiny, images):
+    """Through the runtime (onnxruntime backend, runtime.pipeline.predict, Detections.to_coco_json):
+    each entry's bbox_score is its row's box_scores, its score (the mask's) the re-scored one. The
+    torch backend returns box_scores as detect does."""
+    model, cfg, checkpoint, full, _ = plus_tiny
+    got = run(full, {INPUT_NAME: images})
+    with open_backend(full, 'ort') as backend:
+        found = predict(backend, list(images), score_threshold=0.0)
+        names, ids = backend.metadata.class_names, backend.metadata.category_ids
+    for b, dets in enumerate(found):
+        n = int(got['num_dets'][b])
+        np.testing.assert_array_equal(dets.box_scores, got[BOX_SCORES][b, :n])
+        entries = dets.to_coco_json(b, f'{b}.png', names, ids)
+        assert [e[BBOX_SCORE_KEY] for e in entries] == got[BOX_SCORES][b, :n].tolist()
+        assert [e['score'] for e in entries] == got['scores'][b, :n].tolist()
+    assert sum(len(dets) for dets in found) > 0
+
+    with open_backend(checkpoint, 'torch') as backend:
+        raw = backend.infer(images)
+    checkpoint_cfg = load_model(checkpoint)[1]  # the checkpoint's own thresholds, as the backend's
+    with torch.no_grad():
+        ref = detect(model(Normalize(checkpoint_cfg)(torch.from_numpy(images))), model.priors, checkpoint_cfg,
+                     maskiou_net=model.maskiou_net)
+    np.testing.assert_array_equal(raw['num_dets'], ref.num_dets.numpy())
+    np.testing.assert_allclose(raw[BOX_SCORES], ref.box_scores.numpy(), rtol=1e-5, atol=1e-7)
 
 
 def hand_made_maskiou_net(cfg, class_iou: list[float]) -> MaskIoUNet:
@@ -137,13 +190,14 @@ def test_ties_keep_fast_nms_order_and_padding_stays_last(tmp_path):
     np.testing.assert_array_equal(got['classes'][0, :n], np.array(class_of)[expected])
     np.testing.assert_array_equal(got['boxes'][0, :n], boxes[0, expected])
     np.testing.assert_array_equal(got['scores'][0, :n], np.float32([0.4, 0.4, 0.4, 0.3, 0.225, 0.15, 0]))
+    np.testing.assert_array_equal(got[BOX_SCORES][0, :n], np.float32(CLASS_SCORE)[expected])
     # Each mask went with its own box: zero outside it (the crop), not everywhere.
     columns = np.arange(proto_hw[1])
     for row, prior in enumerate(expected):
         inside = (columns >= np.floor(boxes[0, prior, 0] * proto_hw[1]) - cfg.crop_padding) & \
                  (columns < np.ceil(boxes[0, prior, 2] * proto_hw[1]) + cfg.crop_padding)
         assert got['masks'][0, row][:, inside].any() and not got['masks'][0, row][:, ~inside].any(), row
-    for name in ('boxes', 'scores', 'classes', 'masks'):
+    for name in ('boxes', 'scores', 'classes', 'masks', BOX_SCORES):
         assert not got[name][0, n:].any(), name
 
     # The torch reference sorts alike. Its scores come through a softmax, so only the same logits

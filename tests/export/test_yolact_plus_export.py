@@ -13,7 +13,7 @@ from export.onnx_export import export_onnx
 from yolact_torch.checkpoint import load_model
 from yolact_torch.postprocess import detect
 from yolact_torch.preprocess import Normalize
-from runtime.contract import INPUT_NAME, POSTPROCESS_OUTPUTS, RAW_OUTPUTS
+from runtime.contract import BOX_SCORES, INPUT_NAME, POSTPROCESS_OUTPUTS, RAW_OUTPUTS
 from tests.gpu.compare import assert_equal_detections
 from tests.yolact_torch.plus_checkpoints import PLUS_FILES, random_plus_state, small
 
@@ -80,7 +80,7 @@ def test_rescored_detections_equal_torch(exported, images):
         out = model(Normalize(cfg)(torch.from_numpy(images)))
         ref = detect(out, model.priors, cfg, maskiou_net=model.maskiou_net)
         unscored = detect(out, model.priors, cfg)
-    assert list(got) == list(POSTPROCESS_OUTPUTS)
+    assert list(got) == [*POSTPROCESS_OUTPUTS, BOX_SCORES]
     assert got['num_dets'].min() > 0, 'the random model should detect something, or this test proves little'
     ref = {name: value.numpy() for name, value in ref._asdict().items()}
     assert_equal_detections(got, ref, cfg.mask_threshold, f'{cfg.name} onnxruntime against torch')

@@ -1,6 +1,6 @@
 """COCO evaluation: ground truth fed back as predictions scores 1.0, through COCOeval alone and
-through the whole runtime path (backend -> Detections -> COCO JSON); the CLI on a real checkpoint,
-YOLACT and YOLACT++ (scored by its re-scored score)."""
+through the whole runtime path (backend -> Detections -> COCO JSON); boxes scored with their
+bbox_score where a YOLACT++ model gives one; the CLI on a real checkpoint, YOLACT and YOLACT++."""
 
 import copy
 import dataclasses
@@ -22,6 +22,8 @@ from yolact_torch.yolact import Yolact
 from runtime.assets import DEMO_PLUS_MODEL
 from runtime.backends import open_backend
 from runtime.backends.base import Backend
+from runtime.contract import BOX_SCORES
+from runtime.detections import BBOX_SCORE_KEY
 from tests.faults import disk_full_after
 
 CFG = get_config('yolact_tiny')
@@ -68,15 +70,41 @@ def test_boxes_alone_do_not_make_good_masks(val_json):
     assert metrics['box']['AP'] == 1.0 and metrics['mask']['AP'] < 0.9
 
 
+def test_boxes_are_scored_with_their_bbox_score(val_json):
+    """YOLACT++ entries carry two scores, as the original's COCO evaluation: false positives in a
+    corner whose mask score (score) outranks every true detection but whose box score (bbox_score)
+    ranks below them cost mask AP and no box AP; swapped, the other way round."""
+    data = json.loads(val_json.read_text())
+    corner = np.zeros((SMALL.image_size, SMALL.image_size), np.uint8)
+    corner[:3, :3] = 1
+    rle = mask_utils.encode(np.asfortranarray(corner))
+    corner_rle = {'size': rle['size'], 'counts': rle['counts'].decode('ascii')}
+
+    def results(true_scores, false_scores):
+        entries = []
+        for truth in _ground_truth_as_results(data):
+            entries.append(dict(truth, score=true_scores[0], **{BBOX_SCORE_KEY: true_scores[1]}))
+            entries.append(dict(truth, bbox=[0, 0, 3, 3], segmentation=corner_rle, score=false_scores[0],
+                                **{BBOX_SCORE_KEY: false_scores[1]}))
+        return entries
+
+    metrics = coco_metrics(data, results(true_scores=(0.5, 0.5), false_scores=(0.9, 0.1)))
+    assert metrics['box']['AP'] == 1.0 and metrics['mask']['AP'] < 0.7, metrics
+    metrics = coco_metrics(data, results(true_scores=(0.5, 0.5), false_scores=(0.1, 0.9)))
+    assert metrics['mask']['AP'] == 1.0 and metrics['box']['AP'] < 0.7, metrics
+
+
 class GroundTruthBackend(Backend):
     """A stand-in backend that 'detects' exactly the ground truth of the image it is given (looked
-    up by pixel content); masks at the input resolution so pasting reproduces them."""
+    up by pixel content); masks at the input resolution so pasting reproduces them. box_score: a
+    YOLACT++ model's box_scores output holding it for every detection (None: a YOLACT model's
+    outputs)."""
 
     name = 'ground-truth'
 
-    def __init__(self, dataset: CocoDataset, num_classes: int):
+    def __init__(self, dataset: CocoDataset, num_classes: int, box_score: float | None = None):
         super().__init__('ground-truth')
-        self.dataset, self.num_classes = dataset, num_classes
+        self.dataset, self.num_classes, self.box_score = dataset, num_classes, box_score
 
     def _load_impl(self):
         size = SMALL.image_size
@@ -100,6 +128,9 @@ class GroundTruthBackend(Backend):
             raw['scores'][b, :n] = 1.0
             raw['classes'][b, :n] = sample.labels
             raw['masks'][b, :n] = sample.masks
+        if self.box_score is not None:
+            raw[BOX_SCORES] = np.where(np.arange(max_dets) < raw['num_dets'][:, None], np.float32(self.box_score),
+                                       np.float32(0))
         return raw
 
     def _close_impl(self):
@@ -114,6 +145,22 @@ def test_runtime_path_on_ground_truth_scores_one(val_json):
     metrics = coco_metrics(json.loads(val_json.read_text()), copy.deepcopy(results))
     assert metrics['mask'] == {'AP': 1.0, 'AP50': 1.0, 'AP75': 1.0}
     assert metrics['box']['AP'] == 1.0
+    # A YOLACT model's entries: one score, as before box_scores existed.
+    assert {frozenset(r) for r in results} == {frozenset(['image_id', 'file_name', 'class_index', 'category_id',
+                                                          'category_name', 'bbox', 'score', 'segmentation'])}
+
+
+def test_runtime_path_carries_a_yolact_plus_models_box_scores(val_json):
+    """A model with box_scores: each COCO entry's bbox_score is its box score, its score the
+    (re-scored) score; the entries are otherwise those of the model without them."""
+    dataset = CocoDataset(val_json)
+    with GroundTruthBackend(dataset, len(dataset.class_names)) as backend:
+        plain = predict_dataset(backend, dataset, batch_size=3, progress=False)
+    with GroundTruthBackend(dataset, len(dataset.class_names), box_score=0.25) as backend:
+        results = predict_dataset(backend, dataset, batch_size=3, progress=False)
+    assert len(results) == len(plain) > 0
+    assert all(r[BBOX_SCORE_KEY] == 0.25 and r['score'] == 1.0 for r in results)
+    assert [{k: v for k, v in r.items() if k != BBOX_SCORE_KEY} for r in results] == plain
 
 
 def test_model_with_other_classes_is_refused(val_json):
@@ -182,10 +229,10 @@ def test_cli_on_the_yolact_plus_demo_writes_metrics(val_json, tmp_path):
         assert set(values) == {'AP', 'AP50', 'AP75'} and all(0 < v <= 1 for v in values.values())
 
 
-def test_yolact_plus_results_carry_the_rescored_score(val_json, monkeypatch):
-    """Each COCO result of a YOLACT++ model, box and mask alike (one score a detection, README
-    "Where we differ"), carries the re-scored score: the class score times the IoU maskiou_net
-    predicts, not the class score."""
+def test_yolact_plus_results_carry_both_scores(val_json, monkeypatch):
+    """Each COCO result of the YOLACT++ demo carries, as the original's evaluation scores them, the
+    re-scored score (the class score times the IoU maskiou_net predicts) for its mask and the class
+    score for its box (bbox_score)."""
     calls = []
 
     def recorded(scores, classes, masks, maskiou_net):
@@ -200,4 +247,5 @@ def test_yolact_plus_results_carry_the_rescored_score(val_json, monkeypatch):
     class_scores, rescored = (np.sort(np.concatenate([c[i].numpy() for c in calls])) for i in (0, 1))
     got = np.sort([r['score'] for r in results])
     np.testing.assert_allclose(got, rescored, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.sort([r[BBOX_SCORE_KEY] for r in results]), class_scores, rtol=1e-6, atol=1e-7)
     assert np.abs(got - class_scores).max() > 0.01

@@ -1,11 +1,14 @@
 """The served model's wire format: responses decode to the Detections that were encoded, and the
 request checks refuse what Triton's own checks cannot see."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from runtime.detections import Detections
-from runtime.serve.protocol import ServeError, check_request, decode_detections, encode_detections
+from runtime.serve.protocol import (BOX_SCORES_OUTPUT, OUTPUTS, ServeError, check_request, decode_detections,
+                                    encode_detections)
 
 
 def random_detections(rng, count, height=37, width=53):
@@ -28,6 +31,23 @@ def test_decode_inverts_encode(count):
     np.testing.assert_array_equal(decoded.classes, dets.classes)
     np.testing.assert_array_equal(decoded.masks, dets.masks)
     assert decoded.image_size == dets.image_size and decoded.masks.dtype == bool
+
+
+@pytest.mark.parametrize('count', [0, 4])
+def test_a_yolact_plus_models_box_scores_travel_when_present(count):
+    """Detections with box_scores (YOLACT++) add BOX_SCORES_OUTPUT to the response and get them back;
+    without, the response is OUTPUTS alone and the decoded Detections have none."""
+    rng = np.random.default_rng(10 + count)
+    plain = random_detections(rng, count)
+    dets = dataclasses.replace(plain, box_scores=rng.random(count).astype(np.float32))
+    encoded = encode_detections(dets)
+    assert list(encoded) == [*OUTPUTS, BOX_SCORES_OUTPUT]
+    assert encoded[BOX_SCORES_OUTPUT].shape == (1, count) and encoded[BOX_SCORES_OUTPUT].dtype == np.float32
+    decoded = decode_detections(encoded, dets.image_size)
+    np.testing.assert_array_equal(decoded.box_scores, dets.box_scores)
+    np.testing.assert_array_equal(decoded.scores, dets.scores)
+    assert list(encode_detections(plain)) == list(OUTPUTS)
+    assert decode_detections(encode_detections(plain), plain.image_size).box_scores is None
 
 
 def test_masks_travel_compressed():

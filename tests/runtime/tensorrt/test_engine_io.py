@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from yolact_torch.config import get_config, metadata_from_config
+from runtime.contract import BOX_SCORES
 from runtime.tensorrt.engine_io import (EngineIO, EngineIOError, TensorSpec, check_num_dets, download_segments,
                                        fit_to_profile, gather_detections, validate_engine_io)
 
@@ -47,6 +48,20 @@ def test_fp16_outputs_are_accepted():
     validate_engine_io(contract_io(masks_dtype=np.float16), META, 'x.engine')
 
 
+def box_scores_spec(dtype=np.float32, shape=(-1, D)):
+    return TensorSpec(BOX_SCORES, np.dtype(dtype), shape, False)
+
+
+@pytest.mark.parametrize('dtype', [np.float32, np.float16])
+def test_yolact_plus_engines_have_box_scores_to_download(dtype):
+    """box_scores is an optional output: downloaded (after the contract's) where the engine has
+    it, not asked for where it does not."""
+    plus = contract_io(extra=[box_scores_spec(dtype)])
+    validate_engine_io(plus, META, 'x.engine')
+    assert plus.detection_outputs == ('boxes', 'scores', 'classes', 'masks', BOX_SCORES)
+    assert contract_io().detection_outputs == ('boxes', 'scores', 'classes', 'masks')
+
+
 @pytest.mark.parametrize('io, words', [
     (contract_io(images_dtype=np.float32), ['float32', 'uint8 [B, H, W, 3]', 'make engine']),
     (contract_io(images=((64, 64), (32, 640), (640, 640))), ['image range', 'make engine']),
@@ -55,6 +70,11 @@ def test_fp16_outputs_are_accepted():
     (contract_io(masks_dtype=np.int32), ['masks', 'int32']),
     (contract_io(extra=[TensorSpec('priors', np.dtype(np.float32), (19248, 4), True)]), ['inputs', 'priors']),
     (contract_io(batches=(4, 2, 8)), ['4/2/8']),
+    (contract_io(extra=[box_scores_spec(np.int32)]), [BOX_SCORES, 'int32']),
+    (contract_io(extra=[box_scores_spec(shape=(-1, D, 1))]), [BOX_SCORES, 'rank 2']),
+    (contract_io(extra=[box_scores_spec(shape=(-1, 50))]), ['box_scores holds 50', 'max_dets=100']),
+    (contract_io(extra=[TensorSpec('mask_scores', np.dtype(np.float32), (-1, D), False)]),
+     ['mask_scores', 'not in the model contract', 'make engine']),
 ])
 def test_mismatched_engines_are_refused_with_the_fix(io, words):
     with pytest.raises(EngineIOError) as err:
@@ -115,11 +135,13 @@ def test_gather_keeps_real_rows_and_zeroes_stale_padding():
         'scores': rng.random((b, d), np.float32),
         'classes': rng.integers(0, 80, (b, d)).astype(np.int32),
         'masks': rng.random((b, d, hp, hp)).astype(np.float16),
+        BOX_SCORES: rng.random((b, d)).astype(np.float16),  # a YOLACT++ engine's, from an FP16 graph
     }
     counts = np.array([2, 0, 5])
     raw = gather_detections(host, counts)
     assert raw['num_dets'].dtype == np.int32 and raw['num_dets'].tolist() == [2, 0, 5]
-    assert raw['masks'].dtype == np.float32 and raw['classes'].dtype == np.int32
+    assert raw['masks'].dtype == np.float32 and raw[BOX_SCORES].dtype == np.float32 and raw['classes'].dtype == np.int32
+    assert sorted(raw) == sorted(['num_dets', *host])
     for name, source in host.items():
         assert raw[name].shape == source.shape
         for i, n in enumerate(counts):

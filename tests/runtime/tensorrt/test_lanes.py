@@ -11,6 +11,7 @@ import pytest
 
 from yolact_torch.config import get_config, metadata_from_config
 from runtime.backends.base import BackendError
+from runtime.contract import BOX_SCORES
 from runtime.cuda import memory as cuda_mem
 from runtime.metadata import ModelMetadata
 from runtime.tensorrt import backend as trt_backend
@@ -28,6 +29,9 @@ IO = EngineIO((
     TensorSpec('classes', np.dtype(np.int32), (-1, D), False),
     TensorSpec('masks', np.dtype(np.float16), (-1, D, HP, HP), False),
 ), 1, 2, 4, (SIZE, SIZE), (SIZE, SIZE), (4 * SIZE, 4 * SIZE))
+# A YOLACT++ engine: the contract's outputs and box_scores.
+PLUS_IO = EngineIO(IO.tensors + (TensorSpec(BOX_SCORES, np.dtype(np.float32), (-1, D), False),),
+                   1, 2, 4, (SIZE, SIZE), (SIZE, SIZE), (4 * SIZE, 4 * SIZE))
 GARBAGE = 77  # what the simulated engine writes into padding rows
 
 
@@ -37,7 +41,8 @@ def memory_at(ptr, nbytes):
 
 def expected_outputs(images):
     """What the simulated engine computes: image i (first pixel v) has v % (D + 1) detections
-    whose values encode (v, row); padding rows hold GARBAGE."""
+    whose values encode (v, row); padding rows hold GARBAGE. box_scores, for the engines that have
+    it, differ from the scores."""
     b = len(images)
     first = images[:, 0, 0, 0].astype(np.int64)
     rows = np.arange(D)
@@ -46,9 +51,10 @@ def expected_outputs(images):
                               images[:, 1, 1, 1][:, None] + 0 * rows, np.ones((b, D))], -1).astype(np.float32),
            'scores': (first[:, None] + rows / 10).astype(np.float32),
            'classes': (rows % 3 + 0 * first[:, None]).astype(np.int32),
-           'masks': np.broadcast_to((first[:, None] + rows)[:, :, None, None] / 256, (b, D, HP, HP)).astype(np.float16)}
+           'masks': np.broadcast_to((first[:, None] + rows)[:, :, None, None] / 256, (b, D, HP, HP)).astype(np.float16),
+           BOX_SCORES: (first[:, None] + rows / 10 + 0.05).astype(np.float32)}
     valid = rows[None, :] < out['num_dets'][:, None]
-    for name in ('boxes', 'scores', 'classes', 'masks'):
+    for name in ('boxes', 'scores', 'classes', 'masks', BOX_SCORES):
         out[name][~valid] = GARBAGE
     return out, valid
 
@@ -146,10 +152,11 @@ def sim(monkeypatch):
 
 
 class SimContext:
-    """An IExecutionContext: computes expected_outputs from the bytes at the input address."""
+    """An IExecutionContext of an engine with I/O `io`: computes expected_outputs from the bytes at
+    the input address and writes those of the engine's outputs."""
 
-    def __init__(self, dev):
-        self.dev, self.addresses, self.shape = dev, {}, None
+    def __init__(self, dev, io):
+        self.dev, self.io, self.addresses, self.shape = dev, io, {}, None
 
     def set_tensor_address(self, name, ptr):
         self.addresses[name] = ptr
@@ -166,29 +173,32 @@ class SimContext:
             self.dev.executions += 1
             images = memory_at(addresses['images'], int(np.prod(shape))).reshape(shape)
             outputs, _ = expected_outputs(images)
-            for name, value in outputs.items():
-                value = np.ascontiguousarray(value.astype(IO[name].dtype))
+            for spec in self.io.tensors:
+                if spec.is_input:
+                    continue
+                value = np.ascontiguousarray(outputs[spec.name].astype(spec.dtype))
+                name = spec.name
                 memory_at(addresses[name], value.nbytes)[:] = value.view(np.uint8).reshape(-1)
         self.dev.streams[stream_ptr].run(op)
         return True
 
 
 class SimEngine:
-    def __init__(self, dev):
-        self.dev, self.contexts = dev, []
+    def __init__(self, dev, io):
+        self.dev, self.io, self.contexts = dev, io, []
 
     def create_execution_context(self):
-        self.contexts.append(SimContext(self.dev))
+        self.contexts.append(SimContext(self.dev, self.io))
         return self.contexts[-1]
 
 
-def make_backend(dev, streams=1, graphs=True, max_batch=None):
-    """A TrtBackend whose load() was done by hand with the simulated engine."""
+def make_backend(dev, streams=1, graphs=True, max_batch=None, io=IO):
+    """A TrtBackend whose load() was done by hand with the simulated engine of I/O `io`."""
     backend = TrtBackend('sim.engine', streams=streams, cuda_graphs=graphs)
-    backend.metadata, backend.io = META, IO
-    backend.max_batch = max_batch or IO.max_batch
-    backend._engine = SimEngine(dev)
-    backend._lanes = [_Lane(backend._engine, IO, graphs) for _ in range(streams)]
+    backend.metadata, backend.io = META, io
+    backend.max_batch = max_batch or io.max_batch
+    backend._engine = SimEngine(dev, io)
+    backend._lanes = [_Lane(backend._engine, io, graphs) for _ in range(streams)]
     backend.is_loaded = True
     return backend
 
@@ -197,26 +207,54 @@ def random_images(rng, batch, size=(SIZE, SIZE)):
     return rng.integers(0, 256, (batch, *size, 3), dtype=np.uint8)
 
 
-def assert_trimmed(raw, images):
+def assert_trimmed(raw, images, io=IO):
     expected, valid = expected_outputs(images)
     np.testing.assert_array_equal(raw['num_dets'], expected['num_dets'])
-    for name in ('boxes', 'scores', 'classes', 'masks'):
+    assert sorted(raw) == sorted(s.name for s in io.tensors if not s.is_input)
+    for name in io.detection_outputs:
         assert raw[name].dtype == (np.int32 if name == 'classes' else np.float32)
         np.testing.assert_array_equal(raw[name][valid], expected[name][valid].astype(raw[name].dtype))
         assert not raw[name][~valid].any(), f'{name}: padding rows must be zero'
 
 
-def test_infer_downloads_only_real_rows(sim):
+@pytest.mark.parametrize('io', [IO, PLUS_IO], ids=['yolact', 'yolact++'])
+def test_infer_downloads_only_real_rows(sim, io):
+    """Of every output the engine has (box_scores too, in a YOLACT++ engine), only the real rows;
+    the batch of 3 runs as 2 + 1 and is joined again."""
     rng = np.random.default_rng(1)
-    backend = make_backend(sim, graphs=False)
+    backend = make_backend(sim, graphs=False, io=io, max_batch=2)
     images = random_images(rng, 3)
     images[:, 0, 0, 0] = [2, 0, D]  # 2, 0 and D detections
     raw = backend.infer(images)
-    assert_trimmed(raw, images)
-    row_bytes = sum(IO[n].row_nbytes for n in ('boxes', 'scores', 'classes', 'masks'))
+    assert_trimmed(raw, images, io)
+    row_bytes = sum(io[n].row_nbytes for n in io.detection_outputs)
     assert sim.downloaded == 3 * 4 + (2 + 0 + D) * row_bytes
+    assert set(backend._lanes[0].context.addresses) == {s.name for s in io.tensors}
     backend.close()
     assert not sim.live, 'close() must free every buffer, stream and graph'
+
+
+@pytest.mark.parametrize('io', [IO, PLUS_IO], ids=['yolact', 'yolact++'])
+def test_detect_carries_box_scores_where_the_engine_has_them(sim, io):
+    """detect (masks pasted on the host here): a YOLACT++ engine's Detections carry its box_scores
+    of the kept rows, in their order; a YOLACT engine's have none."""
+    rng = np.random.default_rng(6)
+    backend = make_backend(sim, graphs=False, io=io)
+    images = random_images(rng, 2)
+    images[:, 0, 0, 0] = [D, 2 * D + 1]  # D detections each, scores D + row / 10 and 2D + 1 + row / 10
+    expected, _ = expected_outputs(images)
+    threshold = D + 0.25  # image 0 keeps its last 3 rows, image 1 all
+    found = backend.detect(images, [(SIZE, SIZE)] * 2, score_threshold=threshold, mask_threshold=0.5)
+    for b, dets in enumerate(found):
+        keep = np.flatnonzero(expected['scores'][b, :expected['num_dets'][b]] >= np.float32(threshold))
+        np.testing.assert_array_equal(dets.scores, expected['scores'][b, keep])
+        if io is PLUS_IO:
+            np.testing.assert_array_equal(dets.box_scores, expected[BOX_SCORES][b, keep])
+        else:
+            assert dets.box_scores is None
+    assert [len(dets) for dets in found] == [3, D]
+    backend.close()
+    assert not sim.live
 
 
 def test_graph_is_captured_then_replayed_with_new_inputs(sim):
