@@ -63,14 +63,9 @@ BENCH_ORT_ARTIFACTS = $(foreach name,$(BENCH_NAMES),build/$(name).raw.onnx build
 BENCH_PRECISION_ARTIFACTS = $(foreach name,$(BENCH_NAMES),$(foreach suffix,raw.fp16 raw.int8 raw.int8-ort,\
   build/$(name).$(suffix).onnx))
 BENCH_ENGINES = $(foreach name,$(BENCH_NAMES),build/$(name).engine build/$(name).fp16.engine build/$(name).int8.engine)
-# The FP16/INT8 variants and engines are built with --keep-going: calib refuses YOLACT++ models for now
-# (calib/graph.py), and their rows become the bench's notes instead of stopping the FP32 rows.
-bench: setup $(BENCH_ORT_ARTIFACTS) $(foreach model,$(BENCH_MODELS),$(call bench_checkpoint,$(model)))
-	@$(MAKE) --no-print-directory --keep-going $(BENCH_PRECISION_ARTIFACTS) || \
-	  echo 'some FP16/INT8 variants were not built (calib said why above); the bench notes which'
+bench: setup $(BENCH_ORT_ARTIFACTS) $(BENCH_PRECISION_ARTIFACTS) $(foreach model,$(BENCH_MODELS),$(call bench_checkpoint,$(model)))
 	@if $(PY) -c 'import sys; from runtime.tensorrt.backend import trt_unavailable_reason; sys.exit(trt_unavailable_reason() is not None)'; \
-	then $(MAKE) --no-print-directory --keep-going $(BENCH_ENGINES) || \
-	  echo 'some TensorRT engines were not built (said why above); the bench notes which'; \
+	then $(MAKE) --no-print-directory $(BENCH_ENGINES); \
 	else echo 'no TensorRT engines built: TensorRT or a GPU is missing (the bench notes which)'; fi
 	$(PY) -m runtime.bench --models $(foreach model,$(BENCH_MODELS),$(model)=$(call bench_checkpoint,$(model))) $(BENCH_FLAGS)
 
