@@ -122,6 +122,9 @@ class TritonPythonModel:
             if response.has_error():
                 raise pb_utils.TritonModelException(f'{self.network}: {response.error().message()}')
             raw = {name: as_array(pb_utils.get_output_tensor_by_name(response, name)) for name in POSTPROCESS_OUTPUTS}
+            # The network's config declares num_dets [1], reshaped from the model's [] (Triton takes no empty
+            # dims), so it arrives as [B, 1]; the contract's is [B].
+            raw['num_dets'] = raw['num_dets'].reshape(-1)
             found = to_detections(raw, [images[i].shape[:2] for i in group], score_threshold=score_threshold,
                                   mask_threshold=self.metadata.mask_threshold)
             for i, dets in zip(group, found):
