@@ -269,7 +269,8 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike | 
     _describe_network(network, verbose)
 
     wanted = EngineInfo(tensorrt_flavour=trt.flavour, tensorrt_version=trt.version, build_gpu=build_gpu,
-                        compute_capabilities=targets, max_batch=max_batch, plugins=plugins, **images,
+                        compute_capabilities=targets, max_batch=max_batch, plugins=plugins,
+                        outputs=tuple(network.get_output(i).name for i in range(network.num_outputs)), **images,
                         onnx_file=str(source.path), onnx_sha256=source.sha256, engine_sha256='', built_at='')
     if not force:
         existing = _reusable(engine_path, wanted, source.metadata.precision)

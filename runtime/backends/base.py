@@ -37,6 +37,8 @@ class Backend(abc.ABC):
 
     metadata: ModelMetadata of the model (config, class names, input size, thresholds).
     max_batch: the largest batch `infer` accepts, or None for no limit.
+    output_names: the RawDetections names `infer` returns, in the model's order: POSTPROCESS_OUTPUTS,
+    and BOX_SCORES for a YOLACT++ model (what a served model declares, runtime.serve.repository).
     warnings: what the user should know about how the model runs (e.g. a GPU asked for and not
     granted), one line each, with the fix; the CLIs print them, runtime.load warns with them.
     """
@@ -48,6 +50,7 @@ class Backend(abc.ABC):
         self.path = Path(path)
         self.metadata: ModelMetadata | None = None
         self.max_batch: int | None = None
+        self.output_names: tuple[str, ...] = ()
         self.warnings: list[str] = []
         self.is_loaded = False
 
@@ -133,7 +136,7 @@ class Backend(abc.ABC):
     # -- hooks ----------------------------------------------------------------------------------
     @abc.abstractmethod
     def _load_impl(self) -> None:
-        """Allocate the model; set self.metadata and self.max_batch."""
+        """Allocate the model; set self.metadata, self.max_batch and self.output_names."""
 
     @abc.abstractmethod
     def _infer_impl(self, images: np.ndarray) -> RawDetections:

@@ -139,7 +139,6 @@ class OrtBackend(Backend):
         self.requested_providers = providers
         self.num_threads = num_threads
         self.session = None
-        self._output_names: list[str] = []
         self._fixed_batch = False
 
     @property
@@ -165,7 +164,7 @@ class OrtBackend(Backend):
         # Our exports have a dynamic batch; a file edited to a fixed one takes exactly that many.
         self._fixed_batch = isinstance(batch_dim, int) and batch_dim > 0
         self.max_batch = batch_dim if self._fixed_batch else None
-        self._output_names = [o.name for o in session.get_outputs()]
+        self.output_names = tuple(o.name for o in session.get_outputs())
 
     def _check_interface(self, session, metadata: ModelMetadata) -> None:
         inputs, outputs = session.get_inputs(), [o.name for o in session.get_outputs()]
@@ -199,8 +198,8 @@ class OrtBackend(Backend):
             # A model with a fixed batch size takes exactly that many images: pad, then drop the padding.
             padding = np.zeros((self.max_batch - count, *images.shape[1:]), images.dtype)
             images = np.concatenate([images, padding])
-        outputs = self.session.run(self._output_names, {INPUT_NAME: images})
-        return {name: value[:count] for name, value in zip(self._output_names, outputs)}
+        outputs = self.session.run(list(self.output_names), {INPUT_NAME: images})
+        return {name: value[:count] for name, value in zip(self.output_names, outputs)}
 
     def _close_impl(self) -> None:
         self.session = None

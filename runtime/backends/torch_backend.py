@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends.base import Backend, BackendError, RawDetections
+from runtime.contract import BOX_SCORES, POSTPROCESS_OUTPUTS
 
 
 class TorchBackend(Backend):
@@ -52,6 +53,8 @@ class TorchBackend(Backend):
         self._preprocess = Preprocess(cfg).to(self.device)
         self.metadata = metadata_from_config(cfg, cross_class=self.cross_class, max_dets=self.max_dets)
         self.max_batch = None
+        # yolact_torch.postprocess.detect gives BOX_SCORES where the model re-scores masks (YOLACT++).
+        self.output_names = POSTPROCESS_OUTPUTS + ((BOX_SCORES,) if model.maskiou_net is not None else ())
 
     def _infer_impl(self, images: np.ndarray) -> RawDetections:
         return self.postprocess(self.network(images))

@@ -16,8 +16,8 @@ import numpy as np
 
 from runtime.detections import Detections
 from runtime.metadata import MetadataError, ModelMetadata
-from runtime.serve.protocol import (DEFAULT_SCORE_THRESHOLD, IMAGE_INPUT, METADATA_PARAMETER, MODEL_NAME, OUTPUTS,
-                                    THRESHOLD_INPUT, ServeError, decode_detections)
+from runtime.serve.protocol import (BOX_SCORES_OUTPUT, DEFAULT_SCORE_THRESHOLD, IMAGE_INPUT, METADATA_PARAMETER,
+                                    MODEL_NAME, OUTPUTS, THRESHOLD_INPUT, ServeError, decode_detections)
 
 SCHEMES = ('http', 'grpc')
 TIMEOUT_S = 60.0
@@ -57,7 +57,8 @@ def parse_url(url: str) -> tuple[str, str, str]:
 
 class ServedModel:
     """A model served by Triton (python -m runtime.serve). Opening it reads the model's metadata
-    (ServeError when the server does not answer or serves no such model); `predict` sends one
+    and the outputs to request from its config (box_scores where a YOLACT++ model's declares them;
+    ServeError when the server does not answer or serves no such model); `predict` sends one
     request per image, the server batches concurrent requests. close() (or a with-statement) ends
     the connection. Not thread-safe (tritonclient's HTTP client is not): one per thread."""
 
@@ -72,7 +73,7 @@ class ServedModel:
         self._api, self._server_error = triton_client, InferenceServerException
         self._client = self._call(lambda: triton_client.InferenceServerClient(
             self.address, **({'network_timeout': TIMEOUT_S} if self.scheme == 'http' else {})))
-        self.metadata = self._read_metadata()
+        self.metadata, self.outputs = self._read_config()
 
     @property
     def description(self) -> str:
@@ -90,7 +91,9 @@ class ServedModel:
             raise ServeError(f'{self.url}: the server stopped answering ({e or type(e).__name__}); '
                              f'{START_HINT}') from None
 
-    def _read_metadata(self) -> ModelMetadata:
+    def _read_config(self) -> tuple[ModelMetadata, tuple[str, ...]]:
+        """The model's metadata and the outputs to request: OUTPUTS, and BOX_SCORES_OUTPUT where the
+        config declares it."""
         config = self._call(lambda: self._client.get_model_config(self.model, **(
             {'as_json': True} if self.scheme == 'grpc' else {})))
         config = config.get('config', config)  # gRPC's JSON wraps the config in {'config': ...}
@@ -99,9 +102,11 @@ class ServedModel:
             raise ServeError(f'{self.url} has no {METADATA_PARAMETER!r} parameter: it is not a model served by '
                              f'python -m runtime.serve')
         try:
-            return ModelMetadata.from_json(text, f'{self.url} config')
+            metadata = ModelMetadata.from_json(text, f'{self.url} config')
         except MetadataError as e:
             raise ServeError(str(e)) from None
+        declared = {output.get('name') for output in config.get('output', [])}
+        return metadata, OUTPUTS + ((BOX_SCORES_OUTPUT,) if BOX_SCORES_OUTPUT in declared else ())
 
     def infer_one(self, image: np.ndarray, score_threshold: float) -> Detections:
         """One image (uint8 [H, W, 3] BGR, any size) -> its Detections, boxes and masks in its pixels."""
@@ -109,9 +114,9 @@ class ServedModel:
                   self._api.InferInput(THRESHOLD_INPUT, [1, 1], 'FP32')]
         inputs[0].set_data_from_numpy(np.ascontiguousarray(image)[None])
         inputs[1].set_data_from_numpy(np.array([[score_threshold]], np.float32))
-        outputs = [self._api.InferRequestedOutput(name) for name in OUTPUTS]
+        outputs = [self._api.InferRequestedOutput(name) for name in self.outputs]
         result = self._call(lambda: self._client.infer(self.model, inputs, outputs=outputs))
-        return decode_detections({name: result.as_numpy(name) for name in OUTPUTS}, image.shape[:2])
+        return decode_detections({name: result.as_numpy(name) for name in self.outputs}, image.shape[:2])
 
     def predict(self, images: Sequence[np.ndarray], *,
                 score_threshold: float = DEFAULT_SCORE_THRESHOLD) -> list[Detections]:

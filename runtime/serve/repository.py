@@ -7,7 +7,8 @@ Two layouts, both serving protocol.MODEL_NAME with the Python-backend step of tr
                        NETWORK_NAME (onnxruntime_onnx for .onnx, tensorrt_plan for .engine, whose
                        plugins are serialized inside the plan by the engine builder), and the step
                        calls it through BLS, so Triton batches and schedules the network itself.
-Each config.pbtxt is Triton's ModelConfig in protobuf text format.
+Both declare box_scores for a YOLACT++ model (has_box_scores decides, from the model itself) and
+only then. Each config.pbtxt is Triton's ModelConfig in protobuf text format.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.backends import backend_for_path, open_backend
-from runtime.contract import INPUT_NAME
+from runtime.contract import BOX_SCORES, INPUT_NAME
 from runtime.errors import ToolkitError
 from runtime.files import atomic_output, write_atomic
 from runtime.metadata import ModelMetadata
-from runtime.serve.protocol import (IMAGE_INPUT, IMAGE_RANGE_PARAMETER, MAX_IMAGE_PIXELS, MAX_PIXELS_PARAMETER,
-                                    METADATA_PARAMETER, MODEL_NAME, THRESHOLD_INPUT, ServeError)
+from runtime.serve.protocol import (BOX_SCORES_OUTPUT, IMAGE_INPUT, IMAGE_RANGE_PARAMETER, MAX_IMAGE_PIXELS,
+                                    MAX_PIXELS_PARAMETER, METADATA_PARAMETER, MODEL_NAME, THRESHOLD_INPUT,
+                                    ServeError)
 from runtime.tensorrt.sidecar import read_sidecar
 
 NETWORK_NAME = 'yolact_net'
@@ -79,6 +81,16 @@ def servable_metadata(model_file: Path) -> ModelMetadata:
         raise ServeError(f'{model_file} cannot be served on this host: {e}{hint}') from None
 
 
+def has_box_scores(model_file: Path) -> bool:
+    """Whether the model outputs BOX_SCORES (a YOLACT++ model), read from the model itself: an
+    engine's outputs from its sidecar (no TensorRT needed, as model_metadata), any other file's from
+    its backend (an ONNX model's graph outputs). The one answer both repository writers declare."""
+    if backend_for_path(model_file) == 'trt':
+        return BOX_SCORES in read_sidecar(model_file).engine.outputs
+    with open_backend(model_file) as backend:
+        return BOX_SCORES in backend.output_names
+
+
 def _pbtxt_string(text: str) -> str:
     return '"' + text.replace('\\', '\\\\').replace('"', '\\"').replace('\n', '\\n') + '"'
 
@@ -98,29 +110,36 @@ def _config(name: str, header: str, options: ServingOptions, kind: str, inputs: 
     return '\n'.join(lines) + '\n'
 
 
-def step_config(metadata: ModelMetadata, options: ServingOptions, kind: str, **parameters: str) -> str:
-    """config.pbtxt of the Python-backend step (protocol.py's wire format). The image input may
-    differ in size between the requests of one batch (ragged): the step resizes each."""
+def step_config(metadata: ModelMetadata, options: ServingOptions, kind: str, box_scores: bool,
+                **parameters: str) -> str:
+    """config.pbtxt of the Python-backend step (protocol.py's wire format; box_scores: the model
+    has them, has_box_scores). The image input may differ in size between the requests of one batch
+    (ragged): the step resizes each."""
     inputs = [_tensor(IMAGE_INPUT, 'TYPE_UINT8', [-1, -1, 3], ' allow_ragged_batch: true'),
               _tensor(THRESHOLD_INPUT, 'TYPE_FP32', [1], ' optional: true')]
     outputs = [_tensor('boxes', 'TYPE_FP32', [-1, 4]), _tensor('scores', 'TYPE_FP32', [-1]),
                _tensor('classes', 'TYPE_INT32', [-1]), _tensor('mask_lengths', 'TYPE_INT32', [-1]),
                _tensor('masks', 'TYPE_UINT8', [-1])]
+    if box_scores:
+        outputs.append(_tensor(BOX_SCORES_OUTPUT, 'TYPE_FP32', [-1]))
     return _config(MODEL_NAME, 'backend: "python"', options, kind, inputs, outputs,
                    {METADATA_PARAMETER: metadata.to_json(), MAX_PIXELS_PARAMETER: str(options.max_pixels),
                     **parameters})
 
 
-def network_config(metadata: ModelMetadata, platform: str, options: ServingOptions) -> str:
+def network_config(metadata: ModelMetadata, platform: str, options: ServingOptions, box_scores: bool) -> str:
     """config.pbtxt of the network, from the ONNX contract (runtime/contract.py): images uint8
     [B, H, W, 3] at the image's own size (the network resizes; -1: any); num_dets [B], boxes
     [B, D, 4], scores and classes [B, D], masks [B, D, Hp, Wp] with D = metadata.max_dets (Hp, Wp
-    are the model's prototype grid, -1: Triton reads them from the model)."""
+    are the model's prototype grid, -1: Triton reads them from the model), and box_scores [B, D]
+    where the model has them (has_box_scores)."""
     detections = metadata.max_dets
     inputs = [_tensor(INPUT_NAME, 'TYPE_UINT8', [-1, -1, 3])]
     outputs = [_tensor('num_dets', 'TYPE_INT32', [1], ' reshape: { shape: [ ] }'),
                _tensor('boxes', 'TYPE_FP32', [detections, 4]), _tensor('scores', 'TYPE_FP32', [detections]),
                _tensor('classes', 'TYPE_INT32', [detections]), _tensor('masks', 'TYPE_FP32', [detections, -1, -1])]
+    if box_scores:
+        outputs.append(_tensor(BOX_SCORES, 'TYPE_FP32', [detections]))
     return _config(NETWORK_NAME, f'platform: "{platform}"', options, 'KIND_GPU', inputs, outputs, {})
 
 
@@ -141,8 +160,8 @@ def _write_step(repository: Path, config: str) -> None:
 def local_repository(model_file: Path, metadata: ModelMetadata, repository: Path, options: ServingOptions) -> Path:
     """A repository for the bundled server: the step opens `model_file` (absolute path) itself, on
     CPU instances (the bundled server has no GPU backends; a .engine still runs on the GPU)."""
-    _write_step(repository, step_config(metadata, options, 'KIND_CPU', model_file=str(Path(model_file).resolve()),
-                                        **engine_parameters(model_file)))
+    _write_step(repository, step_config(metadata, options, 'KIND_CPU', has_box_scores(model_file),
+                                        model_file=str(Path(model_file).resolve()), **engine_parameters(model_file)))
     return repository
 
 
@@ -160,9 +179,11 @@ def official_repository(model_file: Path, metadata: ModelMetadata, repository: P
         raise ServeError(f'{model_file}: --max-batch {options.max_batch} is above the engine profile\'s maximum batch '
                          f'{engine_batch}; pass --max-batch {engine_batch}, or rebuild the engine with '
                          f'--max-batch {options.max_batch} (make engine MAX_BATCH={options.max_batch})')
-    write_atomic(repository / NETWORK_NAME / 'config.pbtxt', network_config(metadata, platform, options).encode())
+    box_scores = has_box_scores(model_file)
+    write_atomic(repository / NETWORK_NAME / 'config.pbtxt',
+                 network_config(metadata, platform, options, box_scores).encode())
     with atomic_output(repository / NETWORK_NAME / '1' / file_name) as tmp:
         shutil.copyfile(model_file, tmp)
-    _write_step(repository, step_config(metadata, options, 'KIND_CPU', network=NETWORK_NAME,
+    _write_step(repository, step_config(metadata, options, 'KIND_CPU', box_scores, network=NETWORK_NAME,
                                         **engine_parameters(model_file)))
     return repository

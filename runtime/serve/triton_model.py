@@ -28,12 +28,12 @@ import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from runtime.backends import open_backend  # noqa: E402
-from runtime.contract import INPUT_NAME, POSTPROCESS_OUTPUTS  # noqa: E402
+from runtime.contract import BOX_SCORES, INPUT_NAME, POSTPROCESS_OUTPUTS  # noqa: E402
 from runtime.images import enlarge_to  # noqa: E402
 from runtime.metadata import ModelMetadata  # noqa: E402
 from runtime.pipeline import predict, same_size_groups, to_detections  # noqa: E402
-from runtime.serve.protocol import (IMAGE_INPUT, IMAGE_RANGE_PARAMETER, MAX_PIXELS_PARAMETER,  # noqa: E402
-                                    METADATA_PARAMETER, THRESHOLD_INPUT)
+from runtime.serve.protocol import (BOX_SCORES_OUTPUT, IMAGE_INPUT, IMAGE_RANGE_PARAMETER,  # noqa: E402
+                                    MAX_PIXELS_PARAMETER, METADATA_PARAMETER, THRESHOLD_INPUT)
 from runtime.serve.protocol import ServeError, check_request, encode_detections  # noqa: E402
 
 
@@ -83,6 +83,9 @@ class TritonPythonModel:
             (tuple(image_range['min']), tuple(image_range['max']))
         self.backend = None
         self.network = parameters.get('network')
+        # The repository writer declares box_scores where the network has them (YOLACT++): ask it for them then.
+        declared = {output['name'] for output in config['output']}
+        self.network_outputs = POSTPROCESS_OUTPUTS + ((BOX_SCORES,) if BOX_SCORES_OUTPUT in declared else ())
         if 'model_file' in parameters:
             self.backend = open_backend(parameters['model_file'])
 
@@ -117,11 +120,14 @@ class TritonPythonModel:
             batch = np.stack([images[i] if self.min_image is None else enlarge_to(images[i], self.min_image)
                               for i in group])
             response = pb_utils.InferenceRequest(model_name=self.network,
-                                                 requested_output_names=list(POSTPROCESS_OUTPUTS),
+                                                 requested_output_names=list(self.network_outputs),
                                                  inputs=[output_tensor(INPUT_NAME, batch)]).exec()
             if response.has_error():
                 raise pb_utils.TritonModelException(f'{self.network}: {response.error().message()}')
-            raw = {name: as_array(pb_utils.get_output_tensor_by_name(response, name)) for name in POSTPROCESS_OUTPUTS}
+            raw = {name: as_array(pb_utils.get_output_tensor_by_name(response, name)) for name in self.network_outputs}
+            # The network's config declares num_dets [1], reshaped from the model's [] (Triton takes no empty
+            # dims), so it arrives as [B, 1]; the contract's is [B].
+            raw['num_dets'] = raw['num_dets'].reshape(-1)
             found = to_detections(raw, [images[i].shape[:2] for i in group], score_threshold=score_threshold,
                                   mask_threshold=self.metadata.mask_threshold)
             for i, dets in zip(group, found):

@@ -332,6 +332,7 @@ class TrtBackend(Backend):
                                 f'TensorRT log above); {REBUILD_HINT}')
         self.io = describe_engine(self._engine, trt.module)
         validate_engine_io(self.io, self.metadata, str(self.path))
+        self.output_names = ('num_dets', *self.io.detection_outputs)
         cap = self._requested_max_batch
         if cap is not None and not 1 <= cap <= self.io.max_batch:
             raise EngineIOError(f'{self.path}: max_batch {cap} is outside the engine profile\'s '

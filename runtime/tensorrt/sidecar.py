@@ -10,6 +10,8 @@ and says little about the model inside it. The sidecar records both halves:
                 "build_gpu": "NVIDIA GeForce RTX 4090" | null (TensorRT-RTX builds on the CPU),
                 "compute_capabilities": ["8.9"]   (the engine's targets, "major.minor"),
                 "max_batch": 8, "plugins": ["yolact::FastNMS/1", ...] (TensorRT plugins the engine uses),
+                "outputs": ["num_dets", "boxes", "scores", "classes", "masks"] (the engine's output tensors,
+                           plus "box_scores" for YOLACT++; what a repository for it declares without TensorRT),
                 "min_image": [32, 32], "opt_image": [1080, 1920], "max_image": [3840, 3840]
                            (the optimisation profile's image (H, W) range; the graph resizes to the model size),
                 "onnx_file": "build/demo.fp16.onnx", "onnx_sha256": "...", "engine_sha256": "...",
@@ -78,6 +80,7 @@ class EngineInfo:
     compute_capabilities: tuple[str, ...]
     max_batch: int
     plugins: tuple[str, ...]
+    outputs: tuple[str, ...]
     min_image: tuple[int, int]
     opt_image: tuple[int, int]
     max_image: tuple[int, int]
@@ -116,7 +119,7 @@ class EngineSidecar:
             raise SidecarError(f'{source}: engine field(s) {", ".join(missing)} missing; {rebuild_hint(onnx_file)}')
         try:
             values = {f.name: raw[f.name] for f in fields(EngineInfo)}
-            for key in ('compute_capabilities', 'plugins'):
+            for key in ('compute_capabilities', 'plugins', 'outputs'):
                 if not isinstance(values[key], list) or not all(isinstance(v, str) for v in values[key]):
                     raise TypeError(f'{key} must be a list of strings')
                 values[key] = tuple(values[key])

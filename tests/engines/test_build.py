@@ -57,6 +57,7 @@ def test_engine_and_sidecar(built, precision):
     assert info.max_batch == 8
     assert (info.min_image, info.opt_image, info.max_image) == ((32, 32), (1080, 1920), (3840, 3840))
     assert info.plugins == ()
+    assert info.outputs == tuple(output.name for output in onnx.load(onnx_path).graph.output)
     assert info.onnx_file == str(onnx_path)
     assert info.onnx_sha256 == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
     assert info.engine_sha256 == hashlib.sha256(engine_path.read_bytes()).hexdigest()

@@ -37,6 +37,8 @@ def test_yolact_plus_engine_builds_on_the_cpu(tmp_path, caplog):
     assert engine_path.stat().st_size > 0
     assert read_sidecar(engine_path) == sidecar
     assert sidecar.metadata == metadata_from_config(cfg)
+    # What a model repository for it declares (runtime.serve.repository), read without TensorRT.
+    assert sidecar.engine.outputs == (*POSTPROCESS_OUTPUTS, BOX_SCORES)
     assert sidecar.engine.plugins == ()  # the DCN and post-processing ran through their function bodies
     assert sidecar.engine.max_batch == 2
 

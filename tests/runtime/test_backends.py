@@ -7,7 +7,7 @@ import pytest
 from yolact_torch.config import metadata_from_config, yolact_tiny
 from runtime.backends import Backend, BackendError, backend_for_path, open_backend
 from runtime.backends.torch_backend import TorchBackend
-from runtime.contract import POSTPROCESS_OUTPUTS
+from runtime.contract import BOX_SCORES, POSTPROCESS_OUTPUTS
 
 
 class RecordingBackend(Backend):
@@ -89,6 +89,7 @@ def test_torch_backend_returns_the_onnx_contract(tiny_checkpoint, cross_class):
             ('yolact_tiny', yolact_tiny.class_names, cross_class, 30)
         raw = backend.infer(images)
         single = backend.infer(images[1:])
+        assert backend.output_names == POSTPROCESS_OUTPUTS  # what a served model declares
     assert not backend.is_loaded
     proto = 2 * 40  # yolact_tiny: P3 is 40x40 at 320 px, prototypes twice that
     expected = {'num_dets': ((2,), np.int32), 'boxes': ((2, 30, 4), np.float32), 'scores': ((2, 30), np.float32),
@@ -179,6 +180,7 @@ def test_torch_backend_rescores_yolact_plus(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (1, 550, 550, 3), dtype=np.uint8)
     with TorchBackend(path) as backend:
         got = backend.infer(images)
+        assert set(backend.output_names) == set(got) == {*POSTPROCESS_OUTPUTS, BOX_SCORES}
     model, cfg = load_model(path)
     with torch.no_grad():
         out = model(Normalize(cfg)(torch.from_numpy(images)))

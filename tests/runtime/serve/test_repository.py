@@ -9,12 +9,12 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from runtime.contract import INPUT_NAME, POSTPROCESS_OUTPUTS
+from runtime.contract import BOX_SCORES, INPUT_NAME, POSTPROCESS_OUTPUTS
 from runtime.errors import ToolkitError
 from runtime.metadata import ModelMetadata
 from runtime.serve.__main__ import main as serve_main
-from runtime.serve.protocol import (IMAGE_INPUT, IMAGE_RANGE_PARAMETER, METADATA_PARAMETER, MODEL_NAME, OUTPUTS,
-                                    THRESHOLD_INPUT)
+from runtime.serve.protocol import (BOX_SCORES_OUTPUT, IMAGE_INPUT, IMAGE_RANGE_PARAMETER, METADATA_PARAMETER,
+                                    MODEL_NAME, OUTPUTS, THRESHOLD_INPUT)
 from runtime.serve.repository import (NETWORK_NAME, QUEUE_DELAY_US, ServingOptions, local_repository,
                                       model_metadata, official_repository)
 from runtime.tensorrt.backend import trt_unavailable_reason
@@ -33,17 +33,20 @@ def check_serving_options(config, options, kind):
     assert [(g.count, g.kind) for g in config.instance_group] == [(options.instances, kind)]
 
 
-@pytest.fixture
-def demo_engine(demo_onnx, tmp_path):
-    """A stand-in for the demo model's engine: its sidecar as the engine builder writes it (built
-    from demo_onnx with TensorRT on an H100) beside bytes that are no plan."""
-    engine = tmp_path / 'demo.engine'
+def stand_in_engine(onnx_file, outputs, engine):
+    """A stand-in for the engine of `onnx_file`: its sidecar as the engine builder writes it (built
+    with TensorRT on an H100, with `outputs`) beside bytes at `engine` that are no plan."""
     engine.write_bytes(b'a serialized plan')
-    info = EngineInfo('tensorrt', '10.13', 'NVIDIA H100', ('9.0',), 8, (), (32, 32), (1080, 1920), (3840, 3840),
-                      str(demo_onnx), '0' * 64, '0' * 64, 'now')
-    sidecar = EngineSidecar(model_metadata(demo_onnx), info)
+    info = EngineInfo('tensorrt', '10.13', 'NVIDIA H100', ('9.0',), 8, (), tuple(outputs), (32, 32), (1080, 1920),
+                      (3840, 3840), str(onnx_file), '0' * 64, '0' * 64, 'now')
+    sidecar = EngineSidecar(model_metadata(onnx_file), info)
     sidecar_path(engine).write_text(json.dumps({**sidecar.to_dict(), 'engine': asdict(info)}))
     return engine
+
+
+@pytest.fixture
+def demo_engine(demo_onnx, tmp_path):
+    return stand_in_engine(demo_onnx, POSTPROCESS_OUTPUTS, tmp_path / 'demo.engine')
 
 
 @pytest.mark.parametrize('kind, platform, network_file', [('onnx', 'onnxruntime_onnx', 'model.onnx'),
@@ -80,6 +83,30 @@ def test_repository_for_the_official_containers(demo_onnx, request, tmp_path, ki
         assert IMAGE_RANGE_PARAMETER not in step.parameters
     assert ModelMetadata.from_json(step.parameters[METADATA_PARAMETER].string_value) == meta
     assert (tmp_path / 'repo' / MODEL_NAME / '1' / 'model.py').is_file()
+
+
+@pytest.mark.parametrize('kind', ['onnx', 'engine'])
+def test_a_yolact_plus_repository_declares_box_scores(demo_plus_onnx, tmp_path, kind):
+    """The network and the step declare box_scores, as the model has them: an ONNX model's from its
+    graph, an engine's from its sidecar (no TensorRT here). YOLACT models' configs stay without
+    (test_repository_for_the_official_containers)."""
+    model = demo_plus_onnx if kind == 'onnx' else \
+        stand_in_engine(demo_plus_onnx, (*POSTPROCESS_OUTPUTS, BOX_SCORES), tmp_path / 'plus.engine')
+    assert serve_main(['--model', str(model), '--repository', str(tmp_path / 'repo')]) == 0
+    network = parse(tmp_path / 'repo' / NETWORK_NAME / 'config.pbtxt')
+    assert [t.name for t in network.output] == [*POSTPROCESS_OUTPUTS, BOX_SCORES]
+    assert (network.output[-1].data_type, list(network.output[-1].dims)) == (
+        DT.TYPE_FP32, [model_metadata(demo_plus_onnx).max_dets])
+    step = parse(tmp_path / 'repo' / MODEL_NAME / 'config.pbtxt')
+    assert [t.name for t in step.output] == [*OUTPUTS, BOX_SCORES_OUTPUT]
+    assert (step.output[-1].data_type, list(step.output[-1].dims)) == (DT.TYPE_FP32, [-1])
+
+
+def test_the_bundled_servers_repository_declares_box_scores_for_yolact_plus_only(demo_onnx, demo_plus_onnx,
+                                                                                  tmp_path):
+    for model, outputs in ((demo_onnx, list(OUTPUTS)), (demo_plus_onnx, [*OUTPUTS, BOX_SCORES_OUTPUT])):
+        local_repository(model, model_metadata(model), tmp_path / model.stem, ServingOptions())
+        assert [t.name for t in parse(tmp_path / model.stem / MODEL_NAME / 'config.pbtxt').output] == outputs
 
 
 def test_a_batch_above_the_engines_profile_is_refused_in_one_line(demo_engine, tmp_path, capsys):

@@ -23,9 +23,10 @@ from yolact_torch.data.shapes import generate_image
 import runtime
 from runtime.assets import SAMPLE_IMAGE
 from runtime.client import main as client_main
+from runtime.detections import BBOX_SCORE_KEY
 from runtime.infer import main as infer_main
 from runtime.serve.protocol import MODEL_NAME, OUTPUTS
-from runtime.serve.repository import ServingOptions, model_metadata, official_repository
+from runtime.serve.repository import NETWORK_NAME, ServingOptions, model_metadata, official_repository
 from runtime.serve.server import TritonServer, ready
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -139,6 +140,42 @@ def test_runtime_load_opens_a_served_model_as_it_opens_a_file(server, images, de
         for remote, here in zip(served(paths, score_threshold=0), local(paths, score_threshold=0)):
             assert remote.to_coco_json(image_id=1) == here.to_coco_json(image_id=1)
             assert remote.names == here.names
+
+
+@pytest.fixture(scope='module')
+def plus_server(demo_plus_onnx, tmp_path_factory):
+    """python -m runtime.serve on the YOLACT++ demo, free ports: (process, http_port, grpc_port)."""
+    process, http_port, grpc_port = start_serve(demo_plus_onnx, tmp_path_factory.mktemp('plus') / 'serve.log')
+    try:
+        yield process, http_port, grpc_port
+    finally:
+        stop_serve(process)
+
+
+@pytest.fixture(scope='module')
+def plus_local_json(demo_plus_onnx, images, tmp_path_factory):
+    """runtime.infer's COCO JSON of the YOLACT++ demo on the test images."""
+    folder = tmp_path_factory.mktemp('plus_local')
+    assert infer_main([str(images), '--model', str(demo_plus_onnx), '--out', str(folder / 'out'),
+                       '--json', str(folder / 'local.json')]) == 0
+    return json.loads((folder / 'local.json').read_text())
+
+
+@pytest.mark.parametrize('scheme', ['http', 'grpc'])
+def test_a_served_yolact_plus_model_gives_box_scores(plus_server, plus_local_json, demo_plus_onnx, images, tmp_path,
+                                                     scheme):
+    """The client's COCO JSON is runtime.infer's, each box scored with its bbox_score (the score
+    before the mask re-scoring), and runtime.load of the URL gives the file's box_scores."""
+    _, http_port, grpc_port = plus_server
+    url = f'{scheme}://127.0.0.1:{http_port if scheme == "http" else grpc_port}/{MODEL_NAME}'
+    assert client_main([url, str(images), '--out', str(tmp_path / 'served'),
+                        '--json', str(tmp_path / 'served.json')]) == 0
+    assert len(plus_local_json) >= 3 and all(BBOX_SCORE_KEY in entry for entry in plus_local_json)
+    assert json.loads((tmp_path / 'served.json').read_text()) == plus_local_json
+    with runtime.load(url) as served, runtime.load(demo_plus_onnx) as local:
+        remote, here = served([images / '0.png'], score_threshold=0)[0], local([images / '0.png'], score_threshold=0)[0]
+    np.testing.assert_array_equal(remote.box_scores, here.box_scores)
+    assert remote.to_coco_json(image_id=1) == here.to_coco_json(image_id=1)
 
 
 def post(port, body, header_length=None):
@@ -277,6 +314,51 @@ def test_official_repositorys_step_loads_in_the_bundled_server(demo_onnx, tmp_pa
     with server:
         assert ready(http_port, MODEL_NAME)
     assert server.process.returncode == 0
+
+
+# The official containers' network model (onnxruntime_onnx), which the bundled server lacks, as a
+# Python-backend model that runs the same file with onnxruntime and answers the outputs its config declares.
+NETWORK_STAND_IN = '''import json, os, sys
+sys.path[:0] = [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p and p not in sys.path]
+import numpy as np
+import onnxruntime
+import triton_python_backend_utils as pb_utils
+from runtime.serve.triton_model import as_array, output_tensor
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.names = [output['name'] for output in json.loads(args['model_config'])['output']]
+        self.session = onnxruntime.InferenceSession(
+            os.path.join(args['model_repository'], args['model_version'], 'model.onnx'))
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            images = np.ascontiguousarray(as_array(pb_utils.get_input_tensor_by_name(request, 'images')))
+            outputs = self.session.run(self.names, {'images': images})
+            responses.append(pb_utils.InferenceResponse([output_tensor(n, v) for n, v in zip(self.names, outputs)]))
+        return responses
+'''
+
+
+def test_the_official_repositorys_step_asks_the_network_for_box_scores(demo_plus_onnx, plus_local_json, images,
+                                                                        tmp_path):
+    """The containers' repository of the YOLACT++ demo, its network served by a stand-in for the
+    onnxruntime backend: the step's BLS call asks for box_scores and the client gets runtime.infer's JSON."""
+    repository = official_repository(demo_plus_onnx, model_metadata(demo_plus_onnx), tmp_path / 'repo',
+                                     ServingOptions())
+    network = repository / NETWORK_NAME
+    config = (network / 'config.pbtxt').read_text()
+    (network / 'config.pbtxt').write_text(
+        config.replace('platform: "onnxruntime_onnx"', 'backend: "python"').replace('KIND_GPU', 'KIND_CPU'))
+    (network / '1' / 'model.py').write_text(NETWORK_STAND_IN)
+    http_port, grpc_port, metrics_port = free_ports(3)
+    with TritonServer(repository, tmp_path, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                      models=(NETWORK_NAME, MODEL_NAME)):
+        assert client_main([f'http://127.0.0.1:{http_port}/{MODEL_NAME}', str(images), '--out', str(tmp_path / 'out'),
+                            '--json', str(tmp_path / 'served.json')]) == 0
+    assert json.loads((tmp_path / 'served.json').read_text()) == plus_local_json
 
 
 def test_sigterm_stops_the_server_cleanly(demo_onnx, tmp_path):

@@ -12,6 +12,7 @@ import pytest
 from engines.sidecar import write_sidecar
 from yolact_torch.config import get_config, metadata_from_config
 from runtime.backends.base import BackendError
+from runtime.contract import POSTPROCESS_OUTPUTS
 from runtime.files import file_sha256
 from runtime.tensorrt.backend import (TensorRTUnavailableError, TrtBackend, check_engine, describe_engine,
                                           registered_plugin_keys)
@@ -31,6 +32,7 @@ def make_engine(tmp_path, flavour='tensorrt', version=HOST_TRT.version, build_gp
     path.write_bytes(np.random.default_rng(0).bytes(4096))
     info = EngineInfo(tensorrt_flavour=flavour, tensorrt_version=version, build_gpu=build_gpu,
                       compute_capabilities=tuple(ccs), max_batch=8, plugins=tuple(plugins),
+                      outputs=POSTPROCESS_OUTPUTS,
                       min_image=(32, 32), opt_image=(1080, 1920), max_image=(3840, 3840),
                       onnx_file='build/demo.fp16.onnx', onnx_sha256='0' * 64, engine_sha256=file_sha256(path),
                       built_at='2026-11-22T04:00:00Z')

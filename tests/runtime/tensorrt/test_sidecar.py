@@ -13,6 +13,7 @@ import pytest
 
 from engines.sidecar import write_sidecar
 from yolact_torch.config import get_config, metadata_from_config
+from runtime.contract import POSTPROCESS_OUTPUTS
 from runtime.tensorrt.sidecar import (EngineInfo, EngineMismatchError, EngineSidecar, SidecarError, check_sidecar,
                                       plugin_key, read_sidecar, sidecar_mismatches, sidecar_path)
 
@@ -25,6 +26,7 @@ def make_sidecar(**engine_fields) -> EngineSidecar:
     metadata = metadata_from_config(get_config('yolact_base'), precision='fp16')
     fields = dict(tensorrt_flavour='tensorrt', tensorrt_version='10.13.0.35', build_gpu='NVIDIA L4',
                   compute_capabilities=('8.9',), max_batch=8, plugins=(plugin_key('FastNMS', 'yolact', '1'),),
+                  outputs=POSTPROCESS_OUTPUTS,
                   min_image=(32, 32), opt_image=(1080, 1920), max_image=(3840, 3840), onnx_file='build/yolact_base.fp16.onnx', onnx_sha256='0' * 64,
                   engine_sha256=hashlib.sha256(ENGINE_BYTES).hexdigest(), built_at='2026-11-22T04:00:00Z')
     fields.update(engine_fields)
@@ -119,6 +121,9 @@ def test_malformed_sidecar(engine, text, expected):
     (lambda d: d['engine'].pop('onnx_sha256'), 'engine field(s) onnx_sha256 missing'),
     (lambda d: d['engine'].update(max_batch='8'), 'max_batch must be a positive integer'),
     (lambda d: d['engine'].update(plugins='yolact::FastNMS/1'), 'plugins must be a list of strings'),
+    (lambda d: d['engine'].update(outputs=['boxes', 3]), 'outputs must be a list of strings'),
+    # A sidecar from before it recorded the engine's outputs: a repository for it could not declare box_scores.
+    (lambda d: d['engine'].pop('outputs'), 'engine field(s) outputs missing'),
     (lambda d: d['engine'].update(tensorrt_flavour='onnxruntime'), 'tensorrt_flavour must be one of'),
     (lambda d: d['engine'].update(max_image=[2160]), 'max_image must be [height, width]'),
     # A sidecar from before the image-size profile: its engine takes images at the model size only.
