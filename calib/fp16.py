@@ -75,10 +75,8 @@ def _fold(stats: OrderedDict[str, TensorStats], tensors: dict[str, np.ndarray]) 
         absmax = 0 if empty else np.max(np.abs(data))
         low = 0 if empty else np.min(data)
         high = 0 if empty else np.max(data)
-        if name not in stats:
-            stats[name] = TensorStats(absmax=absmax, min_val=low, max_val=high, shape=data.shape)
-            continue
-        seen = stats[name]
+        # Starting from -inf/inf as modelopt does keeps its max()/min() semantics, NaN included.
+        seen = stats.setdefault(name, TensorStats(absmax=-np.inf, min_val=np.inf, max_val=-np.inf, shape=data.shape))
         seen.absmax, seen.min_val, seen.max_val = max(seen.absmax, absmax), min(seen.min_val, low), max(seen.max_val, high)
 
 

@@ -157,8 +157,9 @@ def test_autocast_runs_the_streaming_runner(standin, calibration_pixels, monkeyp
 
 def test_fp16_memory_does_not_grow_with_the_image_count(tmp_path):
     """Python-side allocations (numpy's, so onnxruntime's outputs, included) of FP16 conversion at 2
-    and at 16 images: the 14 more images' tensors (each image's over 100 times its 27 KB at 96x96)
-    must not stay in memory together."""
+    and at 16 images: the 14 more images' tensors (about 6.6 MB per image at 96x96) must not stay in
+    memory together. A few KB per image remain (modelopt's list of open .npz files, the log records
+    pytest keeps: 90-200 KB in all here), so the bound is one float32 [16, 96, 96] activation."""
     size = 96
     model = build_standin(size=size)
     images = list(smooth_images(16, size=size, seed=5))
@@ -169,4 +170,4 @@ def test_fp16_memory_does_not_grow_with_the_image_count(tmp_path):
         convert_fp16(model, images[:count])
         peaks[count] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-    assert peaks[16] - peaks[2] < 4 * size * size * 3, peaks
+    assert peaks[16] - peaks[2] < 16 * size * size * 4, peaks
