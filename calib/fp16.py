@@ -21,6 +21,7 @@ import copy
 import re
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -39,8 +40,8 @@ class StreamingReferenceRunner(ReferenceRunner):
 
     `run` returns what ReferenceRunner.run returns for several batches: tensor name -> TensorStats
     (absmax, min_val, max_val over all batches; shape of the first batch), for the model's inputs
-    and every tensor a node produces. It builds the same onnxruntime session and reads the same
-    inputs (ReferenceRunner._get_ort_runner, _load_inputs), but folds each batch into the
+    and every tensor a node produces. It builds the same onnxruntime session and checks the inputs
+    the same way (ReferenceRunner._get_ort_runner, _validate_inputs), but folds each batch into the
     statistics before the next one runs, where ReferenceRunner keeps every batch's tensors and
     reduces them at the end (_aggregate_tensor_stats). Only the statistics reach AutoCast's node
     classifier (modelopt.onnx.autocast.nodeclassifier.IORangeRule), so the classification is the same.
@@ -58,8 +59,12 @@ class StreamingReferenceRunner(ReferenceRunner):
         stats: OrderedDict[str, TensorStats] = OrderedDict()
         try:
             with runners[0] as runner:
-                for batch in self._load_inputs(inputs):
-                    feed = {name: batch[name] for name in batch}
+                # One file open at a time: ReferenceRunner._load_inputs opens them all at once, and
+                # with one file per image a large --count would run out of file handles.
+                for path in sorted(Path(inputs).glob('*.npz')):
+                    with np.load(path) as batch:
+                        feed = {name: batch[name] for name in batch.files}
+                    self._validate_inputs([feed])
                     _fold(stats, {**feed, **runner.infer(feed)})
         finally:
             if model_temp_dir is not None:

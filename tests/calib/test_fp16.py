@@ -158,8 +158,8 @@ def test_autocast_runs_the_streaming_runner(standin, calibration_pixels, monkeyp
 def test_fp16_memory_does_not_grow_with_the_image_count(tmp_path):
     """Python-side allocations (numpy's, so onnxruntime's outputs, included) of FP16 conversion at 2
     and at 16 images: the 14 more images' tensors (about 6.6 MB per image at 96x96) must not stay in
-    memory together. A few KB per image remain (modelopt's list of open .npz files, the log records
-    pytest keeps: 90-200 KB in all here), so the bound is one float32 [16, 96, 96] activation."""
+    memory together. A few KB per image remain (the log records pytest keeps), so the bound is one
+    float32 [16, 96, 96] activation."""
     size = 96
     model = build_standin(size=size)
     images = list(smooth_images(16, size=size, seed=5))
