@@ -1,12 +1,15 @@
+import tracemalloc
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from modelopt.onnx.autocast.referencerunner import ReferenceRunner, TensorStats
 from onnx import TensorProto
 
-from calib.fp16 import convert_fp16
+from calib.fp16 import StreamingReferenceRunner, autocast_fp16, convert_fp16
 from calib.graph import model_metadata, preprocessing_nodes, split_postprocess
-from tests.calib.standin import COEF_CONV, PROTO_CONV, smooth_images
+from tests.calib.standin import COEF_CONV, PROTO_CONV, build_standin, smooth_images
 
 
 def run(model: onnx.ModelProto, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -77,3 +80,94 @@ def test_images_of_several_sizes_calibrate_and_run(standin):
     converted = convert_fp16(standin, images)
     outputs = run(converted, images[2][None])
     assert np.isfinite(outputs['masks']).all()
+
+
+def range_network(scale: float) -> onnx.ModelProto:
+    """images uint8 [B, H, W, 3] -> Cast -> `big` = pixels * scale (node SCALE_NODE) -> `out` =
+    big / scale float32 [B, H, W, 3]."""
+    from onnx import helper
+
+    nodes = [helper.make_node('Cast', ['images'], ['pixels'], to=TensorProto.FLOAT, name='cast'),
+             helper.make_node('Mul', ['pixels', 'scale'], ['big'], name=SCALE_NODE),
+             helper.make_node('Div', ['big', 'scale'], ['out'], name='unscale')]
+    graph = helper.make_graph(
+        nodes, 'range', [helper.make_tensor_value_info('images', TensorProto.UINT8, ['b', 'h', 'w', 3])],
+        [helper.make_tensor_value_info('out', TensorProto.FLOAT, ['b', 'h', 'w', 3])],
+        [onnx.numpy_helper.from_array(np.array(scale, np.float32), 'scale')])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid('', 19)])
+
+
+SCALE_NODE = 'scale_up'
+
+
+def node_output_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Node name -> element type of its first output."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.output]}
+    return {n.name: types[n.output[0]] for n in model.graph.node if n.output[0] in types}
+
+
+def test_a_node_out_of_fp16_range_on_one_later_image_stays_fp32():
+    """Every pixel is 1 (x 300: within AutoCast's safe range, |x| <= 512, well inside FP16's 65504)
+    but one of the third image's, 255 (x 300 = 76500, past FP16's range). The statistics of all
+    images, not only the first, decide."""
+    images = [np.full((8, 8, 3), 1, np.uint8) for _ in range(4)]
+    images[2] = images[2].copy()
+    images[2][5, 6, 1] = 255
+    converted = autocast_fp16(range_network(300.0), images, kept=['cast'])
+    assert node_output_types(converted)[SCALE_NODE] == TensorProto.FLOAT
+    # Without that image the same node becomes FP16 (else this proves nothing).
+    converted = autocast_fp16(range_network(300.0), images[:2] + images[3:], kept=['cast'])
+    assert node_output_types(converted)[SCALE_NODE] == TensorProto.FLOAT16
+
+
+def test_the_streaming_statistics_are_modelopts(standin, tmp_path):
+    """StreamingReferenceRunner reduces batch by batch to exactly what modelopt's ReferenceRunner
+    aggregates at the end (its _aggregate_tensor_stats), for every tensor: this fails if a modelopt
+    upgrade changes the statistics, their names, or the runner's helpers this relies on."""
+    network = split_postprocess(standin).network
+    for index, size in enumerate((16, 16, 24)):
+        np.savez(tmp_path / f'{index}.npz', images=smooth_images(2, size=size, seed=index))
+    theirs = ReferenceRunner(network).run(str(tmp_path))
+    ours = StreamingReferenceRunner(network).run(str(tmp_path))
+    assert list(ours) == list(theirs)
+    assert all(isinstance(s, TensorStats) for s in ours.values())
+    for name, stats in theirs.items():
+        assert (ours[name].absmax, ours[name].min_val, ours[name].max_val, ours[name].shape) == \
+               (stats.absmax, stats.min_val, stats.max_val, stats.shape), name
+
+
+def test_autocast_runs_the_streaming_runner(standin, calibration_pixels, monkeypatch):
+    """convert_to_mixed_precision looks ReferenceRunner up by name in its module, which is where
+    calib.fp16 swaps in StreamingReferenceRunner; if a modelopt upgrade stops that, modelopt's own
+    run would keep every tensor of every image again. And the swap is undone afterwards."""
+    from modelopt.onnx.autocast import convert as autocast_convert
+
+    def keeps_everything(self, inputs=None):
+        raise AssertionError("modelopt's ReferenceRunner.run ran")
+
+    monkeypatch.setattr(ReferenceRunner, 'run', keeps_everything)
+    runs = []
+    streaming_run = StreamingReferenceRunner.run
+    monkeypatch.setattr(StreamingReferenceRunner, 'run', lambda self, inputs=None: runs.append(inputs) or streaming_run(self, inputs))
+    convert_fp16(standin, calibration_pixels[:3])
+    assert len(runs) == 1
+    assert autocast_convert.ReferenceRunner is ReferenceRunner
+
+
+def test_fp16_memory_does_not_grow_with_the_image_count(tmp_path):
+    """Python-side allocations (numpy's, so onnxruntime's outputs, included) of FP16 conversion at 2
+    and at 16 images: the 14 more images' tensors (about 6.6 MB per image at 96x96) must not stay in
+    memory together. A few KB per image remain (the log records pytest keeps), so the bound is one
+    float32 [16, 96, 96] activation."""
+    size = 96
+    model = build_standin(size=size)
+    images = list(smooth_images(16, size=size, seed=5))
+    convert_fp16(model, images[:1])  # the first run imports modelopt's lazy modules: not measured
+    peaks = {}
+    for count in (2, 16):
+        tracemalloc.start()
+        convert_fp16(model, images[:count])
+        peaks[count] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peaks[16] - peaks[2] < 16 * size * size * 4, peaks
