@@ -77,9 +77,10 @@ def _fold(stats: OrderedDict[str, TensorStats], tensors: dict[str, np.ndarray]) 
     reduces them: an empty tensor counts as 0, the shape is the first batch's."""
     for name, data in tensors.items():
         empty = data.size == 0
-        absmax = 0 if empty else np.max(np.abs(data))
         low = 0 if empty else np.min(data)
         high = 0 if empty else np.max(data)
+        # max |x| from the extremes, without the copy np.abs would make of every tensor (NaN stays NaN).
+        absmax = max(abs(low), abs(high))
         # Starting from -inf/inf as modelopt does keeps its max()/min() semantics, NaN included.
         seen = stats.setdefault(name, TensorStats(absmax=-np.inf, min_val=np.inf, max_val=-np.inf, shape=data.shape))
         seen.absmax, seen.min_val, seen.max_val = max(seen.absmax, absmax), min(seen.min_val, low), max(seen.max_val, high)
